@@ -1,0 +1,13 @@
+#include <napi.h>
+
+#include "modules.h"
+
+namespace {
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  vhost_tap::registerTap(env, exports);
+  vhost_tap::registerFdPassing(env, exports);
+  return exports;
+}
+}  // namespace
+
+NODE_API_MODULE(vhost_tap, Init)

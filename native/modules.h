@@ -1,0 +1,8 @@
+// Each native file registers its own bindings; addon.cc only calls these.
+#pragma once
+#include <napi.h>
+
+namespace vhost_tap {
+void registerTap(Napi::Env env, Napi::Object exports);
+void registerFdPassing(Napi::Env env, Napi::Object exports);
+}  // namespace vhost_tap

@@ -1,0 +1,53 @@
+// The addon's bindings, typed. Everything here is internal: the public API
+// wraps each call with argument checks and messages that say what to do.
+import path from 'node:path';
+
+export interface NativeTapOpenResult { fd: number; name: string }
+export interface NativeIff { name: string; flags: number }
+export interface NativeReceived { fds: number[]; data: Buffer }
+
+export interface NativeBindings {
+  tunOpen(name: string, flags: number): NativeTapOpenResult;
+  tunSetVnetHdrSize(fd: number, size: number): void;
+  tunGetVnetHdrSize(fd: number): number;
+  tunSetOffload(fd: number, flags: number): void;
+  tunSetPersist(fd: number, persist: number): void;
+  tunSetOwner(fd: number, uid: number): void;
+  tunSetGroup(fd: number, gid: number): void;
+  tunGetFeatures(fd: number): number;
+  tunSetQueue(fd: number, attach: boolean): void;
+  tunGetIff(fd: number): NativeIff | null;
+  isTunFd(fd: number): boolean;
+  linkSetUp(name: string, up: boolean): void;
+  linkSetMtu(name: string, mtu: number): void;
+  linkGetMtu(name: string): number;
+  linkSetMac(name: string, mac: Buffer): void;
+  linkGetMac(name: string): Buffer;
+  linkIndex(name: string): number;
+
+  socketPair(type: 'stream' | 'seqpacket'): [number, number];
+  unixListen(path: string, type: 'stream' | 'seqpacket', backlog: number): number;
+  unixConnect(path: string, type: 'stream' | 'seqpacket'): number;
+  unixAccept(listenFd: number, timeoutMs: number): Promise<number>;
+  sendFds(sockFd: number, fds: number[], payload: Buffer): number;
+  receiveFds(sockFd: number, maxFds: number, maxBytes: number, timeoutMs: number): Promise<NativeReceived>;
+  closeFd(fd: number): void;
+}
+
+/** Where the addon is: build/Release beside dist/, whichever depth this file was compiled to. */
+function findAddon(): string {
+  let dir = __dirname;
+  for (let i = 0; i < 4; i++) {
+    const candidate = path.join(dir, 'build', 'Release', 'vhost_tap.node');
+    try {
+      require.resolve(candidate);
+      return candidate;
+    } catch {
+      dir = path.dirname(dir);
+    }
+  }
+  throw Object.assign(new Error('vhost_tap.node is not built: run `npm install` (or `npm run build`) in the vhost-tap package'), { code: 'ENOENT' });
+}
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+export const native: NativeBindings = require(findAddon()) as NativeBindings;

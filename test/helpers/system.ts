@@ -1,0 +1,72 @@
+// Helpers for tests that touch the real kernel: namespaces, fds, frames.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+
+/**
+ * The tests make devices: refuse to run in the namespace they were started from.
+ * `npm test` records that namespace in VHOST_TAP_HOST_NETNS and runs the suite
+ * under `unshare --net`.
+ */
+export function assertPrivateNetns(): void {
+  const self = fs.readlinkSync('/proc/self/ns/net');
+  let host = process.env.VHOST_TAP_HOST_NETNS;
+  if (!host) {
+    try {
+      host = fs.readlinkSync('/proc/1/ns/net');
+    } catch {
+      host = undefined;
+    }
+  }
+  if (host === undefined || self === host) {
+    throw new Error('these tests create network devices: run them with `npm test`, which gives them a private network namespace');
+  }
+}
+
+/** Number of open fds of this process. */
+export function fdCount(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+
+export function run(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+let counter = 0;
+/** A tap name unique within this test run (at most 15 bytes). */
+export function uniqueName(prefix: string): string {
+  counter += 1;
+  return `${prefix}${process.pid % 1000}x${counter}`.slice(0, 15);
+}
+
+/** Reads every frame waiting on a non-blocking tap queue fd. */
+export function drainFrames(fd: number, max = 100_000): Buffer[] {
+  const frames: Buffer[] = [];
+  const buf = Buffer.alloc(65_600);
+  while (frames.length < max) {
+    let n: number;
+    try {
+      n = fs.readSync(fd, buf, 0, buf.length, null);
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === 'EAGAIN' || code === 'EWOULDBLOCK') break;
+      throw error;
+    }
+    frames.push(Buffer.from(buf.subarray(0, n)));
+  }
+  return frames;
+}
+
+/** UDP destination port of an IPv4 frame behind a vnet header, or undefined for anything else. */
+export function udpDestPort(frame: Buffer, vnetHdrSize = 12): number | undefined {
+  const eth = vnetHdrSize;
+  if (frame.length < eth + 14 + 20 + 8) return undefined;
+  if (frame.readUInt16BE(eth + 12) !== 0x0800) return undefined;
+  const ip = eth + 14;
+  if (frame[ip + 9] !== 17) return undefined;
+  const ihl = (frame[ip]! & 0x0f) * 4;
+  return frame.readUInt16BE(ip + ihl + 2);
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
