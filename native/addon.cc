@@ -6,6 +6,9 @@ namespace {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vhost_tap::registerTap(env, exports);
   vhost_tap::registerFdPassing(env, exports);
+  vhost_tap::registerGuestMemory(env, exports);
+  vhost_tap::registerEventfd(env, exports);
+  vhost_tap::registerQueuePair(env, exports);
   return exports;
 }
 }  // namespace

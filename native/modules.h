@@ -5,4 +5,7 @@
 namespace vhost_tap {
 void registerTap(Napi::Env env, Napi::Object exports);
 void registerFdPassing(Napi::Env env, Napi::Object exports);
+void registerGuestMemory(Napi::Env env, Napi::Object exports);
+void registerEventfd(Napi::Env env, Napi::Object exports);
+void registerQueuePair(Napi::Env env, Napi::Object exports);
 }  // namespace vhost_tap

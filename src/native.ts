@@ -6,7 +6,52 @@ export interface NativeTapOpenResult { fd: number; name: string }
 export interface NativeIff { name: string; flags: number }
 export interface NativeReceived { fds: number[]; data: Buffer }
 
+export interface NativeRegionSpec { guestPhysAddr: number | bigint; size: number | bigint; fd: number; offset?: number | bigint }
+
+export interface NativeGuestMemory {
+  buffer(region: number): ArrayBuffer;
+  regionCount(): number;
+  close(): void;
+}
+
+export interface NativeFdPoller {
+  add(fd: number): void;
+  rearm(fd: number): void;
+  remove(fd: number): void;
+  close(): void;
+}
+
+export interface NativeQueueRing {
+  size: number; descAddr: number; availAddr: number; usedAddr: number;
+  lastAvailIdx: number; kickFd: number; callFd: number; eventIdx: boolean; indirectDesc: boolean;
+}
+
+export interface NativeQueueStats {
+  packets: number; bytes: number; kicks: number; calls: number; wakeups: number; errors: number;
+  drops: { tooBig: number; badHeader: number; tapError: number; stopped: number };
+}
+
+export interface NativeQueuePair {
+  start(): void;
+  stop(): { rxLastAvailIdx: number; txLastAvailIdx: number; rxBroken: boolean; txBroken: boolean };
+  stats(): { rx: NativeQueueStats; tx: NativeQueueStats; rxBroken: boolean; txBroken: boolean };
+  running(): boolean;
+}
+
+export interface NativeQueuePairConfig {
+  memory: NativeGuestMemory; tapFd: number; hdrSize: number; mergeableRx: boolean; rxReserveBytes: number;
+  rx: NativeQueueRing; tx: NativeQueueRing;
+}
+
 export interface NativeBindings {
+  NativeQueuePair: new (config: NativeQueuePairConfig, onEvent: (where: string, message: string) => void) => NativeQueuePair;
+  NativeGuestMemory: new (regions: NativeRegionSpec[]) => NativeGuestMemory;
+  memfdCreate(name: string, size: number): number;
+  eventfdCreate(): number;
+  eventfdWrite(fd: number): void;
+  eventfdRead(fd: number): number;
+  FdPoller: new (callback: (fd: number) => void) => NativeFdPoller;
+
   tunOpen(name: string, flags: number): NativeTapOpenResult;
   tunSetVnetHdrSize(fd: number, size: number): void;
   tunGetVnetHdrSize(fd: number): number;

@@ -1,0 +1,60 @@
+// Guest memory as vhost sees it: regions of guest-physical address space, each
+// backed by an fd mapped MAP_SHARED here. Every address the device touches goes
+// through translate(), which refuses anything not wholly inside the regions.
+#pragma once
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vhost_tap {
+
+struct RegionSpec {
+  uint64_t guestPhysAddr;
+  uint64_t size;
+  int fd;
+  uint64_t offset;
+};
+
+struct MappedRegion {
+  uint64_t guestPhysAddr;
+  uint64_t size;
+  uint8_t* host;      // start of the region in our address space
+  void* mapBase;      // what mmap returned (offset rounded down to a page)
+  size_t mapLength;
+};
+
+class GuestMemoryMap {
+ public:
+  // Maps every region; on failure maps nothing, sets errno-style *err and *what.
+  static std::shared_ptr<GuestMemoryMap> create(const std::vector<RegionSpec>& specs, int* err, std::string* what);
+  ~GuestMemoryMap();
+  GuestMemoryMap(const GuestMemoryMap&) = delete;
+  GuestMemoryMap& operator=(const GuestMemoryMap&) = delete;
+
+  // Host pointer to [gpa, gpa + len) when it lies wholly within one region, else nullptr.
+  uint8_t* translate(uint64_t gpa, uint64_t len) const {
+    for (const MappedRegion& r : regions_) {
+      if (gpa >= r.guestPhysAddr && gpa - r.guestPhysAddr < r.size && len <= r.size - (gpa - r.guestPhysAddr)) {
+        return r.host + (gpa - r.guestPhysAddr);
+      }
+    }
+    return nullptr;
+  }
+
+  // Splits [gpa, gpa + len) into iovecs across adjacent regions. Returns the
+  // number of iovecs used; -1 if any byte is outside guest memory, -2 if more
+  // than maxIov entries would be needed.
+  int translateIov(uint64_t gpa, uint64_t len, struct iovec* iov, int maxIov) const;
+
+  size_t regionCount() const { return regions_.size(); }
+  const MappedRegion& region(size_t i) const { return regions_[i]; }
+
+ private:
+  GuestMemoryMap() = default;
+  std::vector<MappedRegion> regions_;
+};
+
+}  // namespace vhost_tap

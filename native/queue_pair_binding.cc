@@ -1,0 +1,184 @@
+// JS handle on a QueuePairWorker. Events (a queue broke, the tap failed) reach
+// JS through a thread-safe function; they are rare, never per frame.
+#include <napi.h>
+
+#include <memory>
+#include <utility>
+
+#include "args.h"
+#include "errors.h"
+#include "guest_memory_binding.h"
+#include "modules.h"
+#include "queue_pair_worker.h"
+
+namespace vhost_tap {
+namespace {
+
+bool readNumber(Napi::Env env, Napi::Object obj, const char* key, double min, double max, double* out) {
+  Napi::Value v = obj.Get(key);
+  if (!v.IsNumber()) {
+    throwCode(env, "EINVAL", std::string(key) + " must be a number");
+    return false;
+  }
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= min && d <= max) || d != static_cast<double>(static_cast<int64_t>(d))) {
+    throwCode(env, "EINVAL", std::string(key) + " must be an integer from " + std::to_string(static_cast<int64_t>(min)) +
+                                 " to " + std::to_string(static_cast<int64_t>(max)));
+    return false;
+  }
+  *out = d;
+  return true;
+}
+
+bool readQueue(Napi::Env env, Napi::Value value, const char* which, QueueConfig* q) {
+  if (!value.IsObject()) {
+    throwCode(env, "EINVAL", std::string(which) + " queue config is missing");
+    return false;
+  }
+  Napi::Object o = value.As<Napi::Object>();
+  double size, desc, avail, used, last, kick, call;
+  if (!readNumber(env, o, "size", 1, 32768, &size) || !readNumber(env, o, "descAddr", 0, 9007199254740991.0, &desc) ||
+      !readNumber(env, o, "availAddr", 0, 9007199254740991.0, &avail) ||
+      !readNumber(env, o, "usedAddr", 0, 9007199254740991.0, &used) ||
+      !readNumber(env, o, "lastAvailIdx", 0, 65535, &last) || !readNumber(env, o, "kickFd", 0, INT32_MAX, &kick) ||
+      !readNumber(env, o, "callFd", -1, INT32_MAX, &call))
+    return false;
+  q->size = static_cast<uint32_t>(size);
+  q->descAddr = static_cast<uint64_t>(desc);
+  q->availAddr = static_cast<uint64_t>(avail);
+  q->usedAddr = static_cast<uint64_t>(used);
+  q->lastAvailIdx = static_cast<uint16_t>(last);
+  q->kickFd = static_cast<int>(kick);
+  q->callFd = static_cast<int>(call);
+  q->eventIdx = o.Get("eventIdx").ToBoolean().Value();
+  q->indirectDesc = o.Get("indirectDesc").ToBoolean().Value();
+  return true;
+}
+
+struct WorkerEvent {
+  std::string where;
+  std::string message;
+};
+
+class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
+ public:
+  static void Register(Napi::Env env, Napi::Object exports) {
+    exports.Set("NativeQueuePair", DefineClass(env, "NativeQueuePair",
+                                               {
+                                                   InstanceMethod("start", &QueuePairBinding::Start),
+                                                   InstanceMethod("stop", &QueuePairBinding::Stop),
+                                                   InstanceMethod("stats", &QueuePairBinding::Stats),
+                                                   InstanceMethod("running", &QueuePairBinding::Running),
+                                               }));
+  }
+
+  explicit QueuePairBinding(const Napi::CallbackInfo& info) : Napi::ObjectWrap<QueuePairBinding>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+      throwCode(env, "EINVAL", "NativeQueuePair(config, onEvent)");
+      return;
+    }
+    Napi::Object c = info[0].As<Napi::Object>();
+    WorkerOptions options;
+    options.memory = GuestMemoryBinding::MapOf(env, c.Get("memory"));
+    if (!options.memory) return;
+    double tapFd, hdrSize, reserve;
+    if (!readNumber(env, c, "tapFd", 0, INT32_MAX, &tapFd) || !readNumber(env, c, "hdrSize", 10, 12, &hdrSize) ||
+        !readNumber(env, c, "rxReserveBytes", 0, 1 << 20, &reserve))
+      return;
+    options.tapFd = static_cast<int>(tapFd);
+    options.hdrSize = static_cast<uint32_t>(hdrSize);
+    options.rxReserveBytes = static_cast<uint32_t>(reserve);
+    options.mergeableRx = c.Get("mergeableRx").ToBoolean().Value();
+    if (!readQueue(env, c.Get("rx"), "rx", &options.rx) || !readQueue(env, c.Get("tx"), "tx", &options.tx)) return;
+
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "vhost-tap queue pair events", 0, 1);
+    tsfn_.Unref(env);
+    auto tsfn = tsfn_;
+    worker_ = std::make_unique<QueuePairWorker>(std::move(options), [tsfn](const char* where, const std::string& message) mutable {
+      auto* event = new WorkerEvent{where, message};
+      napi_status st = tsfn.NonBlockingCall(event, [](Napi::Env env, Napi::Function cb, WorkerEvent* e) {
+        std::unique_ptr<WorkerEvent> owned(e);
+        if (env != nullptr) cb.Call({Napi::String::New(env, owned->where), Napi::String::New(env, owned->message)});
+      });
+      if (st != napi_ok) delete event;
+    });
+    // A worker still running when the environment goes away must stop before it does.
+    cleanupHook_ = std::make_unique<CleanupHook>(env.AddCleanupHook(stopAtExit, this));
+  }
+
+  ~QueuePairBinding() override {
+    // After the hook ran (environment teardown) it is gone: removing it again would corrupt N-API's list.
+    if (cleanupHook_ && !cleanupHookRan_) cleanupHook_->Remove(Env());
+    if (worker_) worker_->stop();
+    worker_.reset();
+    if (tsfn_) tsfn_.Release();
+  }
+
+ private:
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    std::string error;
+    if (!worker_->start(&error)) throwCode(info.Env(), "EINVAL", error);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    worker_->stop();
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("rxLastAvailIdx", worker_->rxLastAvail());
+    out.Set("txLastAvailIdx", worker_->txLastAvail());
+    out.Set("rxBroken", worker_->rxBroken());
+    out.Set("txBroken", worker_->txBroken());
+    return out;
+  }
+
+  Napi::Value Running(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), worker_->running()); }
+
+  static Napi::Object statsObject(Napi::Env env, const QueueStats& s) {
+    Napi::Object o = Napi::Object::New(env);
+    auto put = [&](const char* key, const std::atomic<uint64_t>& v) {
+      o.Set(key, Napi::Number::New(env, static_cast<double>(v.load(std::memory_order_relaxed))));
+    };
+    put("packets", s.packets);
+    put("bytes", s.bytes);
+    put("kicks", s.kicks);
+    put("calls", s.calls);
+    put("wakeups", s.wakeups);
+    put("errors", s.errors);
+    Napi::Object drops = Napi::Object::New(env);
+    drops.Set("tooBig", Napi::Number::New(env, static_cast<double>(s.dropTooBig.load(std::memory_order_relaxed))));
+    drops.Set("badHeader", Napi::Number::New(env, static_cast<double>(s.dropBadHeader.load(std::memory_order_relaxed))));
+    drops.Set("tapError", Napi::Number::New(env, static_cast<double>(s.dropTapError.load(std::memory_order_relaxed))));
+    drops.Set("stopped", Napi::Number::New(env, static_cast<double>(s.dropStopped.load(std::memory_order_relaxed))));
+    o.Set("drops", drops);
+    return o;
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("rx", statsObject(env, worker_->rxStats));
+    out.Set("tx", statsObject(env, worker_->txStats));
+    out.Set("rxBroken", worker_->rxBroken());
+    out.Set("txBroken", worker_->txBroken());
+    return out;
+  }
+
+  static void stopAtExit(QueuePairBinding* self) {
+    self->cleanupHookRan_ = true;
+    if (self->worker_) self->worker_->stop();
+  }
+  using CleanupHook = Napi::Env::CleanupHook<void (*)(QueuePairBinding*), QueuePairBinding>;
+
+  std::unique_ptr<QueuePairWorker> worker_;
+  std::unique_ptr<CleanupHook> cleanupHook_;
+  bool cleanupHookRan_ = false;
+  Napi::ThreadSafeFunction tsfn_;
+};
+
+}  // namespace
+
+void registerQueuePair(Napi::Env env, Napi::Object exports) { QueuePairBinding::Register(env, exports); }
+
+}  // namespace vhost_tap

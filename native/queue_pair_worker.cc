@@ -1,0 +1,429 @@
+#include "queue_pair_worker.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace vhost_tap {
+namespace {
+
+// Only the worker writes a counter: a plain load and store is enough, and
+// cheaper than an atomic read-modify-write on the per-frame path.
+inline void bump(std::atomic<uint64_t>& counter, uint64_t by = 1) {
+  counter.store(counter.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+}
+
+enum EpollTag : uint32_t { kTagStop = 0, kTagRxKick = 1, kTagTxKick = 2, kTagTap = 3 };
+
+// Copies `len` bytes from `src` into the iovecs, starting `offset` bytes in.
+void copyToIov(const struct iovec* iov, int count, uint64_t offset, const uint8_t* src, uint64_t len) {
+  for (int i = 0; i < count && len > 0; i++) {
+    if (offset >= iov[i].iov_len) {
+      offset -= iov[i].iov_len;
+      continue;
+    }
+    uint64_t n = std::min<uint64_t>(len, iov[i].iov_len - offset);
+    memcpy(static_cast<uint8_t*>(iov[i].iov_base) + offset, src, n);
+    src += n;
+    len -= n;
+    offset = 0;
+  }
+}
+
+}  // namespace
+
+QueuePairWorker::QueuePairWorker(WorkerOptions options, WorkerEventSink sink)
+    : options_(std::move(options)), sink_(std::move(sink)) {}
+
+QueuePairWorker::~QueuePairWorker() {
+  stop();
+  if (epoll_ >= 0) close(epoll_);
+  if (stopFd_ >= 0) close(stopFd_);
+}
+
+bool QueuePairWorker::start(std::string* error) {
+  if (running()) {
+    *error = "the worker is already running";
+    return false;
+  }
+  if (options_.hdrSize != 10 && options_.hdrSize != 12) {
+    *error = "vnet header size must be 10 or 12";
+    return false;
+  }
+  if (options_.tapFd < 0 || options_.rx.kickFd < 0 || options_.tx.kickFd < 0) {
+    *error = "a tap fd and a kick eventfd for each queue are required";
+    return false;
+  }
+  std::string e;
+  if (!rx_.setup(options_.memory, options_.rx, &e)) {
+    *error = "receive queue: " + e;
+    return false;
+  }
+  if (!tx_.setup(options_.memory, options_.tx, &e)) {
+    *error = "transmit queue: " + e;
+    return false;
+  }
+  txIov_.assign(kMaxIov, {});
+  rxIov_.assign(kMaxIov + 1, {});
+  maxHeld_ = options_.mergeableRx ? std::min<size_t>(rx_.size(), kMaxIov) : 1;
+  held_.assign(maxHeld_, {});
+  heldCount_ = 0;
+  heldIov_ = 0;
+  heldBytes_ = 0;
+  spillFrameBytes_ = 0;
+  usedSinceSignal_ = 0;
+  overflow_.assign(kOverflowBytes, 0);
+  rxBroken_ = false;
+  txBroken_ = false;
+  tapFailed_ = false;
+  rxWaitingForBuffers_ = false;
+  txWaitingForTap_ = false;
+  stopping_ = false;
+
+  if (epoll_ < 0) epoll_ = epoll_create1(EPOLL_CLOEXEC);
+  if (stopFd_ < 0) stopFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (epoll_ < 0 || stopFd_ < 0) {
+    *error = std::string("epoll/eventfd: ") + strerror(errno);
+    return false;
+  }
+  // A fresh epoll set per start: fds of an earlier run may have been replaced.
+  close(epoll_);
+  epoll_ = epoll_create1(EPOLL_CLOEXEC);
+  uint64_t drained;
+  while (read(stopFd_, &drained, sizeof drained) > 0) {
+  }
+  struct {
+    int fd;
+    EpollTag tag;
+    const char* what;
+  } watches[] = {{stopFd_, kTagStop, "stop eventfd"},
+                 {options_.rx.kickFd, kTagRxKick, "receive kick eventfd"},
+                 {options_.tx.kickFd, kTagTxKick, "transmit kick eventfd"},
+                 {options_.tapFd, kTagTap, "tap queue fd"}};
+  for (auto& w : watches) {
+    struct epoll_event ev = {};
+    ev.events = EPOLLIN;
+    ev.data.u32 = w.tag;
+    if (epoll_ctl(epoll_, EPOLL_CTL_ADD, w.fd, &ev) < 0) {
+      *error = std::string("cannot watch the ") + w.what + ": " + strerror(errno);
+      return false;
+    }
+  }
+  tapEvents_ = EPOLLIN;
+  thread_ = std::thread([this] { run(); });
+  return true;
+}
+
+void QueuePairWorker::stop() {
+  if (!thread_.joinable()) return;
+  stopping_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  ssize_t ignored = write(stopFd_, &one, sizeof one);
+  (void)ignored;
+  thread_.join();
+}
+
+void QueuePairWorker::run() {
+  // Look at both queues once: the driver may have posted buffers before we started.
+  bool txMore = true;
+  bool rxMore = true;
+  struct epoll_event events[8];
+  while (!stopping_.load(std::memory_order_acquire)) {
+    if (txMore) txMore = handleTx();
+    if (rxMore) rxMore = handleRx();
+    int n = epoll_wait(epoll_, events, 8, (txMore || rxMore) ? 0 : -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      sink_("tap", std::string("epoll_wait failed: ") + strerror(errno));
+      break;
+    }
+    for (int i = 0; i < n; i++) {
+      switch (events[i].data.u32) {
+        case kTagStop:
+          break;
+        case kTagRxKick:
+          readKick(options_.rx.kickFd, rxStats);
+          rxMore = true;
+          if (rxWaitingForBuffers_) {
+            rxWaitingForBuffers_ = false;
+            setTapInterest();
+          }
+          break;
+        case kTagTxKick:
+          readKick(options_.tx.kickFd, txStats);
+          txMore = true;
+          break;
+        case kTagTap:
+          bump(rxStats.wakeups);
+          if (events[i].events & EPOLLOUT) {
+            txWaitingForTap_ = false;
+            setTapInterest();
+            txMore = true;
+          }
+          if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) rxMore = true;
+          break;
+      }
+    }
+  }
+  // Nothing of tx is in flight (each chain completes as it is written); rx
+  // gives back the buffers it held, dropping a frame that waited for more.
+  if (spillFrameBytes_ > 0) {
+    bump(rxStats.dropStopped);
+    spillFrameBytes_ = 0;
+  }
+  giveBackHeldRx();
+  if (rx_.flushUsed()) signal(rx_, options_.rx.callFd, rxStats);
+  if (tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+}
+
+void QueuePairWorker::readKick(int fd, QueueStats& stats) {
+  uint64_t value;
+  if (read(fd, &value, sizeof value) == sizeof value) bump(stats.kicks, value);
+}
+
+void QueuePairWorker::signal(SplitQueue& queue, int callFd, QueueStats& stats) {
+  if (callFd < 0 || !queue.needsCall()) return;
+  uint64_t one = 1;
+  if (write(callFd, &one, sizeof one) == sizeof one) bump(stats.calls);
+}
+
+void QueuePairWorker::setTapInterest() {
+  uint32_t events = 0;
+  if (!rxBroken_ && !tapFailed_ && !rxWaitingForBuffers_) events |= EPOLLIN;
+  if (txWaitingForTap_) events |= EPOLLOUT;
+  if (events == tapEvents_) return;
+  struct epoll_event ev = {};
+  ev.events = events;
+  ev.data.u32 = kTagTap;
+  if (epoll_ctl(epoll_, EPOLL_CTL_MOD, options_.tapFd, &ev) == 0) tapEvents_ = events;
+}
+
+void QueuePairWorker::breakQueue(bool rx) {
+  SplitQueue& queue = rx ? rx_ : tx_;
+  QueueStats& stats = rx ? rxStats : txStats;
+  bump(stats.errors);
+  (rx ? rxBroken_ : txBroken_).store(true, std::memory_order_release);
+  if (rx) giveBackHeldRx();
+  setTapInterest();
+  sink_(rx ? "rx" : "tx", queue.brokenReason());
+}
+
+bool QueuePairWorker::handleTx() {
+  if (txBroken_ || txWaitingForTap_) return false;
+  const uint32_t hdr = options_.hdrSize;
+  tx_.disableNotify();
+  int done = 0;
+  bool more = false;
+  for (;;) {
+    if (done >= kBudget) {
+      more = true;
+      break;
+    }
+    Chain chain;
+    PopResult r = tx_.pop(false, txIov_.data(), kMaxIov, &chain);
+    if (r == PopResult::kNoRoom) {
+      tx_.markBroken("transmit chain has more than " + std::to_string(kMaxIov) + " segments");
+      r = PopResult::kBroken;
+    }
+    if (r == PopResult::kBroken) {
+      breakQueue(false);
+      break;
+    }
+    if (r == PopResult::kEmpty) {
+      if (tx_.enableNotify()) {
+        tx_.disableNotify();
+        continue;
+      }
+      break;
+    }
+    if (chain.bytes < hdr) {
+      bump(txStats.dropBadHeader);
+    } else {
+      ssize_t n = writev(options_.tapFd, txIov_.data(), chain.iovCount);
+      if (n < 0 && errno == EAGAIN) {
+        // The tap's send buffer is full: retry this chain when it is writable.
+        tx_.unpop(1);
+        txWaitingForTap_ = true;
+        setTapInterest();
+        break;
+      }
+      if (n < 0) {
+        bump(txStats.dropTapError);
+      } else {
+        bump(txStats.packets);
+        bump(txStats.bytes, chain.bytes - hdr);
+      }
+    }
+    tx_.pushUsed(chain.head, 0);
+    if (++done % kUsedBatch == 0 && tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+  }
+  if (tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+  return more;
+}
+
+QueuePairWorker::Gather QueuePairWorker::gatherRx(uint64_t want) {
+  gatherOutOfIov_ = false;
+  while (heldBytes_ < want && heldCount_ < maxHeld_) {
+    Chain chain;
+    PopResult r = rx_.pop(true, rxIov_.data() + heldIov_, kMaxIov - heldIov_, &chain);
+    if (r == PopResult::kNoRoom) {
+      if (heldCount_ > 0) {  // room comes back as held chains are used
+        gatherOutOfIov_ = true;
+        break;
+      }
+      rx_.markBroken("receive chain has more than " + std::to_string(kMaxIov) + " segments");
+      r = PopResult::kBroken;
+    }
+    if (r == PopResult::kBroken) {
+      breakQueue(true);
+      return Gather::kBroken;
+    }
+    if (r == PopResult::kEmpty) {
+      if (rx_.enableNotify()) {
+        rx_.disableNotify();
+        continue;
+      }
+      break;
+    }
+    if (chain.bytes < options_.hdrSize) {
+      rx_.unpop(1);
+      rx_.markBroken("receive buffer of " + std::to_string(chain.bytes) + " bytes cannot hold the " +
+                     std::to_string(options_.hdrSize) + "-byte header");
+      breakQueue(true);
+      return Gather::kBroken;
+    }
+    held_[heldCount_++] = {chain.head, static_cast<uint32_t>(std::min<uint64_t>(chain.bytes, UINT32_MAX)), heldIov_,
+                           chain.iovCount};
+    heldIov_ += chain.iovCount;
+    heldBytes_ += held_[heldCount_ - 1].bytes;
+  }
+  if (heldCount_ == 0) {
+    // No buffers: stop reading the tap (the kernel holds or drops, we lose
+    // nothing of ours) until the driver posts some and kicks.
+    rxWaitingForBuffers_ = true;
+    setTapInterest();
+    return Gather::kWaiting;
+  }
+  return Gather::kReady;
+}
+
+void QueuePairWorker::finishRxFrame(uint64_t frameBytes) {
+  size_t used = 0;
+  uint64_t covered = 0;
+  while (covered < frameBytes && used < heldCount_) covered += held_[used++].bytes;
+  if (options_.hdrSize == 12) {
+    // num_buffers: the tap leaves the last two header bytes alone.
+    uint16_t numBuffers = static_cast<uint16_t>(used);
+    copyToIov(rxIov_.data() + held_[0].iovStart, held_[0].iovCount, 10, reinterpret_cast<uint8_t*>(&numBuffers), 2);
+  }
+  uint64_t left = frameBytes;
+  uint64_t usedBytes = 0;
+  for (size_t i = 0; i < used; i++) {
+    uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(left, held_[i].bytes));
+    rx_.pushUsed(held_[i].head, len);
+    left -= len;
+    usedBytes += held_[i].bytes;
+  }
+  bump(rxStats.packets);
+  bump(rxStats.bytes, frameBytes - options_.hdrSize);
+  // Keep the chains not used for the next frame, moved to the front.
+  int iovShift = used < heldCount_ ? held_[used].iovStart : heldIov_;
+  if (used < heldCount_) {
+    memmove(rxIov_.data(), rxIov_.data() + iovShift, sizeof(struct iovec) * (heldIov_ - iovShift));
+    for (size_t i = used; i < heldCount_; i++) {
+      held_[i - used] = held_[i];
+      held_[i - used].iovStart -= iovShift;
+    }
+  }
+  heldCount_ -= used;
+  heldIov_ -= iovShift;
+  heldBytes_ -= usedBytes;
+  if (++usedSinceSignal_ >= kUsedBatch) {
+    usedSinceSignal_ = 0;
+    if (rx_.flushUsed()) signal(rx_, options_.rx.callFd, rxStats);
+  }
+}
+
+void QueuePairWorker::giveBackHeldRx() {
+  if (heldCount_ > 0) rx_.unpop(static_cast<uint16_t>(heldCount_));
+  heldCount_ = 0;
+  heldIov_ = 0;
+  heldBytes_ = 0;
+  spillFrameBytes_ = 0;
+}
+
+bool QueuePairWorker::handleRx() {
+  if (rxBroken_ || tapFailed_ || rxWaitingForBuffers_) return false;
+  const uint64_t reserve = options_.mergeableRx ? std::max<uint64_t>(options_.rxReserveBytes, options_.hdrSize) : 1;
+  rx_.disableNotify();
+  int frames = 0;
+  bool more = false;
+  for (;;) {
+    if (frames >= kBudget) {
+      more = true;
+      break;
+    }
+    if (spillFrameBytes_ > 0) {
+      // A frame read past the buffers we held: gather the rest, then copy its tail in.
+      Gather g = gatherRx(spillFrameBytes_);
+      if (g != Gather::kReady) break;
+      if (heldBytes_ < spillFrameBytes_) {
+        if (heldCount_ < maxHeld_ && !gatherOutOfIov_) {
+          rxWaitingForBuffers_ = true;  // the driver has not posted enough yet
+          setTapInterest();
+          break;
+        }
+        bump(rxStats.dropTooBig);  // more than the whole ring can hold: give up on it
+        spillFrameBytes_ = 0;
+        continue;
+      }
+      const HeldChain& first = held_[spillChain_];
+      uint64_t startInChain = 0;
+      for (size_t i = 0; i < spillChain_; i++) startInChain += held_[i].bytes;
+      copyToIov(rxIov_.data() + first.iovStart, heldIov_ - first.iovStart, spillStart_ - startInChain,
+                overflow_.data(), spillFrameBytes_ - spillStart_);
+      uint64_t frameBytes = spillFrameBytes_;
+      spillFrameBytes_ = 0;
+      finishRxFrame(frameBytes);
+      frames++;
+      continue;
+    }
+    if (gatherRx(reserve) != Gather::kReady) break;
+    rxIov_[heldIov_] = {overflow_.data(), overflow_.size()};
+    ssize_t n = readv(options_.tapFd, rxIov_.data(), heldIov_ + 1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) {
+        tapFailed_ = true;
+        setTapInterest();
+        sink_("tap", std::string("reading the tap queue failed: ") + strerror(errno));
+      }
+      break;
+    }
+    uint64_t frameBytes = static_cast<uint64_t>(n);
+    if (frameBytes <= heldBytes_) {
+      finishRxFrame(frameBytes);
+      frames++;
+      continue;
+    }
+    if (!options_.mergeableRx || frameBytes > heldBytes_ + overflow_.size()) {
+      // Does not fit one chain (no MRG_RXBUF) or any buffer at all: dropped, counted, the chains reused.
+      bump(rxStats.dropTooBig);
+      continue;
+    }
+    spillFrameBytes_ = frameBytes;
+    spillStart_ = heldBytes_;
+    spillChain_ = heldCount_;
+  }
+  if (rx_.flushUsed()) {
+    usedSinceSignal_ = 0;
+    signal(rx_, options_.rx.callFd, rxStats);
+  }
+  return more;
+}
+
+}  // namespace vhost_tap

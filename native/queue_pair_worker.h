@@ -1,0 +1,124 @@
+// One native thread per queue pair: it moves frames with their
+// virtio_net_hdr between the tap queue fd and the pair's two virtqueues,
+// as vhost-net does in the kernel with tun_get_socket(). Kicks and calls are
+// eventfds. Nothing on the per-frame path allocates or calls into JS.
+#pragma once
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "guest_memory.h"
+#include "split_queue.h"
+
+namespace vhost_tap {
+
+// Written only by the worker thread, read by JS at any time.
+struct QueueStats {
+  std::atomic<uint64_t> packets{0};
+  std::atomic<uint64_t> bytes{0};
+  std::atomic<uint64_t> kicks{0};
+  std::atomic<uint64_t> calls{0};
+  std::atomic<uint64_t> wakeups{0};
+  std::atomic<uint64_t> dropTooBig{0};     // rx: the frame did not fit the buffers the driver posted
+  std::atomic<uint64_t> dropBadHeader{0};  // tx: chain shorter than the vnet header
+  std::atomic<uint64_t> dropTapError{0};   // the tap refused the frame (bad GSO header, link down)
+  std::atomic<uint64_t> dropStopped{0};    // rx: a frame waiting for more buffers when the worker stopped
+  std::atomic<uint64_t> errors{0};         // the queue broke (malformed ring or chain)
+};
+
+struct WorkerOptions {
+  std::shared_ptr<GuestMemoryMap> memory;
+  int tapFd = -1;
+  uint32_t hdrSize = 12;        // virtio_net_hdr size, the same as the tap's TUNSETVNETHDRSZ
+  bool mergeableRx = false;     // VIRTIO_NET_F_MRG_RXBUF
+  uint32_t rxReserveBytes = 0;  // mergeable: room to gather before reading a frame (a typical frame)
+  QueueConfig rx;
+  QueueConfig tx;
+};
+
+// Reports a queue that broke or a tap that failed: ("rx" | "tx" | "tap", message).
+using WorkerEventSink = std::function<void(const char* where, const std::string& message)>;
+
+class QueuePairWorker {
+ public:
+  QueuePairWorker(WorkerOptions options, WorkerEventSink sink);
+  ~QueuePairWorker();
+  QueuePairWorker(const QueuePairWorker&) = delete;
+  QueuePairWorker& operator=(const QueuePairWorker&) = delete;
+
+  bool start(std::string* error);
+  // Stops and joins the thread. Every chain it popped is completed or given back.
+  void stop();
+  bool running() const { return thread_.joinable(); }
+
+  // Valid once stopped: where the device is in each available ring (vhost GET_VRING_BASE).
+  uint16_t rxLastAvail() const { return rx_.lastAvailIdx(); }
+  uint16_t txLastAvail() const { return tx_.lastAvailIdx(); }
+  bool rxBroken() const { return rxBroken_.load(std::memory_order_acquire); }
+  bool txBroken() const { return txBroken_.load(std::memory_order_acquire); }
+
+  QueueStats rxStats;
+  QueueStats txStats;
+
+ private:
+  static constexpr int kMaxIov = 1024;  // IOV_MAX: one readv/writev
+  static constexpr int kBudget = 256;   // frames per queue before looking at the other one
+  static constexpr int kUsedBatch = 64; // publish used entries at least this often
+  static constexpr size_t kOverflowBytes = 65536 + 1024;
+
+  struct HeldChain {
+    uint16_t head;
+    uint32_t bytes;
+    int iovStart;
+    int iovCount;
+  };
+
+  void run();
+  bool handleTx();
+  bool handleRx();
+  void signal(SplitQueue& queue, int callFd, QueueStats& stats);
+  void setTapInterest();
+  void breakQueue(bool rx);
+  void giveBackHeldRx();
+  enum class Gather { kReady, kWaiting, kBroken };
+  Gather gatherRx(uint64_t want);
+  void finishRxFrame(uint64_t frameBytes);
+  void readKick(int fd, QueueStats& stats);
+
+  WorkerOptions options_;
+  WorkerEventSink sink_;
+  SplitQueue rx_;
+  SplitQueue tx_;
+  std::thread thread_;
+  int epoll_ = -1;
+  int stopFd_ = -1;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> rxBroken_{false};
+  std::atomic<bool> txBroken_{false};
+  bool tapFailed_ = false;
+  bool rxWaitingForBuffers_ = false;
+  bool txWaitingForTap_ = false;
+  uint32_t tapEvents_ = 0;
+
+  std::vector<struct iovec> txIov_;
+  std::vector<struct iovec> rxIov_;  // guest segments of the held chains, then the overflow
+  std::vector<HeldChain> held_;      // rx chains popped and not yet used
+  size_t heldCount_ = 0;
+  int heldIov_ = 0;
+  uint64_t heldBytes_ = 0;
+  std::vector<uint8_t> overflow_;    // the part of a frame beyond the buffers held when it was read
+  size_t maxHeld_ = 1;
+  uint64_t spillFrameBytes_ = 0;     // > 0: a frame read past the held buffers waits for more
+  uint64_t spillStart_ = 0;          // frame offset where the overflow begins
+  size_t spillChain_ = 0;            // first held chain the overflow goes into
+  int usedSinceSignal_ = 0;
+  bool gatherOutOfIov_ = false;      // the last gather stopped because the iovec array was full
+};
+
+}  // namespace vhost_tap

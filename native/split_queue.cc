@@ -1,0 +1,153 @@
+#include "split_queue.h"
+
+#include <cstdio>
+#include <cstring>
+
+namespace vhost_tap {
+
+bool SplitQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& c, std::string* error) {
+  if (c.size == 0 || c.size > kMaxQueueSize || (c.size & (c.size - 1)) != 0) {
+    *error = "queue size " + std::to_string(c.size) + " is not a power of two from 1 to 32768";
+    return false;
+  }
+  if ((c.descAddr & 15) || (c.availAddr & 1) || (c.usedAddr & 3)) {
+    *error = "ring addresses are misaligned (descriptor table 16, available ring 2, used ring 4 bytes)";
+    return false;
+  }
+  auto* desc = memory->translate(c.descAddr, descTableBytes(c.size));
+  auto* avail = memory->translate(c.availAddr, availRingBytes(c.size));
+  auto* used = memory->translate(c.usedAddr, usedRingBytes(c.size));
+  if (!desc || !avail || !used) {
+    *error = std::string(!desc ? "descriptor table" : !avail ? "available ring" : "used ring") +
+             " is not inside guest memory";
+    return false;
+  }
+  memory_ = std::move(memory);
+  size_ = c.size;
+  eventIdx_ = c.eventIdx;
+  indirect_ = c.indirectDesc;
+  desc_ = reinterpret_cast<VringDesc*>(desc);
+  availFlags_ = reinterpret_cast<uint16_t*>(avail);
+  availIdx_ = availFlags_ + 1;
+  availRing_ = availFlags_ + 2;
+  usedEvent_ = availRing_ + c.size;
+  usedFlags_ = reinterpret_cast<uint16_t*>(used);
+  usedIdxPtr_ = usedFlags_ + 1;
+  usedRing_ = reinterpret_cast<VringUsedElem*>(used + 4);
+  availEvent_ = reinterpret_cast<uint16_t*>(used + 4 + 8ull * c.size);
+  lastAvail_ = c.lastAvailIdx;
+  // The used index in guest memory is the driver's view of where we are.
+  usedIdx_ = __atomic_load_n(usedIdxPtr_, __ATOMIC_ACQUIRE);
+  pendingUsed_ = 0;
+  signalledUsedValid_ = false;
+  broken_.clear();
+  return true;
+}
+
+PopResult SplitQueue::fail(std::string reason) {
+  broken_ = std::move(reason);
+  return PopResult::kBroken;
+}
+
+PopResult SplitQueue::pop(bool deviceWrites, struct iovec* iov, int maxIov, Chain* out) {
+  if (!broken_.empty()) return PopResult::kBroken;
+  uint16_t availIdx = __atomic_load_n(availIdx_, __ATOMIC_ACQUIRE);
+  uint16_t pending = static_cast<uint16_t>(availIdx - lastAvail_);
+  if (pending == 0) return PopResult::kEmpty;
+  if (pending > size_) {
+    return fail("available index jumped by " + std::to_string(pending) + ", more than the queue size " +
+                std::to_string(size_));
+  }
+  uint16_t head = availRing_[lastAvail_ & (size_ - 1)];
+  if (head >= size_) return fail("available ring names descriptor " + std::to_string(head) + " of " + std::to_string(size_));
+
+  const VringDesc* table = desc_;
+  uint32_t tableSize = size_;
+  uint32_t index = head;
+  uint32_t visited = 0;
+  bool inIndirect = false;
+  int iovCount = 0;
+  uint64_t bytes = 0;
+  for (;;) {
+    if (++visited > tableSize) return fail("descriptor chain is longer than its table or loops");
+    VringDesc d;
+    memcpy(&d, &table[index], sizeof d);  // one read: the driver may rewrite it under us
+    if (d.flags & VRING_DESC_F_INDIRECT) {
+      if (!indirect_) return fail("indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC");
+      if (inIndirect) return fail("indirect descriptor inside an indirect table");
+      if (d.flags & VRING_DESC_F_NEXT) return fail("indirect descriptor with the NEXT flag");
+      if (d.len == 0 || d.len % sizeof(VringDesc) != 0 || d.len / sizeof(VringDesc) > 65536) {
+        return fail("indirect table length " + std::to_string(d.len) + " is not a multiple of 16 up to 1 MiB");
+      }
+      if (d.addr & 15) return fail("indirect table is not 16-byte aligned");
+      const uint8_t* t = memory_->translate(d.addr, d.len);
+      if (!t) return fail("indirect table is not inside guest memory");
+      table = reinterpret_cast<const VringDesc*>(t);
+      tableSize = d.len / sizeof(VringDesc);
+      index = 0;
+      visited = 0;
+      inIndirect = true;
+      continue;
+    }
+    bool writable = (d.flags & VRING_DESC_F_WRITE) != 0;
+    if (writable != deviceWrites) {
+      return fail(deviceWrites ? "read-only descriptor in a receive chain" : "write-only descriptor in a transmit chain");
+    }
+    int n = memory_->translateIov(d.addr, d.len, iov + iovCount, maxIov - iovCount);
+    if (n == -2) return PopResult::kNoRoom;
+    if (n < 0) {
+      char range[64];
+      snprintf(range, sizeof range, "0x%llx+%u", static_cast<unsigned long long>(d.addr), d.len);
+      return fail(std::string("descriptor buffer ") + range + " is outside guest memory");
+    }
+    iovCount += n;
+    bytes += d.len;
+    if (!(d.flags & VRING_DESC_F_NEXT)) break;
+    index = d.next;
+    if (index >= tableSize) return fail("descriptor next " + std::to_string(index) + " is past its table");
+  }
+  lastAvail_++;
+  out->head = head;
+  out->iovCount = iovCount;
+  out->bytes = bytes;
+  return PopResult::kChain;
+}
+
+bool SplitQueue::flushUsed() {
+  if (pendingUsed_ == 0) return false;
+  usedIdx_ = static_cast<uint16_t>(usedIdx_ + pendingUsed_);
+  pendingUsed_ = 0;
+  __atomic_store_n(usedIdxPtr_, usedIdx_, __ATOMIC_RELEASE);
+  return true;
+}
+
+bool SplitQueue::needsCall() {
+  // The used index store must be visible before we read the driver's request.
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  if (!eventIdx_) return (__atomic_load_n(availFlags_, __ATOMIC_RELAXED) & VRING_AVAIL_F_NO_INTERRUPT) == 0;
+  uint16_t old = signalledUsed_;
+  bool valid = signalledUsedValid_;
+  signalledUsed_ = usedIdx_;
+  signalledUsedValid_ = true;
+  if (!valid) return true;
+  if (old == usedIdx_) return false;
+  return needEvent(__atomic_load_n(usedEvent_, __ATOMIC_RELAXED), usedIdx_, old);
+}
+
+void SplitQueue::disableNotify() {
+  if (!eventIdx_) __atomic_store_n(usedFlags_, static_cast<uint16_t>(VRING_USED_F_NO_NOTIFY), __ATOMIC_RELAXED);
+  // With event idx, not moving avail_event forward is what suppresses kicks.
+}
+
+bool SplitQueue::enableNotify() {
+  if (eventIdx_) {
+    __atomic_store_n(availEvent_, lastAvail_, __ATOMIC_RELAXED);
+  } else {
+    __atomic_store_n(usedFlags_, static_cast<uint16_t>(0), __ATOMIC_RELAXED);
+  }
+  // Our request must be visible before we look at the index again, or a kick could be lost.
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  return hasAvail();
+}
+
+}  // namespace vhost_tap

@@ -1,0 +1,100 @@
+// The device side of one split virtqueue in guest memory. It trusts nothing
+// the driver wrote: every index, descriptor and address is checked, and any
+// violation marks the queue broken with a reason instead of touching memory
+// outside the guest's regions.
+#pragma once
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "guest_memory.h"
+#include "vring.h"
+
+namespace vhost_tap {
+
+struct QueueConfig {
+  uint32_t size = 0;
+  uint64_t descAddr = 0;
+  uint64_t availAddr = 0;
+  uint64_t usedAddr = 0;
+  bool eventIdx = false;
+  bool indirectDesc = false;
+  uint16_t lastAvailIdx = 0;  // where to resume (vhost SET_VRING_BASE)
+  int kickFd = -1;
+  int callFd = -1;
+};
+
+// A chain popped from the available ring, as iovecs into guest memory.
+struct Chain {
+  uint16_t head = 0;
+  int iovCount = 0;
+  uint64_t bytes = 0;  // sum of the descriptors' lengths
+};
+
+// kNoRoom: the chain needs more iovecs than were offered; nothing was consumed.
+enum class PopResult { kChain, kEmpty, kBroken, kNoRoom };
+
+class SplitQueue {
+ public:
+  // Resolves the rings in guest memory. False (with *error) if they are not all
+  // inside it, misaligned, or the size is not a power of two up to 32768.
+  bool setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& config, std::string* error);
+
+  // Pops the next available chain into iov[0..maxIov). deviceWrites: an rx
+  // chain (all descriptors writable) rather than a tx chain (all readable).
+  PopResult pop(bool deviceWrites, struct iovec* iov, int maxIov, Chain* out);
+  // Gives back the last `count` popped chains (they were not used).
+  void unpop(uint16_t count) { lastAvail_ = static_cast<uint16_t>(lastAvail_ - count); }
+
+  // Adds a used entry; visible to the driver at flushUsed().
+  void pushUsed(uint16_t head, uint32_t len) {
+    VringUsedElem* e = &usedRing_[static_cast<uint16_t>(usedIdx_ + pendingUsed_) & (size_ - 1)];
+    e->id = head;
+    e->len = len;
+    pendingUsed_++;
+  }
+  // Publishes the pushed used entries; false if there were none.
+  bool flushUsed();
+  // Whether the driver wants an interrupt for what flushUsed() published since the last call.
+  bool needsCall();
+
+  // Driver-to-device notifications: off while the worker is busy with this queue.
+  void disableNotify();
+  // Turns notifications on; true if buffers arrived meanwhile (the caller must keep going).
+  bool enableNotify();
+
+  bool hasAvail() const { return __atomic_load_n(availIdx_, __ATOMIC_ACQUIRE) != lastAvail_; }
+  uint16_t lastAvailIdx() const { return lastAvail_; }
+  uint16_t usedIdx() const { return usedIdx_; }
+  uint32_t size() const { return size_; }
+  const std::string& brokenReason() const { return broken_; }
+  bool broken() const { return !broken_.empty(); }
+  void markBroken(std::string reason) { fail(std::move(reason)); }
+
+ private:
+  PopResult fail(std::string reason);
+
+  std::shared_ptr<GuestMemoryMap> memory_;
+  uint32_t size_ = 0;
+  bool eventIdx_ = false;
+  bool indirect_ = false;
+  VringDesc* desc_ = nullptr;
+  uint16_t* availFlags_ = nullptr;
+  uint16_t* availIdx_ = nullptr;
+  uint16_t* availRing_ = nullptr;
+  uint16_t* usedEvent_ = nullptr;  // trailer of the avail ring
+  uint16_t* usedFlags_ = nullptr;
+  uint16_t* usedIdxPtr_ = nullptr;
+  VringUsedElem* usedRing_ = nullptr;
+  uint16_t* availEvent_ = nullptr;  // trailer of the used ring
+  uint16_t lastAvail_ = 0;
+  uint16_t usedIdx_ = 0;
+  uint16_t pendingUsed_ = 0;
+  uint16_t signalledUsed_ = 0;
+  bool signalledUsedValid_ = false;
+  std::string broken_;
+};
+
+}  // namespace vhost_tap

@@ -1,0 +1,85 @@
+import { makeError } from '../errors';
+import { native, type NativeFdPoller } from '../native';
+
+type Waiter = () => void;
+
+/** One poller thread for the whole process; it keeps the event loop alive only while something waits. */
+let poller: NativeFdPoller | undefined;
+const waiters = new Map<number, Waiter>();
+
+function sharedPoller(): NativeFdPoller {
+  poller ??= new native.FdPoller((fd) => {
+    const waiter = waiters.get(fd);
+    if (!waiter) return;
+    waiters.delete(fd);
+    poller!.remove(fd);
+    waiter();
+  });
+  return poller;
+}
+
+/**
+ * An eventfd: the kick (driver to device) and call (device to driver) signals of
+ * a virtqueue, the form KVM's ioeventfd and irqfd take and vhost-user passes.
+ */
+export class EventFd {
+  #fd: number;
+
+  private constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  static create(): EventFd {
+    return new EventFd(native.eventfdCreate());
+  }
+
+  /** Wraps an eventfd made elsewhere (a VMM's ioeventfd, one received over vhost-user). Owns it from here on. */
+  static fromFd(fd: number): EventFd {
+    if (!Number.isInteger(fd) || fd < 0) throw makeError('EBADF', `${fd} is not a file descriptor`);
+    return new EventFd(fd);
+  }
+
+  get fd(): number {
+    if (this.#fd < 0) throw makeError('EBADF', 'eventfd is closed');
+    return this.#fd;
+  }
+
+  /** Adds 1: a kick or a call. */
+  signal(): void {
+    native.eventfdWrite(this.fd);
+  }
+
+  /** Reads and clears the counter; 0 if nothing was signalled. */
+  take(): number {
+    return native.eventfdRead(this.fd);
+  }
+
+  /**
+   * Resolves with the count once the eventfd is signalled (clearing it), or with 0
+   * after `timeoutMs`. Waits on a native poller thread: the event loop keeps running.
+   */
+  wait(timeoutMs: number): Promise<number> {
+    const fd = this.fd;
+    const now = native.eventfdRead(fd);
+    if (now > 0) return Promise.resolve(now);
+    if (waiters.has(fd)) return Promise.reject(makeError('EBUSY', `eventfd ${fd} is already being waited on`));
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        if (waiters.delete(fd)) sharedPoller().remove(fd);
+        resolve(native.eventfdRead(fd));
+      }, timeoutMs);
+      waiters.set(fd, () => {
+        clearTimeout(timer);
+        resolve(native.eventfdRead(fd));
+      });
+      sharedPoller().add(fd);
+    });
+  }
+
+  close(): void {
+    if (this.#fd < 0) return;
+    if (waiters.delete(this.#fd)) sharedPoller().remove(this.#fd);
+    native.closeFd(this.#fd);
+    this.#fd = -1;
+  }
+}

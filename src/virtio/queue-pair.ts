@@ -1,0 +1,136 @@
+import { EventEmitter } from 'node:events';
+
+import { errorCode, makeError } from '../errors';
+import { native, type NativeQueuePair, type NativeQueueStats } from '../native';
+import type { TapQueue } from '../tap/tap';
+import type { GuestMemory } from './guest-memory';
+
+/** Where one virtqueue lives and how it signals: what vhost's SET_VRING_* messages carry. */
+export interface VirtqueueConfig {
+  /** Number of entries: a power of two up to 32768. */
+  size: number;
+  /** Guest-physical addresses of the descriptor table, available ring and used ring. */
+  descAddr: number;
+  availAddr: number;
+  usedAddr: number;
+  /** Eventfd the driver signals when it adds buffers (KVM ioeventfd). */
+  kickFd: number;
+  /** Eventfd the device signals to interrupt the driver (KVM irqfd); omit to never interrupt. */
+  callFd?: number;
+  /** VIRTIO_RING_F_EVENT_IDX negotiated. */
+  eventIdx?: boolean;
+  /** VIRTIO_RING_F_INDIRECT_DESC negotiated. */
+  indirectDesc?: boolean;
+  /** Where to resume in the available ring (vhost SET_VRING_BASE). Default 0. */
+  lastAvailIdx?: number;
+}
+
+export interface QueuePairOptions {
+  memory: GuestMemory;
+  /** The tap queue this pair moves frames through (or its fd). */
+  tapQueue: TapQueue | number;
+  /** virtio_net_hdr size: must equal the tap's TUNSETVNETHDRSZ. */
+  hdrSize: 10 | 12;
+  /** VIRTIO_NET_F_MRG_RXBUF negotiated: a received frame may span several chains. */
+  mergeableRx: boolean;
+  /** With mergeable buffers, how much room to gather before each read: a typical frame. Default 1514 + 18 + header. */
+  rxReserveBytes?: number;
+  /** Virtqueue 2i. */
+  rx: VirtqueueConfig;
+  /** Virtqueue 2i+1. */
+  tx: VirtqueueConfig;
+}
+
+export interface QueueStats {
+  packets: number;
+  bytes: number;
+  kicks: number;
+  calls: number;
+  wakeups: number;
+  /** Times the queue broke (0 or 1). */
+  errors: number;
+  drops: { tooBig: number; badHeader: number; tapError: number; stopped: number };
+}
+
+export interface QueuePairStats {
+  rx: QueueStats;
+  tx: QueueStats;
+  rxBroken: boolean;
+  txBroken: boolean;
+}
+
+/** Where the device stopped in each available ring (vhost GET_VRING_BASE). */
+export interface QueuePairPosition {
+  rxLastAvailIdx: number;
+  txLastAvailIdx: number;
+}
+
+export interface QueueErrorEvent {
+  /** Which side failed: a virtqueue or the tap. */
+  queue: 'rx' | 'tx' | 'tap';
+  message: string;
+}
+
+export interface QueuePairEvents {
+  'queue-error': [QueueErrorEvent];
+}
+
+/**
+ * A native worker thread for one queue pair (rx = virtqueue 2i, tx = 2i+1) that
+ * moves frames between the virtqueues in guest memory and a tap queue. A
+ * malformed ring or chain breaks that queue only, reported as a 'queue-error'
+ * event; the process and the other queues go on.
+ */
+export class QueuePair extends EventEmitter<QueuePairEvents> {
+  readonly #native: NativeQueuePair;
+
+  constructor(options: QueuePairOptions) {
+    super();
+    const { memory, tapQueue, hdrSize, mergeableRx, rx, tx } = options;
+    if (hdrSize !== 10 && hdrSize !== 12) throw makeError('EINVAL', `hdrSize must be 10 or 12, got ${String(hdrSize)}`);
+    const tapFd = typeof tapQueue === 'number' ? tapQueue : tapQueue.fd;
+    const rxReserveBytes = options.rxReserveBytes ?? 1514 + 18 + hdrSize;
+    const ring = (q: VirtqueueConfig, which: string) => {
+      if (!q || typeof q !== 'object') throw makeError('EINVAL', `${which} queue config is missing`);
+      return {
+        size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr,
+        lastAvailIdx: q.lastAvailIdx ?? 0, kickFd: q.kickFd, callFd: q.callFd ?? -1,
+        eventIdx: q.eventIdx ?? false, indirectDesc: q.indirectDesc ?? false,
+      };
+    };
+    try {
+      this.#native = new native.NativeQueuePair(
+        { memory: memory.native, tapFd, hdrSize, mergeableRx, rxReserveBytes, rx: ring(rx, 'rx'), tx: ring(tx, 'tx') },
+        (where, message) => this.emit('queue-error', { queue: where as QueueErrorEvent['queue'], message }),
+      );
+    } catch (error) {
+      throw makeError(errorCode(error) ?? 'EINVAL', `invalid queue pair configuration: ${(error as Error).message}`, error);
+    }
+  }
+
+  /** Starts the worker thread. Throws EINVAL if the rings are not inside guest memory or misaligned. */
+  start(): void {
+    try {
+      this.#native.start();
+    } catch (error) {
+      throw makeError(errorCode(error) ?? 'EINVAL', `cannot start the queue pair: ${(error as Error).message}`, error);
+    }
+  }
+
+  /** Stops and joins the worker; every chain it took is completed or given back. Returns where each ring stopped. */
+  stop(): QueuePairPosition {
+    const { rxLastAvailIdx, txLastAvailIdx } = this.#native.stop();
+    return { rxLastAvailIdx, txLastAvailIdx };
+  }
+
+  get running(): boolean {
+    return this.#native.running();
+  }
+
+  /** Counters, read without stopping the worker. */
+  stats(): QueuePairStats {
+    const s = this.#native.stats();
+    const copy = (q: NativeQueueStats): QueueStats => ({ ...q, drops: { ...q.drops } });
+    return { rx: copy(s.rx), tx: copy(s.tx), rxBroken: s.rxBroken, txBroken: s.txBroken };
+  }
+}
