@@ -11,6 +11,7 @@
 
 #include "args.h"
 #include "errors.h"
+#include "js_callback.h"
 #include "modules.h"
 
 namespace vhost_tap {
@@ -86,8 +87,7 @@ class FdPoller : public Napi::ObjectWrap<FdPoller> {
     ev.events = EPOLLIN;
     ev.data.fd = stop_;
     epoll_ctl(epoll_, EPOLL_CTL_ADD, stop_, &ev);
-    tsfn_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "vhost-tap fd poller", 0, 1);
-    tsfn_.Unref(env);
+    ready_.create(env, info[0].As<Napi::Function>(), "vhost-tap fd poller");
     thread_ = std::thread([this] { run(); });
   }
 
@@ -105,12 +105,16 @@ class FdPoller : public Napi::ObjectWrap<FdPoller> {
       for (int i = 0; i < n; i++) {
         int fd = events[i].data.fd;
         if (fd == stop_) return;
-        napi_status st = tsfn_.NonBlockingCall(new int(fd), [](Napi::Env env, Napi::Function cb, int* p) {
+        int* data = new int(fd);
+        bool sent = ready_.call(data, [](Napi::Env env, Napi::Function cb, int* p) {
           int readyFd = *p;
           delete p;
           if (env != nullptr) cb.Call({Napi::Number::New(env, readyFd)});
         });
-        if (st != napi_ok) return;  // the environment is going away
+        if (!sent) {
+          delete data;
+          return;  // the environment is going away
+        }
       }
     }
   }
@@ -134,7 +138,7 @@ class FdPoller : public Napi::ObjectWrap<FdPoller> {
   }
 
   Napi::Value Add(const Napi::CallbackInfo& info) {
-    if (ctl(info, EPOLL_CTL_ADD, "watching") && watched_++ == 0) tsfn_.Ref(info.Env());
+    if (ctl(info, EPOLL_CTL_ADD, "watching") && watched_++ == 0) ready_.ref(info.Env());
     return info.Env().Undefined();
   }
   Napi::Value Rearm(const Napi::CallbackInfo& info) {
@@ -142,7 +146,7 @@ class FdPoller : public Napi::ObjectWrap<FdPoller> {
     return info.Env().Undefined();
   }
   Napi::Value Remove(const Napi::CallbackInfo& info) {
-    if (ctl(info, EPOLL_CTL_DEL, "unwatching") && --watched_ == 0) tsfn_.Unref(info.Env());
+    if (ctl(info, EPOLL_CTL_DEL, "unwatching") && --watched_ == 0) ready_.unref(info.Env());
     return info.Env().Undefined();
   }
   Napi::Value Close(const Napi::CallbackInfo& info) {
@@ -156,7 +160,7 @@ class FdPoller : public Napi::ObjectWrap<FdPoller> {
       ssize_t ignored = write(stop_, &one, sizeof one);
       (void)ignored;
       thread_.join();
-      tsfn_.Release();
+      ready_.release();
     }
     cleanupFds();
   }
@@ -170,7 +174,7 @@ class FdPoller : public Napi::ObjectWrap<FdPoller> {
   int epoll_ = -1;
   int stop_ = -1;
   int watched_ = 0;
-  Napi::ThreadSafeFunction tsfn_;
+  JsCallback ready_;
   std::thread thread_;
 };
 

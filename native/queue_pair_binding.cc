@@ -8,6 +8,7 @@
 #include "args.h"
 #include "errors.h"
 #include "guest_memory_binding.h"
+#include "js_callback.h"
 #include "modules.h"
 #include "queue_pair_worker.h"
 
@@ -92,16 +93,14 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     options.mergeableRx = c.Get("mergeableRx").ToBoolean().Value();
     if (!readQueue(env, c.Get("rx"), "rx", &options.rx) || !readQueue(env, c.Get("tx"), "tx", &options.tx)) return;
 
-    tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "vhost-tap queue pair events", 0, 1);
-    tsfn_.Unref(env);
-    auto tsfn = tsfn_;
-    worker_ = std::make_unique<QueuePairWorker>(std::move(options), [tsfn](const char* where, const std::string& message) mutable {
+    events_.create(env, info[1].As<Napi::Function>(), "vhost-tap queue pair events");
+    worker_ = std::make_unique<QueuePairWorker>(std::move(options), [this](const char* where, const std::string& message) {
       auto* event = new WorkerEvent{where, message};
-      napi_status st = tsfn.NonBlockingCall(event, [](Napi::Env env, Napi::Function cb, WorkerEvent* e) {
+      bool sent = events_.call(event, [](Napi::Env env, Napi::Function cb, WorkerEvent* e) {
         std::unique_ptr<WorkerEvent> owned(e);
         if (env != nullptr) cb.Call({Napi::String::New(env, owned->where), Napi::String::New(env, owned->message)});
       });
-      if (st != napi_ok) delete event;
+      if (!sent) delete event;
     });
     // A worker still running when the environment goes away must stop before it does.
     cleanupHook_ = std::make_unique<CleanupHook>(env.AddCleanupHook(stopAtExit, this));
@@ -112,7 +111,7 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     if (cleanupHook_ && !cleanupHookRan_) cleanupHook_->Remove(Env());
     if (worker_) worker_->stop();
     worker_.reset();
-    if (tsfn_) tsfn_.Release();
+    events_.release();
   }
 
  private:
@@ -174,7 +173,7 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
   std::unique_ptr<QueuePairWorker> worker_;
   std::unique_ptr<CleanupHook> cleanupHook_;
   bool cleanupHookRan_ = false;
-  Napi::ThreadSafeFunction tsfn_;
+  JsCallback events_;
 };
 
 }  // namespace

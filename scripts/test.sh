@@ -14,7 +14,11 @@ export VHOST_TAP_HOST_NETNS
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-VHOST_TAP_HOST_NETNS=$(readlink /proc/self/ns/net) unshare --net -- bash -c '
+# A private mount namespace too: namespaces a test makes with `ip netns add`
+# live under a /run/netns that exists only for this run.
+VHOST_TAP_HOST_NETNS=$(readlink /proc/self/ns/net) unshare --net --mount --propagation private -- bash -c '
+  mkdir -p /run/netns && mount -t tmpfs -o mode=0755 vhost-tap-netns /run/netns
+  mount -t sysfs sysfs /sys
   ip link set lo up
   exec npx --no-install c8 --reporter=text-summary --exclude "dist/test/**" \
     uvu dist/test "\.test\.js$" "$@"

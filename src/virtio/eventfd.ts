@@ -1,7 +1,8 @@
 import { makeError } from '../errors';
 import { native, type NativeFdPoller } from '../native';
 
-type Waiter = () => void;
+/** Wakes the one pending wait() of an fd: with the eventfd's count, or 0 when it is closed under the wait. */
+type Waiter = (closing: boolean) => void;
 
 /** One poller thread for the whole process; it keeps the event loop alive only while something waits. */
 let poller: NativeFdPoller | undefined;
@@ -13,7 +14,7 @@ function sharedPoller(): NativeFdPoller {
     if (!waiter) return;
     waiters.delete(fd);
     poller!.remove(fd);
-    waiter();
+    waiter(false);
   });
   return poller;
 }
@@ -68,17 +69,23 @@ export class EventFd {
         if (waiters.delete(fd)) sharedPoller().remove(fd);
         resolve(native.eventfdRead(fd));
       }, timeoutMs);
-      waiters.set(fd, () => {
+      waiters.set(fd, (closing) => {
         clearTimeout(timer);
-        resolve(native.eventfdRead(fd));
+        resolve(closing ? 0 : native.eventfdRead(fd));
       });
       sharedPoller().add(fd);
     });
   }
 
+  /** Closes the fd; a pending wait() resolves with 0. */
   close(): void {
     if (this.#fd < 0) return;
-    if (waiters.delete(this.#fd)) sharedPoller().remove(this.#fd);
+    const waiter = waiters.get(this.#fd);
+    if (waiter) {
+      waiters.delete(this.#fd);
+      sharedPoller().remove(this.#fd);
+      waiter(true);
+    }
     native.closeFd(this.#fd);
     this.#fd = -1;
   }

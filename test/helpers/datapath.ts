@@ -1,0 +1,76 @@
+// A tap in this namespace, guest memory, the TS driver playing the guest, and
+// one native QueuePair per queue pair between them: the whole data path, real.
+import { Tap, type TapOffloads } from '../../src';
+import { GuestMemory } from '../../src/virtio/guest-memory';
+import { QueuePair, type QueueErrorEvent } from '../../src/virtio/queue-pair';
+import { VirtioNetDriver, type VirtioNetDriverOptions, type VirtioNetFeatures } from '../../src/virtio/driver/net-driver';
+import { GUEST_MAC } from './packets';
+import { run, uniqueName } from './system';
+
+export const HOST_IP = '10.6.0.1';
+export const GUEST_IP = '10.6.0.2';
+
+export interface DataPathOptions {
+  pairs?: number;
+  queueSize?: number;
+  features?: Partial<VirtioNetFeatures>;
+  rxBufferSize?: number;
+  rxSegments?: number;
+  txSplitHeader?: boolean;
+  offloads?: TapOffloads;
+  /** Give the tap an address and a neighbour entry for the guest. Default true. */
+  address?: boolean;
+}
+
+export interface DataPath {
+  tap: Tap;
+  memory: GuestMemory;
+  driver: VirtioNetDriver;
+  pairs: QueuePair[];
+  errors: QueueErrorEvent[];
+  hostMac: Buffer;
+}
+
+export async function withDataPath(options: DataPathOptions, body: (dp: DataPath) => Promise<void>): Promise<void> {
+  const pairCount = options.pairs ?? 1;
+  const features: VirtioNetFeatures = { version1: true, mergeableRx: false, eventIdx: true, indirectDesc: false, ...options.features };
+  const driverOptions: Omit<VirtioNetDriverOptions, 'memory' | 'allocator'> = {
+    queuePairs: pairCount,
+    queueSize: options.queueSize ?? 256,
+    features,
+    ...(options.rxBufferSize !== undefined ? { rxBufferSize: options.rxBufferSize } : {}),
+    ...(options.rxSegments !== undefined ? { rxSegments: options.rxSegments } : {}),
+    ...(options.txSplitHeader !== undefined ? { txSplitHeader: options.txSplitHeader } : {}),
+  };
+  const memory = GuestMemory.allocate(VirtioNetDriver.memoryNeeded(driverOptions) + (1 << 20));
+  const hdrSize = features.version1 || features.mergeableRx ? 12 : 10;
+  const tap = Tap.create({ name: uniqueName('vdp'), queues: pairCount, vnetHdrSize: hdrSize });
+  const errors: QueueErrorEvent[] = [];
+  const pairs: QueuePair[] = [];
+  let driver: VirtioNetDriver | undefined;
+  try {
+    tap.setOffload(options.offloads ?? {});
+    if (options.address ?? true) {
+      run('ip', ['addr', 'add', `${HOST_IP}/24`, 'dev', tap.name]);
+      run('ip', ['neigh', 'replace', GUEST_IP, 'lladdr', '52:54:00:12:34:56', 'dev', tap.name, 'nud', 'permanent']);
+    }
+    driver = VirtioNetDriver.create({ memory, ...driverOptions });
+    for (let i = 0; i < pairCount; i++) {
+      const { rx, tx } = driver.queueConfig(i);
+      const pair = new QueuePair({ memory, tapQueue: tap.queues[i]!, hdrSize, mergeableRx: features.mergeableRx, rx, tx });
+      pair.on('queue-error', (e) => errors.push(e));
+      pair.start();
+      pairs.push(pair);
+      driver.fillRx(i);
+    }
+    const hostMac = Buffer.from(tap.mac().split(':').map((h) => parseInt(h, 16)));
+    await body({ tap, memory, driver, pairs, errors, hostMac });
+  } finally {
+    for (const pair of pairs) pair.stop();
+    driver?.close();
+    tap.close();
+    memory.close();
+  }
+}
+
+export { GUEST_MAC };
