@@ -79,8 +79,13 @@ export interface NativeBindings {
   closeFd(fd: number): void;
 }
 
-/** Where the addon is: build/Release beside dist/, whichever depth this file was compiled to. */
+/**
+ * Where the addon is: VHOST_TAP_ADDON if set (an ASan build, say), else
+ * build/Release beside dist/, whichever depth this file was compiled to.
+ */
 function findAddon(): string {
+  const override = process.env.VHOST_TAP_ADDON;
+  if (override) return path.resolve(override);
   let dir = __dirname;
   for (let i = 0; i < 4; i++) {
     const candidate = path.join(dir, 'build', 'Release', 'vhost_tap.node');
