@@ -39,10 +39,12 @@ void copyToIov(const struct iovec* iov, int count, uint64_t offset, const uint8_
 QueuePairWorker::QueuePairWorker(WorkerOptions options, WorkerEventSink sink)
     : options_(std::move(options)), sink_(std::move(sink)) {}
 
-QueuePairWorker::~QueuePairWorker() {
-  stop();
+QueuePairWorker::~QueuePairWorker() { stop(); }
+
+void QueuePairWorker::closeControlFds() {
   if (epoll_ >= 0) close(epoll_);
   if (stopFd_ >= 0) close(stopFd_);
+  epoll_ = stopFd_ = -1;
 }
 
 bool QueuePairWorker::start(std::string* error) {
@@ -84,17 +86,13 @@ bool QueuePairWorker::start(std::string* error) {
   txWaitingForTap_ = false;
   stopping_ = false;
 
-  if (epoll_ < 0) epoll_ = epoll_create1(EPOLL_CLOEXEC);
-  if (stopFd_ < 0) stopFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  // Fresh per run, closed by stop(): a stopped worker holds no fd.
+  epoll_ = epoll_create1(EPOLL_CLOEXEC);
+  stopFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (epoll_ < 0 || stopFd_ < 0) {
     *error = std::string("epoll/eventfd: ") + strerror(errno);
+    closeControlFds();
     return false;
-  }
-  // A fresh epoll set per start: fds of an earlier run may have been replaced.
-  close(epoll_);
-  epoll_ = epoll_create1(EPOLL_CLOEXEC);
-  uint64_t drained;
-  while (read(stopFd_, &drained, sizeof drained) > 0) {
   }
   struct {
     int fd;
@@ -110,6 +108,7 @@ bool QueuePairWorker::start(std::string* error) {
     ev.data.u32 = w.tag;
     if (epoll_ctl(epoll_, EPOLL_CTL_ADD, w.fd, &ev) < 0) {
       *error = std::string("cannot watch the ") + w.what + ": " + strerror(errno);
+      closeControlFds();
       return false;
     }
   }
@@ -125,6 +124,7 @@ void QueuePairWorker::stop() {
   ssize_t ignored = write(stopFd_, &one, sizeof one);
   (void)ignored;
   thread_.join();
+  closeControlFds();
 }
 
 void QueuePairWorker::run() {

@@ -90,6 +90,7 @@ class QueuePairWorker {
   Gather gatherRx(uint64_t want);
   void finishRxFrame(uint64_t frameBytes);
   void readKick(int fd, QueueStats& stats);
+  void closeControlFds();
 
   WorkerOptions options_;
   WorkerEventSink sink_;

@@ -16,6 +16,7 @@ export interface DataPathOptions {
   features?: Partial<VirtioNetFeatures>;
   rxBufferSize?: number;
   rxSegments?: number;
+  txBufferSize?: number;
   txSplitHeader?: boolean;
   offloads?: TapOffloads;
   /** Give the tap an address and a neighbour entry for the guest. Default true. */
@@ -41,6 +42,7 @@ export async function withDataPath(options: DataPathOptions, body: (dp: DataPath
     ...(options.rxBufferSize !== undefined ? { rxBufferSize: options.rxBufferSize } : {}),
     ...(options.rxSegments !== undefined ? { rxSegments: options.rxSegments } : {}),
     ...(options.txSplitHeader !== undefined ? { txSplitHeader: options.txSplitHeader } : {}),
+    ...(options.txBufferSize !== undefined ? { txBufferSize: options.txBufferSize } : {}),
   };
   const memory = GuestMemory.allocate(VirtioNetDriver.memoryNeeded(driverOptions) + (1 << 20));
   const hdrSize = features.version1 || features.mergeableRx ? 12 : 10;
