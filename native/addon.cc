@@ -9,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vhost_tap::registerGuestMemory(env, exports);
   vhost_tap::registerEventfd(env, exports);
   vhost_tap::registerQueuePair(env, exports);
+  vhost_tap::registerVirtqueue(env, exports);
   return exports;
 }
 }  // namespace

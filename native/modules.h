@@ -8,4 +8,5 @@ void registerFdPassing(Napi::Env env, Napi::Object exports);
 void registerGuestMemory(Napi::Env env, Napi::Object exports);
 void registerEventfd(Napi::Env env, Napi::Object exports);
 void registerQueuePair(Napi::Env env, Napi::Object exports);
+void registerVirtqueue(Napi::Env env, Napi::Object exports);
 }  // namespace vhost_tap

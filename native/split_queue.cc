@@ -49,7 +49,7 @@ PopResult SplitQueue::fail(std::string reason) {
   return PopResult::kBroken;
 }
 
-PopResult SplitQueue::pop(bool deviceWrites, struct iovec* iov, int maxIov, Chain* out) {
+PopResult SplitQueue::walk(Direction direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov) {
   if (!broken_.empty()) return PopResult::kBroken;
   uint16_t availIdx = __atomic_load_n(availIdx_, __ATOMIC_ACQUIRE);
   uint16_t pending = static_cast<uint16_t>(availIdx - lastAvail_);
@@ -67,6 +67,8 @@ PopResult SplitQueue::pop(bool deviceWrites, struct iovec* iov, int maxIov, Chai
   uint32_t visited = 0;
   bool inIndirect = false;
   int iovCount = 0;
+  int readableCount = 0;
+  bool seenWritable = false;
   uint64_t bytes = 0;
   for (;;) {
     if (++visited > tableSize) return fail("descriptor chain is longer than its table or loops");
@@ -90,9 +92,12 @@ PopResult SplitQueue::pop(bool deviceWrites, struct iovec* iov, int maxIov, Chai
       continue;
     }
     bool writable = (d.flags & VRING_DESC_F_WRITE) != 0;
-    if (writable != deviceWrites) {
-      return fail(deviceWrites ? "read-only descriptor in a receive chain" : "write-only descriptor in a transmit chain");
+    if (direction == Direction::kWritable && !writable) return fail("read-only descriptor in a receive chain");
+    if (direction == Direction::kReadable && writable) return fail("write-only descriptor in a transmit chain");
+    if (direction == Direction::kReadThenWrite && seenWritable && !writable) {
+      return fail("read-only descriptor after a write-only one");
     }
+    seenWritable = seenWritable || writable;
     int n = memory_->translateIov(d.addr, d.len, iov + iovCount, maxIov - iovCount);
     if (n == -2) return PopResult::kNoRoom;
     if (n < 0) {
@@ -101,12 +106,14 @@ PopResult SplitQueue::pop(bool deviceWrites, struct iovec* iov, int maxIov, Chai
       return fail(std::string("descriptor buffer ") + range + " is outside guest memory");
     }
     iovCount += n;
+    if (!writable) readableCount = iovCount;
     bytes += d.len;
     if (!(d.flags & VRING_DESC_F_NEXT)) break;
     index = d.next;
     if (index >= tableSize) return fail("descriptor next " + std::to_string(index) + " is past its table");
   }
   lastAvail_++;
+  if (readableIov) *readableIov = readableCount;
   out->head = head;
   out->iovCount = iovCount;
   out->bytes = bytes;

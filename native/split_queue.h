@@ -42,9 +42,19 @@ class SplitQueue {
   // inside it, misaligned, or the size is not a power of two up to 32768.
   bool setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& config, std::string* error);
 
+  // Which descriptors a chain may hold: all readable (tx), all writable (rx), or
+  // readable ones followed by writable ones (a request and its reply).
+  enum class Direction { kReadable, kWritable, kReadThenWrite };
+
   // Pops the next available chain into iov[0..maxIov). deviceWrites: an rx
   // chain (all descriptors writable) rather than a tx chain (all readable).
-  PopResult pop(bool deviceWrites, struct iovec* iov, int maxIov, Chain* out);
+  PopResult pop(bool deviceWrites, struct iovec* iov, int maxIov, Chain* out) {
+    return walk(deviceWrites ? Direction::kWritable : Direction::kReadable, iov, maxIov, out, nullptr);
+  }
+  // Pops a request/reply chain; *readableIov is how many iovecs are readable (the rest are writable).
+  PopResult popMixed(struct iovec* iov, int maxIov, Chain* out, int* readableIov) {
+    return walk(Direction::kReadThenWrite, iov, maxIov, out, readableIov);
+  }
   // Gives back the last `count` popped chains (they were not used).
   void unpop(uint16_t count) { lastAvail_ = static_cast<uint16_t>(lastAvail_ - count); }
 
@@ -75,6 +85,7 @@ class SplitQueue {
 
  private:
   PopResult fail(std::string reason);
+  PopResult walk(Direction direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov);
 
   std::shared_ptr<GuestMemoryMap> memory_;
   uint32_t size_ = 0;

@@ -43,7 +43,17 @@ export interface NativeQueuePairConfig {
   rx: NativeQueueRing; tx: NativeQueueRing;
 }
 
+export interface NativeVirtqueue {
+  pop(): { head: number; readable: Buffer; writable: number } | null;
+  complete(reply?: Buffer): number;
+  needsCall(): boolean;
+  enableNotify(): boolean;
+  disableNotify(): void;
+  lastAvailIdx(): number;
+}
+
 export interface NativeBindings {
+  NativeVirtqueue: new (memory: NativeGuestMemory, config: Omit<NativeQueueRing, 'kickFd' | 'callFd'>) => NativeVirtqueue;
   NativeQueuePair: new (config: NativeQueuePairConfig, onEvent: (where: string, message: string) => void) => NativeQueuePair;
   NativeGuestMemory: new (regions: NativeRegionSpec[]) => NativeGuestMemory;
   memfdCreate(name: string, size: number): number;

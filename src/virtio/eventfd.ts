@@ -25,9 +25,11 @@ function sharedPoller(): NativeFdPoller {
  */
 export class EventFd {
   #fd: number;
+  readonly #owned: boolean;
 
-  private constructor(fd: number) {
+  private constructor(fd: number, owned = true) {
     this.#fd = fd;
+    this.#owned = owned;
   }
 
   static create(): EventFd {
@@ -38,6 +40,12 @@ export class EventFd {
   static fromFd(fd: number): EventFd {
     if (!Number.isInteger(fd) || fd < 0) throw makeError('EBADF', `${fd} is not a file descriptor`);
     return new EventFd(fd);
+  }
+
+  /** Uses an eventfd that stays its owner's (a VMM's kick fd): close() stops waiting but leaves the fd open. */
+  static borrow(fd: number): EventFd {
+    if (!Number.isInteger(fd) || fd < 0) throw makeError('EBADF', `${fd} is not a file descriptor`);
+    return new EventFd(fd, false);
   }
 
   get fd(): number {
@@ -86,7 +94,7 @@ export class EventFd {
       sharedPoller().remove(this.#fd);
       waiter(true);
     }
-    native.closeFd(this.#fd);
+    if (this.#owned) native.closeFd(this.#fd);
     this.#fd = -1;
   }
 }

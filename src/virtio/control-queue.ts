@@ -1,0 +1,178 @@
+// The control virtqueue (virtio 1.x 5.1.6.5), served in JS: commands are rare
+// and small. Each chain is a request (class, command, data) followed by a
+// one-byte ack the device writes. The ring itself is walked by the same
+// defensive native code as the data path.
+import { errorCode } from '../errors';
+import { native, type NativeVirtqueue } from '../native';
+import { EventFd } from './eventfd';
+import {
+  VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_GUEST_ANNOUNCE,
+  VIRTIO_NET_F_MQ, hasFeature,
+} from './features';
+import type { GuestMemory } from './guest-memory';
+import type { VirtqueueConfig } from './queue-pair';
+
+export const VIRTIO_NET_OK = 0;
+export const VIRTIO_NET_ERR = 1;
+
+export const VIRTIO_NET_CTRL_RX = 0;
+export const VIRTIO_NET_CTRL_RX_PROMISC = 0;
+export const VIRTIO_NET_CTRL_RX_ALLMULTI = 1;
+export const VIRTIO_NET_CTRL_MAC = 1;
+export const VIRTIO_NET_CTRL_MAC_TABLE_SET = 0;
+export const VIRTIO_NET_CTRL_MAC_ADDR_SET = 1;
+export const VIRTIO_NET_CTRL_ANNOUNCE = 3;
+export const VIRTIO_NET_CTRL_ANNOUNCE_ACK = 0;
+export const VIRTIO_NET_CTRL_MQ = 4;
+export const VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = 0;
+export const VIRTIO_NET_CTRL_GUEST_OFFLOADS = 5;
+export const VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET = 0;
+
+/** What the device does for each command; each returns whether it succeeded. */
+export interface ControlCommandHandler {
+  setRxMode(mode: 'promisc' | 'allmulti', on: boolean): boolean;
+  setMacTable(unicast: Buffer[], multicast: Buffer[]): boolean;
+  setMac(mac: Buffer): boolean;
+  announceAck(): boolean;
+  setQueuePairs(pairs: number): boolean;
+  setGuestOffloads(offloads: bigint): boolean;
+}
+
+/** Parses one MAC table of a MAC_TABLE_SET: u32 entries, then 6 bytes each. */
+function macTable(data: Buffer, offset: number): { macs: Buffer[]; end: number } | undefined {
+  if (offset + 4 > data.length) return undefined;
+  const entries = data.readUInt32LE(offset);
+  const end = offset + 4 + entries * 6;
+  if (entries > 1024 || end > data.length) return undefined;
+  const macs: Buffer[] = [];
+  for (let i = 0; i < entries; i++) macs.push(Buffer.from(data.subarray(offset + 4 + i * 6, offset + 10 + i * 6)));
+  return { macs, end };
+}
+
+/**
+ * Decodes one command and runs it; returns the ack. Anything malformed, unknown,
+ * not negotiated or out of range is VIRTIO_NET_ERR; nothing here throws.
+ */
+export function handleControlCommand(request: Buffer, features: bigint, handler: ControlCommandHandler): number {
+  if (request.length < 2) return VIRTIO_NET_ERR;
+  const cls = request[0]!;
+  const command = request[1]!;
+  const data = request.subarray(2);
+  const ok = (result: boolean): number => (result ? VIRTIO_NET_OK : VIRTIO_NET_ERR);
+  try {
+    switch (cls) {
+      case VIRTIO_NET_CTRL_RX:
+        if (!hasFeature(features, VIRTIO_NET_F_CTRL_RX) || data.length !== 1) return VIRTIO_NET_ERR;
+        if (command === VIRTIO_NET_CTRL_RX_PROMISC) return ok(handler.setRxMode('promisc', data[0] !== 0));
+        if (command === VIRTIO_NET_CTRL_RX_ALLMULTI) return ok(handler.setRxMode('allmulti', data[0] !== 0));
+        return VIRTIO_NET_ERR;
+      case VIRTIO_NET_CTRL_MAC:
+        if (command === VIRTIO_NET_CTRL_MAC_ADDR_SET) {
+          if (!hasFeature(features, VIRTIO_NET_F_CTRL_MAC_ADDR) || data.length !== 6) return VIRTIO_NET_ERR;
+          return ok(handler.setMac(Buffer.from(data)));
+        }
+        if (command === VIRTIO_NET_CTRL_MAC_TABLE_SET) {
+          if (!hasFeature(features, VIRTIO_NET_F_CTRL_RX)) return VIRTIO_NET_ERR;
+          const unicast = macTable(data, 0);
+          const multicast = unicast && macTable(data, unicast.end);
+          if (!unicast || !multicast || multicast.end !== data.length) return VIRTIO_NET_ERR;
+          return ok(handler.setMacTable(unicast.macs, multicast.macs));
+        }
+        return VIRTIO_NET_ERR;
+      case VIRTIO_NET_CTRL_ANNOUNCE:
+        if (!hasFeature(features, VIRTIO_NET_F_GUEST_ANNOUNCE) || command !== VIRTIO_NET_CTRL_ANNOUNCE_ACK || data.length !== 0) return VIRTIO_NET_ERR;
+        return ok(handler.announceAck());
+      case VIRTIO_NET_CTRL_MQ:
+        if (!hasFeature(features, VIRTIO_NET_F_MQ) || command !== VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET || data.length !== 2) return VIRTIO_NET_ERR;
+        return ok(handler.setQueuePairs(data.readUInt16LE(0)));
+      case VIRTIO_NET_CTRL_GUEST_OFFLOADS:
+        if (!hasFeature(features, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS) || command !== VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET || data.length !== 8) {
+          return VIRTIO_NET_ERR;
+        }
+        return ok(handler.setGuestOffloads(data.readBigUInt64LE(0)));
+      default:
+        return VIRTIO_NET_ERR;
+    }
+  } catch {
+    return VIRTIO_NET_ERR;
+  }
+}
+
+/** Serves the control virtqueue: waits for kicks, answers each command, calls. */
+export class ControlQueue {
+  readonly #queue: NativeVirtqueue;
+  readonly #kick: EventFd;
+  readonly #callFd: number;
+  #running = false;
+  #served: Promise<void> = Promise.resolve();
+  /** Commands answered, by ack. */
+  readonly counts = { ok: 0, err: 0 };
+
+  constructor(
+    memory: GuestMemory,
+    ring: VirtqueueConfig,
+    private readonly features: bigint,
+    private readonly handler: ControlCommandHandler,
+    private readonly onBroken: (message: string) => void,
+  ) {
+    this.#queue = new native.NativeVirtqueue(memory.native, {
+      size: ring.size, descAddr: ring.descAddr, availAddr: ring.availAddr, usedAddr: ring.usedAddr,
+      lastAvailIdx: ring.lastAvailIdx ?? 0, eventIdx: ring.eventIdx ?? false, indirectDesc: ring.indirectDesc ?? false,
+    });
+    this.#kick = EventFd.borrow(ring.kickFd);
+    this.#callFd = ring.callFd ?? -1;
+  }
+
+  start(): void {
+    if (this.#running) return;
+    this.#running = true;
+    this.#served = this.#serve();
+  }
+
+  /** Stops serving; resolves once the loop has ended. Where the ring stopped is lastAvailIdx. */
+  async stop(): Promise<void> {
+    this.#running = false;
+    this.#kick.close(); // wakes the wait; the fd stays the VMM's
+    await this.#served;
+  }
+
+  get lastAvailIdx(): number {
+    return this.#queue.lastAvailIdx();
+  }
+
+  /** Answers every command waiting now; returns how many. */
+  drain(): number {
+    let answered = 0;
+    for (;;) {
+      let chain: ReturnType<NativeVirtqueue['pop']>;
+      try {
+        this.#queue.disableNotify();
+        chain = this.#queue.pop();
+      } catch (error) {
+        this.#running = false;
+        this.onBroken(errorCode(error) === 'EPROTO' ? (error as Error).message : String(error));
+        return answered;
+      }
+      if (chain === null) {
+        if (this.#queue.enableNotify()) continue;
+        break;
+      }
+      // Without a writable byte there is nowhere to put the ack: return the chain unanswered.
+      const ack = chain.writable >= 1 ? handleControlCommand(chain.readable, this.features, this.handler) : VIRTIO_NET_ERR;
+      this.#queue.complete(chain.writable >= 1 ? Buffer.from([ack]) : undefined);
+      if (ack === VIRTIO_NET_OK) this.counts.ok++;
+      else this.counts.err++;
+      answered++;
+      if (this.#callFd >= 0 && this.#queue.needsCall()) native.eventfdWrite(this.#callFd);
+    }
+    return answered;
+  }
+
+  async #serve(): Promise<void> {
+    while (this.#running) {
+      this.drain();
+      if (!this.#running) break;
+      await this.#kick.wait(1000);
+    }
+  }
+}

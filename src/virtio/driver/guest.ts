@@ -1,0 +1,104 @@
+import { makeError } from '../../errors';
+import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../device-status';
+import * as F from '../features';
+import { hasFeature } from '../features';
+import type { GuestMemory } from '../guest-memory';
+import type { VirtioNetDevice } from '../net-device';
+import { ControlQueueDriver } from './control-queue-driver';
+import { GuestAllocator } from './guest-allocator';
+import { VirtioNetDriver, type VirtioNetDriverOptions } from './net-driver';
+
+export interface GuestBringUpOptions {
+  device: VirtioNetDevice;
+  memory: GuestMemory;
+  /** Features the guest would like; it takes those the device offers. Default: everything offered. */
+  wantFeatures?: bigint;
+  queueSize?: number;
+  rxBufferSize?: number;
+  txBufferSize?: number;
+}
+
+/**
+ * A guest bringing up a virtio-net device the way a driver does through a
+ * transport (virtio 1.x 3.1.1): reset, ACKNOWLEDGE, DRIVER, read and accept
+ * features, FEATURES_OK and read it back, set up every virtqueue, DRIVER_OK.
+ * The device is in-process, so the transport is direct calls.
+ */
+export class VirtioNetGuest {
+  private constructor(
+    readonly device: VirtioNetDevice,
+    readonly features: bigint,
+    readonly driver: VirtioNetDriver,
+    readonly control: ControlQueueDriver | undefined,
+  ) {}
+
+  static bringUp(options: GuestBringUpOptions): VirtioNetGuest {
+    const { device, memory } = options;
+    device.writeStatus(0);
+    device.writeStatus(STATUS_ACKNOWLEDGE);
+    device.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    const features = device.offeredFeatures & (options.wantFeatures ?? device.offeredFeatures);
+    device.setDriverFeatures(features);
+    device.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    if (!(device.status & STATUS_FEATURES_OK)) throw makeError('EINVAL', 'the device refused the features (FEATURES_OK did not stick)');
+
+    const pairs = hasFeature(features, F.VIRTIO_NET_F_MQ) ? device.maxQueuePairs : 1;
+    const queueSize = options.queueSize ?? 256;
+    const allocator = new GuestAllocator(memory);
+    const driverOptions: VirtioNetDriverOptions = {
+      memory, allocator, queuePairs: pairs, queueSize,
+      features: {
+        version1: hasFeature(features, F.VIRTIO_F_VERSION_1),
+        mergeableRx: hasFeature(features, F.VIRTIO_NET_F_MRG_RXBUF),
+        eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX),
+        indirectDesc: hasFeature(features, F.VIRTIO_RING_F_INDIRECT_DESC),
+      },
+      ...(options.rxBufferSize !== undefined ? { rxBufferSize: options.rxBufferSize } : {}),
+      ...(options.txBufferSize !== undefined ? { txBufferSize: options.txBufferSize } : {}),
+    };
+    const driver = VirtioNetDriver.create(driverOptions);
+    let control: ControlQueueDriver | undefined;
+    try {
+      device.setMemory(memory);
+      for (let pair = 0; pair < pairs; pair++) {
+        const { rx, tx } = driver.queueConfig(pair);
+        for (const [index, q] of [[2 * pair, rx], [2 * pair + 1, tx]] as const) {
+          device.setQueueSize(index, q.size);
+          device.setQueueAddresses(index, q);
+          device.setQueueKick(index, q.kickFd);
+          device.setQueueCall(index, q.callFd);
+          device.enableQueue(index, true);
+        }
+        driver.fillRx(pair);
+      }
+      if (hasFeature(features, F.VIRTIO_NET_F_CTRL_VQ)) {
+        control = new ControlQueueDriver(memory, allocator, {
+          size: 64, eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX), indirectDesc: false,
+        });
+        const index = 2 * device.maxQueuePairs;
+        device.setQueueSize(index, 64);
+        device.setQueueAddresses(index, control.queue.layout);
+        device.setQueueKick(index, control.queue.kickEvent.fd);
+        device.setQueueCall(index, control.queue.callEvent.fd);
+        device.enableQueue(index, true);
+      }
+      device.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    } catch (error) {
+      control?.close();
+      driver.close();
+      throw error;
+    }
+    return new VirtioNetGuest(device, features, driver, control);
+  }
+
+  /** VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET; resolves with the ack (0 OK, 1 ERR). */
+  setQueuePairs(pairs: number): Promise<number> {
+    if (!this.control) return Promise.reject(makeError('EINVAL', 'the control queue was not negotiated'));
+    return this.control.setQueuePairs(pairs);
+  }
+
+  close(): void {
+    this.control?.close();
+    this.driver.close();
+  }
+}

@@ -1,0 +1,645 @@
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+
+import { errorCode, makeError } from '../errors';
+import type { Tap, TapOffloads } from '../tap/tap';
+import { parseMac } from '../tap/names';
+import { ControlQueue, type ControlCommandHandler } from './control-queue';
+import {
+  STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, describeStatus, statusTransitionError,
+} from './device-status';
+import * as F from './features';
+import { featureBit, hasFeature, netHdrSize } from './features';
+import type { GuestMemory } from './guest-memory';
+import { NetConfigSpace, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from './net-config';
+import { tapOffloadsForGuest } from './offloads';
+import { QueuePair, type QueuePairStats, type VirtqueueConfig } from './queue-pair';
+
+/** Every feature this device knows how to provide, before asking the tap what it can do. */
+const IMPLEMENTED_FEATURES = [
+  F.VIRTIO_F_VERSION_1, F.VIRTIO_NET_F_MAC, F.VIRTIO_NET_F_MTU, F.VIRTIO_NET_F_STATUS, F.VIRTIO_NET_F_MQ,
+  F.VIRTIO_NET_F_CTRL_VQ, F.VIRTIO_NET_F_CTRL_RX, F.VIRTIO_NET_F_CTRL_MAC_ADDR, F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS,
+  F.VIRTIO_NET_F_GUEST_ANNOUNCE, F.VIRTIO_NET_F_MRG_RXBUF, F.VIRTIO_NET_F_CSUM, F.VIRTIO_NET_F_GUEST_CSUM,
+  F.VIRTIO_NET_F_HOST_TSO4, F.VIRTIO_NET_F_HOST_TSO6, F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_TSO6,
+  F.VIRTIO_NET_F_HOST_ECN, F.VIRTIO_NET_F_GUEST_ECN, F.VIRTIO_NET_F_HOST_UFO, F.VIRTIO_NET_F_GUEST_UFO,
+  F.VIRTIO_NET_F_HOST_USO, F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6,
+  F.VIRTIO_RING_F_INDIRECT_DESC, F.VIRTIO_RING_F_EVENT_IDX,
+].reduce((mask, bit) => mask | featureBit(bit), 0n);
+
+/** The guest offloads that TUNSETOFFLOAD controls (they follow CTRL_GUEST_OFFLOADS_SET too). */
+const GUEST_OFFLOAD_FEATURES = [
+  F.VIRTIO_NET_F_GUEST_CSUM, F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_TSO6, F.VIRTIO_NET_F_GUEST_ECN,
+  F.VIRTIO_NET_F_GUEST_UFO, F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6,
+].reduce((mask, bit) => mask | featureBit(bit), 0n);
+
+/** Feature dependencies of virtio 1.x 5.1.3.1: a driver that accepts the key without the values is refused. */
+const FEATURE_REQUIRES: [number, number[]][] = [
+  [F.VIRTIO_NET_F_GUEST_TSO4, [F.VIRTIO_NET_F_GUEST_CSUM]],
+  [F.VIRTIO_NET_F_GUEST_TSO6, [F.VIRTIO_NET_F_GUEST_CSUM]],
+  [F.VIRTIO_NET_F_GUEST_ECN, [F.VIRTIO_NET_F_GUEST_CSUM]],
+  [F.VIRTIO_NET_F_GUEST_UFO, [F.VIRTIO_NET_F_GUEST_CSUM]],
+  [F.VIRTIO_NET_F_GUEST_USO4, [F.VIRTIO_NET_F_GUEST_CSUM]],
+  [F.VIRTIO_NET_F_GUEST_USO6, [F.VIRTIO_NET_F_GUEST_CSUM]],
+  [F.VIRTIO_NET_F_HOST_TSO4, [F.VIRTIO_NET_F_CSUM]],
+  [F.VIRTIO_NET_F_HOST_TSO6, [F.VIRTIO_NET_F_CSUM]],
+  [F.VIRTIO_NET_F_HOST_ECN, [F.VIRTIO_NET_F_CSUM]],
+  [F.VIRTIO_NET_F_HOST_UFO, [F.VIRTIO_NET_F_CSUM]],
+  [F.VIRTIO_NET_F_HOST_USO, [F.VIRTIO_NET_F_CSUM]],
+  [F.VIRTIO_NET_F_CTRL_RX, [F.VIRTIO_NET_F_CTRL_VQ]],
+  [F.VIRTIO_NET_F_GUEST_ANNOUNCE, [F.VIRTIO_NET_F_CTRL_VQ]],
+  [F.VIRTIO_NET_F_MQ, [F.VIRTIO_NET_F_CTRL_VQ]],
+  [F.VIRTIO_NET_F_CTRL_MAC_ADDR, [F.VIRTIO_NET_F_CTRL_VQ]],
+  [F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, [F.VIRTIO_NET_F_CTRL_VQ]],
+];
+
+export interface VirtioNetDeviceOptions {
+  /** The tap whose queues back the queue pairs: one tap queue per pair. */
+  tap: Tap;
+  /** Guest memory; may also be given later with setMemory() (vhost SET_MEM_TABLE). */
+  memory?: GuestMemory;
+  /** Queue pairs offered (max_virtqueue_pairs). Default: one per tap queue. */
+  maxQueuePairs?: number;
+  /** MAC address in config space. Default: a random locally administered one. */
+  mac?: string;
+  /** MTU offered with VIRTIO_NET_F_MTU. Default: not offered. */
+  mtu?: number;
+  /** Restrict the features offered to this mask (the device still drops what the tap cannot do). */
+  features?: bigint;
+  /** Link state at start. Default up. */
+  linkUp?: boolean;
+}
+
+/** One virtqueue as the VMM's transport (or vhost) configures it. */
+interface VirtqueueState {
+  size: number;
+  descAddr?: number;
+  availAddr?: number;
+  usedAddr?: number;
+  lastAvailIdx: number;
+  kickFd?: number;
+  callFd?: number;
+  enabled: boolean;
+}
+
+export interface DeviceQueueError {
+  /** Queue pair index, or 'ctrl' for the control queue. */
+  pair: number | 'ctrl';
+  queue: 'rx' | 'tx' | 'tap' | 'ctrl';
+  message: string;
+}
+
+export interface QueuePairsChange {
+  active: number;
+  previous: number;
+}
+
+export interface VirtioNetDeviceEvents {
+  /** A queue broke (the device now needs a reset), or a queue switch failed. */
+  'queue-error': [DeviceQueueError];
+  /** Config space changed (link, announce, NEEDS_RESET): the transport should raise a configuration change interrupt. */
+  'config-change': [];
+  /** The set of queue pairs in use changed. */
+  'queue-pairs': [QueuePairsChange];
+  /** The driver wrote the status (after validation): the new value. */
+  status: [number];
+  /** The driver broke a rule of the status protocol; the write was ignored. */
+  'protocol-error': [string];
+}
+
+export interface DeviceStats {
+  activeQueuePairs: number;
+  pairs: ({ pair: number; running: boolean; tapAttached: boolean } & Partial<QueuePairStats>)[];
+  control: { ok: number; err: number };
+}
+
+/**
+ * A virtio-net device backed by a multiqueue tap. The VMM owns the transport
+ * (PCI or MMIO registers) and guest memory, and calls the methods here as the
+ * guest touches them: the status and feature registers, config space, and the
+ * vhost-style per-virtqueue setup. Queue pair i is virtqueues 2i (rx) and 2i+1
+ * (tx); the control queue, if negotiated, is virtqueue 2 * maxQueuePairs.
+ */
+export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
+  readonly tap: Tap;
+  readonly maxQueuePairs: number;
+  /** The features this device offers: what was asked for, less what the tap and kernel cannot do. */
+  readonly offeredFeatures: bigint;
+  readonly #defaultMac: Buffer;
+  readonly #mtu: number;
+  readonly #config: NetConfigSpace;
+  #memory: GuestMemory | undefined;
+  #status = 0;
+  #driverFeatures = 0n;
+  #guestOffloads = 0n;
+  #queues: VirtqueueState[] = [];
+  #workers: (QueuePair | undefined)[] = [];
+  #active = 1;
+  #control: ControlQueue | undefined;
+  #rxMode = { promisc: true, allmulti: true };
+  #macTable: { unicast: Buffer[]; multicast: Buffer[] } = { unicast: [], multicast: [] };
+  #closed = false;
+
+  constructor(options: VirtioNetDeviceOptions) {
+    super();
+    const { tap, memory, mtu, linkUp = true } = options;
+    const maxQueuePairs = options.maxQueuePairs ?? tap.queues.length;
+    if (!Number.isInteger(maxQueuePairs) || maxQueuePairs < 1 || maxQueuePairs > tap.queues.length) {
+      throw makeError('EINVAL', `maxQueuePairs must be 1 to the tap's ${tap.queues.length} queues, got ${String(maxQueuePairs)}`);
+    }
+    if (mtu !== undefined && (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535)) throw makeError('EINVAL', `mtu must be 68 to 65535, got ${mtu}`);
+    this.tap = tap;
+    this.maxQueuePairs = maxQueuePairs;
+    this.#memory = memory;
+    this.#mtu = mtu ?? 0;
+    this.#defaultMac = options.mac !== undefined ? parseMac(options.mac) : randomMac();
+    this.#config = new NetConfigSpace(this.#defaultMac, maxQueuePairs, this.#mtu);
+    this.#config.setStatus(linkUp ? VIRTIO_NET_S_LINK_UP : 0);
+    this.offeredFeatures = this.#probeFeatures((options.features ?? IMPLEMENTED_FEATURES) & IMPLEMENTED_FEATURES);
+    this.#resetState();
+  }
+
+  // ---- status and features (the transport's registers) ----
+
+  get status(): number {
+    return this.#status;
+  }
+
+  /** The features the driver wrote (fixed once FEATURES_OK is accepted). */
+  get driverFeatures(): bigint {
+    return this.#driverFeatures;
+  }
+
+  /** Writes the device status register. 0 resets the device. A write that breaks the protocol is ignored and reported. */
+  writeStatus(value: number): void {
+    this.#assertOpen();
+    if (value === 0) {
+      this.reset();
+      return;
+    }
+    const problem = statusTransitionError(this.#status, value);
+    if (problem) {
+      this.emit('protocol-error', problem);
+      return;
+    }
+    const rising = value & ~this.#status;
+    if (rising & STATUS_FEATURES_OK && !this.#acceptFeatures()) {
+      value &= ~STATUS_FEATURES_OK; // the driver reads it back and sees the refusal (3.1.1)
+    }
+    const needsReset = this.#status & STATUS_DEVICE_NEEDS_RESET;
+    this.#status = value | needsReset;
+    if (rising & STATUS_DRIVER_OK && value & STATUS_FEATURES_OK && !(value & STATUS_FAILED)) this.#driverOk();
+    this.emit('status', this.#status);
+  }
+
+  /** Writes the driver features register; only before FEATURES_OK (later writes are ignored and reported). */
+  setDriverFeatures(features: bigint): void {
+    this.#assertOpen();
+    if (this.#status & STATUS_FEATURES_OK) {
+      this.emit('protocol-error', 'features written after FEATURES_OK');
+      return;
+    }
+    this.#driverFeatures = BigInt.asUintN(64, features);
+  }
+
+  /** Resets the device: stops every queue, detaches every tap queue but the first, forgets the driver. */
+  reset(): void {
+    this.#stopAll();
+    this.#resetState();
+    this.emit('status', 0);
+  }
+
+  // ---- config space ----
+
+  readConfig(offset: number, length: number): Buffer {
+    if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 0 || length > 256) {
+      throw makeError('EINVAL', `config read at ${offset}+${length} is out of range`);
+    }
+    return this.#config.read(offset, length);
+  }
+
+  /** virtio 1.x config space is read-only for the driver; a legacy driver may write the MAC (without CTRL_MAC_ADDR). */
+  writeConfig(offset: number, data: Uint8Array): void {
+    if (!hasFeature(this.#driverFeatures, F.VIRTIO_F_VERSION_1) && offset === 0 && data.length === 6) {
+      this.#config.mac = Buffer.from(data);
+      return;
+    }
+    this.emit('protocol-error', `config write at ${offset}+${data.length} ignored (read-only in virtio 1.x)`);
+  }
+
+  get configGeneration(): number {
+    return this.#config.generation;
+  }
+
+  get mac(): string {
+    return Array.from(this.#config.mac, (b) => b.toString(16).padStart(2, '0')).join(':');
+  }
+
+  get linkUp(): boolean {
+    return (this.#config.status & VIRTIO_NET_S_LINK_UP) !== 0;
+  }
+
+  /** Sets the link state the guest sees (VIRTIO_NET_S_LINK_UP) and raises a config change. */
+  setLinkUp(up: boolean): void {
+    const status = up ? this.#config.status | VIRTIO_NET_S_LINK_UP : this.#config.status & ~VIRTIO_NET_S_LINK_UP;
+    if (this.#config.setStatus(status)) this.emit('config-change');
+  }
+
+  /** Asks the guest to announce itself (after a migration): VIRTIO_NET_S_ANNOUNCE until it acks on the control queue. */
+  announce(): void {
+    if (!hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_GUEST_ANNOUNCE)) {
+      throw makeError('EINVAL', 'the driver did not negotiate VIRTIO_NET_F_GUEST_ANNOUNCE');
+    }
+    if (this.#config.setStatus(this.#config.status | VIRTIO_NET_S_ANNOUNCE)) this.emit('config-change');
+  }
+
+  // ---- virtqueues (vhost-style) ----
+
+  /** Virtqueues this device has: 2 per pair, plus the control queue when CTRL_VQ is offered. */
+  get numQueues(): number {
+    return 2 * this.maxQueuePairs + (hasFeature(this.offeredFeatures, F.VIRTIO_NET_F_CTRL_VQ) ? 1 : 0);
+  }
+
+  /** Guest memory the rings and buffers are in (vhost SET_MEM_TABLE); only while no queue runs. */
+  setMemory(memory: GuestMemory): void {
+    if (this.#workers.some((w) => w) || this.#control) throw makeError('EBUSY', 'stop the device (reset) before replacing its memory');
+    this.#memory = memory;
+  }
+
+  setQueueSize(index: number, size: number): void {
+    if (!Number.isInteger(size) || size < 1 || size > 32768 || (size & (size - 1)) !== 0) {
+      throw makeError('EINVAL', `queue size must be a power of two from 1 to 32768, got ${size}`);
+    }
+    this.#queue(index, true).size = size;
+  }
+
+  setQueueAddresses(index: number, addresses: { descAddr: number; availAddr: number; usedAddr: number }): void {
+    const q = this.#queue(index, true);
+    for (const key of ['descAddr', 'availAddr', 'usedAddr'] as const) {
+      if (!Number.isSafeInteger(addresses[key]) || addresses[key] < 0) throw makeError('EINVAL', `${key} must be a guest-physical address`);
+    }
+    Object.assign(q, { descAddr: addresses.descAddr, availAddr: addresses.availAddr, usedAddr: addresses.usedAddr });
+  }
+
+  /** Where the device resumes in the available ring (vhost SET_VRING_BASE). */
+  setQueueBase(index: number, lastAvailIdx: number): void {
+    if (!Number.isInteger(lastAvailIdx) || lastAvailIdx < 0 || lastAvailIdx > 0xffff) throw makeError('EINVAL', 'the ring base is a 16-bit index');
+    this.#queue(index, true).lastAvailIdx = lastAvailIdx;
+  }
+
+  /** Stops the queue's pair (or the control queue) and returns where it stopped (vhost GET_VRING_BASE). */
+  getQueueBase(index: number): number {
+    const q = this.#queue(index, false);
+    const pair = index >> 1;
+    if (index < 2 * this.maxQueuePairs) this.#stopPair(pair);
+    else if (this.#control) {
+      q.lastAvailIdx = this.#control.lastAvailIdx;
+      void this.#stopControl();
+    }
+    return q.lastAvailIdx;
+  }
+
+  setQueueKick(index: number, fd: number): void {
+    this.#queue(index, true).kickFd = checkFd(fd);
+  }
+
+  setQueueCall(index: number, fd: number | undefined): void {
+    this.#queue(index, true).callFd = fd === undefined || fd < 0 ? undefined : checkFd(fd);
+  }
+
+  /** queue_enable of the transport. A pair runs when both its rings are enabled and it is among the active pairs. */
+  enableQueue(index: number, enabled: boolean): void {
+    this.#queue(index, false).enabled = enabled;
+  }
+
+  // ---- queue pairs ----
+
+  get activeQueuePairs(): number {
+    return this.#active;
+  }
+
+  /**
+   * The one path that changes the queue pairs in use (the control queue's
+   * VQ_PAIRS_SET here, vhost-user's SET_VRING_ENABLE later). Pairs below n:
+   * attach the tap queue, then start the worker. Pairs from n up: stop the
+   * worker (it completes every chain it took), then detach the tap queue, so the
+   * kernel never steers a frame into a queue nobody reads. On failure the
+   * previous set stays in force and the error is thrown.
+   */
+  setActiveQueuePairs(n: number): void {
+    this.#assertOpen();
+    if (!Number.isInteger(n) || n < 1 || n > this.maxQueuePairs) {
+      throw makeError('EINVAL', `queue pairs must be 1 to ${this.maxQueuePairs}, got ${String(n)}`);
+    }
+    const previous = this.#active;
+    if (!(this.#status & STATUS_DRIVER_OK)) {
+      this.#active = n; // applied at DRIVER_OK
+      return;
+    }
+    if (n === previous && this.#workers.slice(0, n).every((w) => w)) return;
+    const attached: number[] = [];
+    const started: number[] = [];
+    try {
+      for (let i = 0; i < n; i++) {
+        const queue = this.tap.queues[i]!;
+        if (!queue.attached) {
+          queue.attach();
+          attached.push(i);
+        }
+      }
+      for (let i = 0; i < n; i++) {
+        if (!this.#workers[i]) {
+          this.#startPair(i);
+          started.push(i);
+        }
+      }
+    } catch (error) {
+      for (const i of started) this.#stopPair(i);
+      for (const i of attached) this.#detachQuietly(i);
+      throw makeError(errorCode(error) ?? 'EIO', `could not use ${n} queue pairs (still ${previous}): ${(error as Error).message}`, error);
+    }
+    for (let i = n; i < this.maxQueuePairs; i++) {
+      this.#stopPair(i);
+      this.#detachQuietly(i);
+    }
+    this.#active = n;
+    if (n !== previous) this.emit('queue-pairs', { active: n, previous });
+  }
+
+  /** Per-pair counters and states, read without stopping anything. */
+  stats(): DeviceStats {
+    return {
+      activeQueuePairs: this.#active,
+      pairs: Array.from({ length: this.maxQueuePairs }, (_, pair) => {
+        const worker = this.#workers[pair];
+        return { pair, running: worker?.running ?? false, tapAttached: this.tap.queues[pair]!.attached, ...(worker ? worker.stats() : {}) };
+      }),
+      control: this.#control ? { ...this.#control.counts } : { ok: 0, err: 0 },
+    };
+  }
+
+  /** Resets the device and lets go of the tap (which stays the caller's). */
+  close(): void {
+    if (this.#closed) return;
+    this.#stopAll();
+    this.#closed = true;
+  }
+
+  // ---- internals ----
+
+  #assertOpen(): void {
+    if (this.#closed) throw makeError('EBADF', 'the device is closed');
+  }
+
+  #queue(index: number, mustBeStopped: boolean): VirtqueueState {
+    if (!Number.isInteger(index) || index < 0 || index >= this.numQueues) {
+      throw makeError('EINVAL', `virtqueue ${index} does not exist (this device has ${this.numQueues})`);
+    }
+    if (mustBeStopped && index < 2 * this.maxQueuePairs && this.#workers[index >> 1]) {
+      throw makeError('EBUSY', `virtqueue ${index} is running: stop it first (getQueueBase or reset)`);
+    }
+    return this.#queues[index]!;
+  }
+
+  /** Asks the tap which offloads the kernel takes, and drops the features it cannot back. */
+  #probeFeatures(wanted: bigint): bigint {
+    let features = wanted;
+    const drop = (...bits: number[]): void => {
+      for (const bit of bits) features &= ~featureBit(bit);
+    };
+    const tries = (offloads: TapOffloads): boolean => {
+      try {
+        this.tap.setOffload(offloads);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    if (!this.tap.features().vnetHdr) {
+      throw makeError('EOPNOTSUPP', 'this kernel\'s tun driver has no IFF_VNET_HDR: a virtio-net backend needs it');
+    }
+    if (!tries({ csum: true })) drop(F.VIRTIO_NET_F_GUEST_CSUM, F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_TSO6, F.VIRTIO_NET_F_GUEST_ECN, F.VIRTIO_NET_F_GUEST_UFO, F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6);
+    if (!tries({ csum: true, tso4: true, tso6: true, ecn: true })) drop(F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_TSO6, F.VIRTIO_NET_F_GUEST_ECN);
+    if (!tries({ csum: true, ufo: true })) drop(F.VIRTIO_NET_F_GUEST_UFO);
+    // USO through tun came with Linux 6.2, both directions at once.
+    if (!tries({ csum: true, uso4: true, uso6: true })) drop(F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6, F.VIRTIO_NET_F_HOST_USO);
+    tries({});
+    if (this.maxQueuePairs < 2) drop(F.VIRTIO_NET_F_MQ);
+    if (this.#mtu === 0) drop(F.VIRTIO_NET_F_MTU);
+    return features;
+  }
+
+  /** FEATURES_OK: refuse what was not offered or breaks a dependency; else fix the tap's header and offloads. */
+  #acceptFeatures(): boolean {
+    const features = this.#driverFeatures;
+    const extra = features & ~this.offeredFeatures;
+    if (extra) {
+      this.emit('protocol-error', `the driver accepted features that were not offered: 0x${extra.toString(16)}`);
+      return false;
+    }
+    for (const [bit, needs] of FEATURE_REQUIRES) {
+      if (hasFeature(features, bit) && needs.some((n) => !hasFeature(features, n))) {
+        this.emit('protocol-error', `feature ${bit} needs feature ${needs.join(', ')}`);
+        return false;
+      }
+    }
+    try {
+      this.tap.setVnetHdrSize(netHdrSize(features));
+      this.#guestOffloads = features & GUEST_OFFLOAD_FEATURES;
+      this.tap.setOffload(tapOffloadsForGuest(this.#guestOffloads));
+    } catch (error) {
+      this.emit('protocol-error', `the tap refused the negotiated header or offloads: ${(error as Error).message}`);
+      return false;
+    }
+    return true;
+  }
+
+  #driverOk(): void {
+    try {
+      if (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_CTRL_VQ)) this.#startControl();
+      // 5.1.6.5.5: until the driver sets more, one pair is in use.
+      const wanted = this.#active;
+      this.#active = 1;
+      this.setActiveQueuePairs(Math.min(wanted, hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MQ) ? this.maxQueuePairs : 1));
+    } catch (error) {
+      this.#needsReset({ pair: 0, queue: 'rx', message: `cannot start the device: ${(error as Error).message}` });
+    }
+  }
+
+  #startPair(pair: number): void {
+    if (!this.#memory) throw makeError('EINVAL', 'no guest memory: call setMemory() first');
+    const rx = this.#queues[2 * pair]!;
+    const tx = this.#queues[2 * pair + 1]!;
+    const ring = (q: VirtqueueState, which: string): VirtqueueConfig => {
+      if (q.descAddr === undefined || q.availAddr === undefined || q.usedAddr === undefined || q.kickFd === undefined) {
+        throw makeError('EINVAL', `${which} of queue pair ${pair} is not set up (addresses and kick fd)`);
+      }
+      if (!q.enabled) throw makeError('EINVAL', `${which} of queue pair ${pair} is not enabled`);
+      const features = this.#driverFeatures;
+      return {
+        size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr, kickFd: q.kickFd,
+        ...(q.callFd !== undefined ? { callFd: q.callFd } : {}),
+        eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX),
+        indirectDesc: hasFeature(features, F.VIRTIO_RING_F_INDIRECT_DESC),
+        lastAvailIdx: q.lastAvailIdx,
+      };
+    };
+    const worker = new QueuePair({
+      memory: this.#memory,
+      tapQueue: this.tap.queues[pair]!,
+      hdrSize: netHdrSize(this.#driverFeatures),
+      mergeableRx: hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MRG_RXBUF),
+      ...(this.#mtu ? { rxReserveBytes: this.#mtu + 18 + netHdrSize(this.#driverFeatures) } : {}),
+      rx: ring(rx, 'the receive queue'),
+      tx: ring(tx, 'the transmit queue'),
+    });
+    worker.on('queue-error', ({ queue, message }) => this.#needsReset({ pair, queue, message }));
+    worker.start();
+    this.#workers[pair] = worker;
+  }
+
+  #stopPair(pair: number): void {
+    const worker = this.#workers[pair];
+    if (!worker) return;
+    const { rxLastAvailIdx, txLastAvailIdx } = worker.stop();
+    this.#queues[2 * pair]!.lastAvailIdx = rxLastAvailIdx;
+    this.#queues[2 * pair + 1]!.lastAvailIdx = txLastAvailIdx;
+    this.#workers[pair] = undefined;
+  }
+
+  #detachQuietly(pair: number): void {
+    const queue = this.tap.queues[pair]!;
+    if (!queue.attached) return;
+    try {
+      queue.detach();
+    } catch (error) {
+      this.emit('queue-error', { pair, queue: 'tap', message: `could not detach tap queue ${pair}: ${(error as Error).message}` });
+    }
+  }
+
+  #startControl(): void {
+    const index = 2 * this.maxQueuePairs;
+    const q = this.#queues[index]!;
+    if (!this.#memory) throw makeError('EINVAL', 'no guest memory: call setMemory() first');
+    if (q.descAddr === undefined || q.availAddr === undefined || q.usedAddr === undefined || q.kickFd === undefined) {
+      throw makeError('EINVAL', 'the control queue is not set up (addresses and kick fd)');
+    }
+    const handler: ControlCommandHandler = {
+      setRxMode: (mode, on) => {
+        this.#rxMode[mode] = on;
+        return true;
+      },
+      setMacTable: (unicast, multicast) => {
+        this.#macTable = { unicast, multicast };
+        return true;
+      },
+      setMac: (mac) => {
+        if (mac[0]! & 1) return false;
+        this.#config.mac = mac;
+        return true;
+      },
+      announceAck: () => {
+        if (this.#config.setStatus(this.#config.status & ~VIRTIO_NET_S_ANNOUNCE)) this.emit('config-change');
+        return true;
+      },
+      setQueuePairs: (pairs) => {
+        if (pairs < 1 || pairs > this.maxQueuePairs) return false; // the guest's mistake: ERR, nothing to report
+        try {
+          this.setActiveQueuePairs(pairs);
+          return true;
+        } catch (error) {
+          this.emit('queue-error', { pair: 'ctrl', queue: 'ctrl', message: (error as Error).message });
+          return false;
+        }
+      },
+      setGuestOffloads: (offloads) => this.#setGuestOffloads(offloads),
+    };
+    const features = this.#driverFeatures;
+    this.#control = new ControlQueue(this.#memory, {
+      size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr, kickFd: q.kickFd,
+      ...(q.callFd !== undefined ? { callFd: q.callFd } : {}),
+      eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX),
+      indirectDesc: hasFeature(features, F.VIRTIO_RING_F_INDIRECT_DESC),
+      lastAvailIdx: q.lastAvailIdx,
+    }, features, handler, (message) => this.#needsReset({ pair: 'ctrl', queue: 'ctrl', message }));
+    this.#control.start();
+  }
+
+  async #stopControl(): Promise<void> {
+    const control = this.#control;
+    this.#control = undefined;
+    if (control) await control.stop();
+  }
+
+  /** 5.1.6.5.6.1: only offloads that were negotiated, and the tap follows them. */
+  #setGuestOffloads(offloads: bigint): boolean {
+    const negotiated = this.#driverFeatures & GUEST_OFFLOAD_FEATURES;
+    if (offloads & ~negotiated) return false;
+    for (const [bit, needs] of FEATURE_REQUIRES) {
+      if (hasFeature(offloads, bit) && (featureBit(bit) & GUEST_OFFLOAD_FEATURES) && needs.some((n) => !hasFeature(offloads, n))) return false;
+    }
+    try {
+      this.tap.setOffload(tapOffloadsForGuest(offloads));
+    } catch {
+      return false;
+    }
+    this.#guestOffloads = offloads;
+    return true;
+  }
+
+  #needsReset(error: DeviceQueueError): void {
+    this.emit('queue-error', error);
+    if (!(this.#status & STATUS_DEVICE_NEEDS_RESET)) {
+      this.#status |= STATUS_DEVICE_NEEDS_RESET;
+      this.emit('config-change');
+    }
+  }
+
+  #stopAll(): void {
+    for (let pair = 0; pair < this.maxQueuePairs; pair++) this.#stopPair(pair);
+    void this.#stopControl();
+  }
+
+  /** The state at power-on and after reset: only tap queue 0 attached, nothing running, nothing negotiated. */
+  #resetState(): void {
+    this.#status = 0;
+    this.#driverFeatures = 0n;
+    this.#guestOffloads = 0n;
+    this.#active = 1;
+    this.#queues = Array.from({ length: this.numQueues }, () => ({ size: 256, lastAvailIdx: 0, enabled: true }));
+    this.#workers = new Array<QueuePair | undefined>(this.maxQueuePairs).fill(undefined);
+    this.#rxMode = { promisc: true, allmulti: true };
+    this.#macTable = { unicast: [], multicast: [] };
+    this.#config.mac = this.#defaultMac;
+    this.#config.setStatus(this.#config.status & ~VIRTIO_NET_S_ANNOUNCE);
+    const first = this.tap.queues[0]!;
+    if (!first.attached) first.attach();
+    for (let i = 1; i < this.tap.queues.length; i++) this.#detachQuietly(i);
+    try {
+      this.tap.setOffload({});
+    } catch {
+      // a tap whose queues are all gone: nothing to reset
+    }
+  }
+
+  /** For tests and diagnostics: the receive filters the driver asked for (the tap delivers all frames regardless). */
+  get rxFilter(): { promisc: boolean; allmulti: boolean; unicast: string[]; multicast: string[] } {
+    const hex = (b: Buffer): string => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(':');
+    return { ...this.#rxMode, unicast: this.#macTable.unicast.map(hex), multicast: this.#macTable.multicast.map(hex) };
+  }
+
+  /** For diagnostics: the status as names. */
+  describeStatus(): string {
+    return describeStatus(this.#status);
+  }
+}
+
+function randomMac(): Buffer {
+  const mac = randomBytes(6);
+  mac[0] = (mac[0]! & 0xfe) | 0x02; // unicast, locally administered
+  return mac;
+}
+
+function checkFd(fd: number): number {
+  if (!Number.isInteger(fd) || fd < 0) throw makeError('EBADF', `${String(fd)} is not a file descriptor`);
+  return fd;
+}
