@@ -269,13 +269,14 @@ QueuePairWorker::Gather QueuePairWorker::gatherRx(uint64_t want) {
   gatherOutOfIov_ = false;
   while (heldBytes_ < want && heldCount_ < maxHeld_) {
     Chain chain;
-    PopResult r = rx_.pop(true, rxIov_.data() + heldIov_, kMaxIov - heldIov_, &chain);
+    // The readv's last iovec is the overflow buffer: guest segments get kMaxIov - 1.
+    PopResult r = rx_.pop(true, rxIov_.data() + heldIov_, kMaxIov - 1 - heldIov_, &chain);
     if (r == PopResult::kNoRoom) {
       if (heldCount_ > 0) {  // room comes back as held chains are used
         gatherOutOfIov_ = true;
         break;
       }
-      rx_.markBroken("receive chain has more than " + std::to_string(kMaxIov) + " segments");
+      rx_.markBroken("receive chain has more than " + std::to_string(kMaxIov - 1) + " segments");
       r = PopResult::kBroken;
     }
     if (r == PopResult::kBroken) {
