@@ -9,4 +9,5 @@ void registerGuestMemory(Napi::Env env, Napi::Object exports);
 void registerEventfd(Napi::Env env, Napi::Object exports);
 void registerQueuePair(Napi::Env env, Napi::Object exports);
 void registerVirtqueue(Napi::Env env, Napi::Object exports);
+void registerMessageIo(Napi::Env env, Napi::Object exports);
 }  // namespace vhost_tap

@@ -87,6 +87,10 @@ export interface NativeBindings {
   sendFds(sockFd: number, fds: number[], payload: Buffer): number;
   receiveFds(sockFd: number, maxFds: number, maxBytes: number, timeoutMs: number): Promise<NativeReceived>;
   closeFd(fd: number): void;
+
+  recvHeader(fd: number, bytes: number, maxFds: number, timeoutMs: number): { data: Buffer; fds: number[] };
+  readExact(fd: number, bytes: number, timeoutMs: number): Buffer;
+  acceptNow(listenFd: number): number;
 }
 
 /**

@@ -1,8 +1,8 @@
 import { makeError } from '../errors';
 import { native, type NativeFdPoller } from '../native';
 
-/** Wakes the one pending wait() of an fd: with the eventfd's count, or 0 when it is closed under the wait. */
-type Waiter = (closing: boolean) => void;
+/** Wakes the one pending wait of an fd: true when it became readable, false when the wait was cancelled. */
+type Waiter = (readable: boolean) => void;
 
 /** One poller thread for the whole process; it keeps the event loop alive only while something waits. */
 let poller: NativeFdPoller | undefined;
@@ -14,9 +14,38 @@ function sharedPoller(): NativeFdPoller {
     if (!waiter) return;
     waiters.delete(fd);
     poller!.remove(fd);
-    waiter(false);
+    waiter(true);
   });
   return poller;
+}
+
+/**
+ * Resolves true once `fd` is readable, false after `timeoutMs` or if cancelled
+ * with cancelWait(). Waits on a native poller thread: the event loop keeps
+ * running and no libuv pool thread is held. One wait per fd at a time.
+ */
+export function waitReadable(fd: number, timeoutMs: number): Promise<boolean> {
+  if (waiters.has(fd)) return Promise.reject(makeError('EBUSY', `fd ${fd} is already being waited on`));
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      if (waiters.delete(fd)) sharedPoller().remove(fd);
+      resolve(false);
+    }, timeoutMs);
+    waiters.set(fd, (readable) => {
+      clearTimeout(timer);
+      resolve(readable);
+    });
+    sharedPoller().add(fd);
+  });
+}
+
+/** Ends a pending waitReadable(fd) with false; call before closing an fd something waits on. */
+export function cancelWait(fd: number): void {
+  const waiter = waiters.get(fd);
+  if (!waiter) return;
+  waiters.delete(fd);
+  sharedPoller().remove(fd);
+  waiter(false);
 }
 
 /**
@@ -65,35 +94,20 @@ export class EventFd {
 
   /**
    * Resolves with the count once the eventfd is signalled (clearing it), or with 0
-   * after `timeoutMs`. Waits on a native poller thread: the event loop keeps running.
+   * after `timeoutMs` or when closed meanwhile. The event loop keeps running.
    */
-  wait(timeoutMs: number): Promise<number> {
+  async wait(timeoutMs: number): Promise<number> {
     const fd = this.fd;
     const now = native.eventfdRead(fd);
-    if (now > 0) return Promise.resolve(now);
-    if (waiters.has(fd)) return Promise.reject(makeError('EBUSY', `eventfd ${fd} is already being waited on`));
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        if (waiters.delete(fd)) sharedPoller().remove(fd);
-        resolve(native.eventfdRead(fd));
-      }, timeoutMs);
-      waiters.set(fd, (closing) => {
-        clearTimeout(timer);
-        resolve(closing ? 0 : native.eventfdRead(fd));
-      });
-      sharedPoller().add(fd);
-    });
+    if (now > 0) return now;
+    const readable = await waitReadable(fd, timeoutMs);
+    return readable && this.#fd >= 0 ? native.eventfdRead(fd) : 0;
   }
 
-  /** Closes the fd; a pending wait() resolves with 0. */
+  /** Closes the fd (if owned); a pending wait() resolves with 0. */
   close(): void {
     if (this.#fd < 0) return;
-    const waiter = waiters.get(this.#fd);
-    if (waiter) {
-      waiters.delete(this.#fd);
-      sharedPoller().remove(this.#fd);
-      waiter(true);
-    }
+    cancelWait(this.#fd);
     if (this.#owned) native.closeFd(this.#fd);
     this.#fd = -1;
   }
