@@ -67,6 +67,13 @@ export interface VirtioNetDeviceOptions {
   features?: bigint;
   /** Link state at start. Default up. */
   linkUp?: boolean;
+  /**
+   * Who serves the control virtqueue: this device ('device', the default), or the
+   * frontend (a vhost-user frontend such as QEMU keeps it, and tells the backend
+   * of queue changes with SET_VRING_ENABLE). With 'frontend' the CTRL_* features
+   * are not offered and multiqueue does not depend on them.
+   */
+  controlQueue?: 'device' | 'frontend';
 }
 
 /** One virtqueue as the VMM's transport (or vhost) configures it. */
@@ -126,6 +133,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   readonly offeredFeatures: bigint;
   readonly #defaultMac: Buffer;
   readonly #mtu: number;
+  readonly #frontendControl: boolean;
   readonly #config: NetConfigSpace;
   #memory: GuestMemory | undefined;
   #status = 0;
@@ -151,6 +159,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.maxQueuePairs = maxQueuePairs;
     this.#memory = memory;
     this.#mtu = mtu ?? 0;
+    this.#frontendControl = options.controlQueue === 'frontend';
     this.#defaultMac = options.mac !== undefined ? parseMac(options.mac) : randomMac();
     this.#config = new NetConfigSpace(this.#defaultMac, maxQueuePairs, this.#mtu);
     this.#config.setStatus(linkUp ? VIRTIO_NET_S_LINK_UP : 0);
@@ -261,8 +270,13 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
 
   /** Guest memory the rings and buffers are in (vhost SET_MEM_TABLE); only while no queue runs. */
   setMemory(memory: GuestMemory): void {
-    if (this.#workers.some((w) => w) || this.#control) throw makeError('EBUSY', 'stop the device (reset) before replacing its memory');
+    if (this.#workers.some((w) => w) || this.#control) throw makeError('EBUSY', 'stop the queues (stopQueues or reset) before replacing guest memory');
     this.#memory = memory;
+  }
+
+  /** The guest memory in use, if any. */
+  get memory(): GuestMemory | undefined {
+    return this.#memory;
   }
 
   setQueueSize(index: number, size: number): void {
@@ -302,8 +316,15 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.#queue(index, true).kickFd = checkFd(fd);
   }
 
+  /** The call (interrupt) eventfd; a frontend may change it while the queue runs (its pair restarts on the new one). */
   setQueueCall(index: number, fd: number | undefined): void {
-    this.#queue(index, true).callFd = fd === undefined || fd < 0 ? undefined : checkFd(fd);
+    const q = this.#queue(index, false);
+    q.callFd = fd === undefined || fd < 0 ? undefined : checkFd(fd);
+    const pair = index >> 1;
+    if (index < 2 * this.maxQueuePairs && this.#workers[pair]) {
+      this.#stopPair(pair);
+      this.#startPair(pair);
+    }
   }
 
   /** queue_enable of the transport. A pair runs when both its rings are enabled and it is among the active pairs. */
@@ -363,6 +384,20 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     }
     this.#active = n;
     if (n !== previous) this.emit('queue-pairs', { active: n, previous });
+  }
+
+  /**
+   * Stops every worker, keeping where each ring stopped and which tap queues are
+   * attached; setActiveQueuePairs() starts them again. For a frontend that
+   * stops its rings (vhost GET_VRING_BASE) or replaces guest memory.
+   */
+  stopQueues(): void {
+    for (let pair = 0; pair < this.maxQueuePairs; pair++) this.#stopPair(pair);
+  }
+
+  /** Whether queue pair `pair` has a running worker. */
+  isPairRunning(pair: number): boolean {
+    return this.#workers[pair] !== undefined;
   }
 
   /** Per-pair counters and states, read without stopping anything. */
@@ -425,6 +460,9 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     tries({});
     if (this.maxQueuePairs < 2) drop(F.VIRTIO_NET_F_MQ);
     if (this.#mtu === 0) drop(F.VIRTIO_NET_F_MTU);
+    if (this.#frontendControl) {
+      drop(F.VIRTIO_NET_F_CTRL_VQ, F.VIRTIO_NET_F_CTRL_RX, F.VIRTIO_NET_F_CTRL_MAC_ADDR, F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, F.VIRTIO_NET_F_GUEST_ANNOUNCE);
+    }
     return features;
   }
 
@@ -437,6 +475,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       return false;
     }
     for (const [bit, needs] of FEATURE_REQUIRES) {
+      if (this.#frontendControl && needs.includes(F.VIRTIO_NET_F_CTRL_VQ)) continue; // the frontend has the control queue
       if (hasFeature(features, bit) && needs.some((n) => !hasFeature(features, n))) {
         this.emit('protocol-error', `feature ${bit} needs feature ${needs.join(', ')}`);
         return false;
@@ -459,7 +498,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       // 5.1.6.5.5: until the driver sets more, one pair is in use.
       const wanted = this.#active;
       this.#active = 1;
-      this.setActiveQueuePairs(Math.min(wanted, hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MQ) ? this.maxQueuePairs : 1));
+      const multiqueue = this.#frontendControl || hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MQ);
+      this.setActiveQueuePairs(Math.min(wanted, multiqueue ? this.maxQueuePairs : 1));
     } catch (error) {
       this.#needsReset({ pair: 0, queue: 'rx', message: `cannot start the device: ${(error as Error).message}` });
     }

@@ -1,0 +1,99 @@
+import { makeError } from '../errors';
+
+export interface ServeOptions {
+  socket?: string;
+  listenFd?: number;
+  tap: string;
+  queues: number;
+  tapFds: number[];
+  client: boolean;
+  reconnectMs: number;
+  netns?: string;
+  mac?: string;
+  mtu?: number;
+}
+
+export function usage(): string {
+  return `Usage: vhost-tap serve --socket PATH --tap NAME [options]
+
+A vhost-user backend for virtio-net: QEMU (or any vhost-user frontend) gets
+its guest NIC through this daemon, which moves frames between the guest's
+virtqueues and a multiqueue tap.
+
+  --socket PATH, --socket-path PATH   unix socket to listen on (or connect to with --client)
+  --fd FD                             an inherited, already listening socket instead
+  --tap NAME                          the tap device (created if missing; an existing persistent one is opened)
+  --queues N                          queue pairs (tap queues), default 1
+  --tap-fd FD [FD...]                 queue fds of a tap made by a privileged helper (then no root is needed)
+  --client                            connect to the frontend's socket, and reconnect when it goes
+  --reconnect-ms N                    client mode: delay between attempts, default 1000
+  --netns NAME                        create/open the tap in network namespace NAME
+  --mac MAC                           MAC address in the device's config space
+  --mtu N                             MTU of the tap, offered to the guest
+  --print-capabilities                print {"type":"net"} and exit
+`;
+}
+
+function integer(flag: string, value: string | undefined, min: number, max: number): number {
+  const n = Number(value);
+  if (value === undefined || !Number.isInteger(n) || n < min || n > max) {
+    throw makeError('EINVAL', `${flag} takes an integer from ${min} to ${max}, got ${String(value)}`);
+  }
+  return n;
+}
+
+export function parseServeArguments(args: string[]): ServeOptions {
+  const options: Partial<ServeOptions> & { tapFds: number[]; client: boolean; reconnectMs: number } = { tapFds: [], client: false, reconnectMs: 1000 };
+  for (let i = 0; i < args.length; i++) {
+    const flag = args[i]!;
+    const value = (): string => {
+      const v = args[++i];
+      if (v === undefined || v.startsWith('--')) throw makeError('EINVAL', `${flag} needs a value`);
+      return v;
+    };
+    switch (flag) {
+      case '--socket':
+      case '--socket-path':
+        options.socket = value();
+        break;
+      case '--fd':
+        options.listenFd = integer(flag, value(), 0, 0x7fffffff);
+        break;
+      case '--tap':
+        options.tap = value();
+        break;
+      case '--queues':
+        options.queues = integer(flag, value(), 1, 256);
+        break;
+      case '--tap-fd':
+        options.tapFds.push(integer(flag, value(), 0, 0x7fffffff));
+        while (args[i + 1] !== undefined && /^\d+$/.test(args[i + 1]!)) options.tapFds.push(Number(args[++i]));
+        break;
+      case '--client':
+        options.client = true;
+        break;
+      case '--reconnect-ms':
+        options.reconnectMs = integer(flag, value(), 10, 600_000);
+        break;
+      case '--netns':
+        options.netns = value();
+        break;
+      case '--mac':
+        options.mac = value();
+        break;
+      case '--mtu':
+        options.mtu = integer(flag, value(), 68, 65535);
+        break;
+      default:
+        throw makeError('EINVAL', `unknown option ${flag}\n\n${usage()}`);
+    }
+  }
+  if (!options.tap) throw makeError('EINVAL', `--tap NAME is required\n\n${usage()}`);
+  if (!options.socket && options.listenFd === undefined) throw makeError('EINVAL', `--socket PATH (or --fd) is required\n\n${usage()}`);
+  if (options.socket && options.listenFd !== undefined) throw makeError('EINVAL', 'give --socket or --fd, not both');
+  if (options.client && !options.socket) throw makeError('EINVAL', '--client needs --socket PATH');
+  if (options.tapFds.length > 0 && options.queues !== undefined && options.queues !== options.tapFds.length) {
+    throw makeError('EINVAL', `--queues ${options.queues} does not match the ${options.tapFds.length} --tap-fd fds`);
+  }
+  return { ...options, tap: options.tap, queues: options.queues ?? (options.tapFds.length || 1) } as ServeOptions;
+}

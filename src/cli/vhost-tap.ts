@@ -1,0 +1,101 @@
+#!/usr/bin/env node
+// `vhost-tap serve ...`: the vhost-user backend daemon. Follows the conventions
+// of QEMU's vhost-user backend programs (--socket-path, --fd,
+// --print-capabilities); structured log lines (JSON) go to stderr.
+import { spawn } from 'node:child_process';
+
+import { Tap } from '../tap/tap';
+import { VirtioNetDevice } from '../virtio/net-device';
+import { VhostUserServer } from '../vhost-user/server';
+import { parseServeArguments, usage, type ServeOptions } from './arguments';
+
+const NETNS_MARK = 'VHOST_TAP_IN_NETNS';
+
+function log(event: string, fields: Record<string, unknown> = {}): void {
+  process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), event, ...fields })}\n`);
+}
+
+/** With --netns the whole daemon runs in that namespace: re-run it under `ip netns exec`. */
+function reexecInNetns(netns: string): void {
+  const child = spawn('ip', ['netns', 'exec', netns, process.execPath, ...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: { ...process.env, [NETNS_MARK]: netns },
+  });
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => child.kill(signal));
+  child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+}
+
+function openTap(options: ServeOptions): Tap {
+  if (options.tapFds.length > 0) return Tap.fromFds(options.tap, options.tapFds);
+  try {
+    return Tap.create({ name: options.tap, queues: options.queues, ...(options.mtu ? { mtu: options.mtu } : {}) });
+  } catch (error) {
+    // An existing (persistent) tap of that name: take queues of it.
+    if ((error as { code?: string }).code === 'EBUSY') return Tap.open(options.tap, { queues: options.queues });
+    throw error;
+  }
+}
+
+async function serve(options: ServeOptions): Promise<void> {
+  const tap = openTap(options);
+  const device = new VirtioNetDevice({
+    tap,
+    controlQueue: 'frontend',
+    maxQueuePairs: tap.queues.length,
+    ...(options.mac ? { mac: options.mac } : {}),
+    ...(options.mtu ? { mtu: options.mtu } : {}),
+  });
+  device.on('queue-error', (e) => log('queue-error', { pair: e.pair, queue: e.queue, error: e.message }));
+  device.on('queue-pairs', (e) => log('queue-pairs-changed', { active: e.active, previous: e.previous, numDisabled: tap.queues.filter((q) => !q.attached).length }));
+  device.on('protocol-error', (e) => log('protocol-error', { error: e }));
+  const server = new VhostUserServer({
+    device,
+    ...(options.socket ? { socketPath: options.socket } : {}),
+    ...(options.listenFd !== undefined ? { listenFd: options.listenFd } : {}),
+    client: options.client,
+    reconnectMs: options.reconnectMs,
+    log,
+  });
+  log('starting', {
+    tap: tap.name, queues: tap.queues.length, socket: options.socket ?? `fd ${String(options.listenFd)}`,
+    mode: options.client ? 'client' : 'server', netns: process.env[NETNS_MARK] ?? null, features: `0x${device.offeredFeatures.toString(16)}`,
+  });
+  server.start();
+  let stopping = false;
+  const shutdown = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log('stopping', { signal });
+    await server.stop();
+    device.close();
+    tap.close();
+    log('stopped', { served: server.served });
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv.includes('--print-capabilities')) {
+    process.stdout.write(`${JSON.stringify({ type: 'net' })}\n`);
+    return;
+  }
+  if (argv.length === 0 || argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(usage());
+    return;
+  }
+  const [command, ...rest] = argv;
+  if (command !== 'serve') throw Object.assign(new Error(`unknown command "${command}"\n\n${usage()}`), { code: 'EINVAL' });
+  const options = parseServeArguments(rest);
+  if (options.netns && process.env[NETNS_MARK] !== options.netns) {
+    reexecInNetns(options.netns);
+    return;
+  }
+  await serve(options);
+}
+
+main(process.argv.slice(2)).catch((error: unknown) => {
+  log('fatal', { code: (error as { code?: string }).code, error: (error as Error).message });
+  process.exit(1);
+});
