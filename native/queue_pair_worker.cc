@@ -169,6 +169,11 @@ void QueuePairWorker::run() {
       }
     }
   }
+  // The kernel drops a queue's backlog when it is detached (tun.c), and a stop
+  // usually comes right before a detach: read what is queued now into the
+  // guest's buffers first. Bounded, so a flood cannot hold the stop up.
+  for (int turn = 0; turn < kStopDrainTurns && handleRx(); turn++) {
+  }
   // Nothing of tx is in flight (each chain completes as it is written); rx
   // gives back the buffers it held, dropping a frame that waited for more.
   if (spillFrameBytes_ > 0) {

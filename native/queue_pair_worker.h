@@ -71,6 +71,7 @@ class QueuePairWorker {
   static constexpr int kBudget = 256;   // frames per queue before looking at the other one
   static constexpr int kUsedBatch = 64; // publish used entries at least this often
   static constexpr size_t kOverflowBytes = 65536 + 1024;
+  static constexpr int kStopDrainTurns = 4;  // at most 4 x kBudget frames read on the way out
 
   struct HeldChain {
     uint16_t head;

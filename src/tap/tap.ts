@@ -204,7 +204,9 @@ export class TapQueue {
       const code = errorCode(error) ?? 'EIO';
       // The kernel answers EINVAL for attaching an attached queue and detaching a detached one.
       if (code === 'EINVAL') {
-        this.#attached = !attach;
+        // Detaching a detached queue is the only EINVAL of a detach; an attach's EINVAL may also
+        // mean the queue's device is gone, so ask the kernel.
+        this.#attached = attach ? this.probeAttached() : false;
         throw makeError(code, `${where} is already ${attach ? 'attached' : 'detached'}`, error);
       }
       if (code === 'EPERM' || code === 'EACCES') {

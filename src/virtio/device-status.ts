@@ -16,7 +16,9 @@ const DRIVER_BITS = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK | STAT
 export function statusTransitionError(current: number, next: number): string | undefined {
   if (next === 0) return undefined;
   if (!Number.isInteger(next) || next < 0 || next > 0xff) return `status ${next} is not a byte`;
-  if (next & ~DRIVER_BITS) return `the driver may not set DEVICE_NEEDS_RESET or reserved bits (0x${next.toString(16)})`;
+  // A driver writes back the status it read with a bit added (Linux's virtio_add_status): a
+  // NEEDS_RESET the device set may come back; one it did not set may not.
+  if (next & ~DRIVER_BITS & ~(current & STATUS_DEVICE_NEEDS_RESET)) return `the driver may not set DEVICE_NEEDS_RESET or reserved bits (0x${next.toString(16)})`;
   const driverSet = current & DRIVER_BITS;
   if ((next & driverSet) !== driverSet) return `the driver may not clear status bits (0x${current.toString(16)} -> 0x${next.toString(16)}); write 0 to reset`;
   if (next & STATUS_FAILED) return undefined; // giving up is allowed at any point

@@ -192,7 +192,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     }
     const rising = value & ~this.#status;
     if (rising & STATUS_FEATURES_OK && !this.#acceptFeatures()) {
-      value &= ~STATUS_FEATURES_OK; // the driver reads it back and sees the refusal (3.1.1)
+      value &= ~(STATUS_FEATURES_OK | STATUS_DRIVER_OK); // the driver reads it back and sees the refusal (3.1.1)
     }
     const needsReset = this.#status & STATUS_DEVICE_NEEDS_RESET;
     this.#status = value | needsReset;
@@ -303,11 +303,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   /** Stops the queue's pair (or the control queue) and returns where it stopped (vhost GET_VRING_BASE). */
   getQueueBase(index: number): number {
     const q = this.#queue(index, false);
-    const pair = index >> 1;
-    if (index < 2 * this.maxQueuePairs) this.#stopPair(pair);
-    else if (this.#control) {
+    if (this.#control && index === this.#controlIndex()) {
       q.lastAvailIdx = this.#control.lastAvailIdx;
       void this.#stopControl();
+    } else if (index < 2 * this.maxQueuePairs) {
+      this.#stopPair(index >> 1);
     }
     return q.lastAvailIdx;
   }
@@ -556,8 +556,13 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     }
   }
 
+  /** 5.1.2: the control queue follows the last pair: virtqueue 2N with MQ (N = max pairs), virtqueue 2 without. */
+  #controlIndex(): number {
+    return 2 * (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MQ) ? this.maxQueuePairs : 1);
+  }
+
   #startControl(): void {
-    const index = 2 * this.maxQueuePairs;
+    const index = this.#controlIndex();
     const q = this.#queues[index]!;
     if (!this.#memory) throw makeError('EINVAL', 'no guest memory: call setMemory() first');
     if (q.descAddr === undefined || q.availAddr === undefined || q.usedAddr === undefined || q.kickFd === undefined) {

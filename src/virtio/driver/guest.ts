@@ -75,7 +75,7 @@ export class VirtioNetGuest {
         control = new ControlQueueDriver(memory, allocator, {
           size: 64, eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX), indirectDesc: false,
         });
-        const index = 2 * device.maxQueuePairs;
+        const index = 2 * pairs; // 5.1.2: after the last pair the driver uses
         device.setQueueSize(index, 64);
         device.setQueueAddresses(index, control.queue.layout);
         device.setQueueKick(index, control.queue.kickEvent.fd);

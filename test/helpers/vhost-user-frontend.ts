@@ -1,0 +1,474 @@
+// A vhost-user frontend for tests: what QEMU does on the socket, minus the VM.
+// It connects (or adopts a connected fd), sends requests with their fds and
+// reads replies without ever blocking the event loop (the backend under test
+// usually runs in this very process). The guest side is the TS driver over a
+// memfd-backed GuestMemory whose fd goes to the backend in SET_MEM_TABLE.
+import { errorCode, makeError } from '../../src/errors';
+import { native } from '../../src/native';
+import {
+  FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_MASK, HEADER_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_VERSION, encodeMessage, encodeU64, encodeVringState, requestName,
+} from '../../src/vhost-user/protocol';
+import { EventFd, cancelWait, waitReadable } from '../../src/virtio/eventfd';
+import * as F from '../../src/virtio/features';
+import { featureBit } from '../../src/virtio/features';
+import { GuestMemory } from '../../src/virtio/guest-memory';
+import { VirtioNetDriver, type VirtioNetFeatures } from '../../src/virtio/driver/net-driver';
+
+/** Where the frontend pretends guest memory is mapped in its own address space: user address = USER_BASE + guest-physical. */
+export const USER_BASE = 0x7f00_0000_0000n;
+
+export const PROTOCOL_PROTOCOL_FEATURES = featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+
+export const pf = (...bits: ProtocolFeature[]): bigint => bits.reduce((mask, bit) => mask | (1n << BigInt(bit)), 0n);
+
+/** What a QEMU 7.2 net frontend asks for (and this backend offers). */
+export const WANTED_PROTOCOL_FEATURES = pf(
+  ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.RESET_DEVICE,
+  ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS,
+);
+
+export interface Reply {
+  request: number;
+  flags: number;
+  payload: Buffer;
+}
+
+/** The answer to one message: an ack (0 is success), a reply payload, the connection closed, or nothing asked for. */
+export type Exchange =
+  | { kind: 'ack'; value: bigint }
+  | { kind: 'reply'; payload: Buffer }
+  | { kind: 'closed' }
+  | { kind: 'none' };
+
+export interface SendOptions {
+  fds?: readonly number[];
+  /** Ask for a reply-ack (NEED_REPLY). Default: whenever REPLY_ACK was negotiated on this connection. */
+  needReply?: boolean;
+  /** Replace the whole flags word (version bits included). */
+  flags?: number;
+  timeoutMs?: number;
+}
+
+export interface MemRegion {
+  guestPhysAddr: number;
+  size: number;
+  fd: number;
+  offset: number;
+}
+
+export interface StartOptions {
+  /** The guest to use (a running one, to resume after a reconnect); default a new one for `pairs` pairs. */
+  guest?: VhostUserGuest;
+  /** Pairs to enable with SET_VRING_ENABLE 1 (QEMU: the pairs in use). Default all of them. */
+  enable?: number;
+  /** Send guest memory with ADD_MEM_REG (what QEMU does once CONFIGURE_MEM_SLOTS is negotiated) instead of SET_MEM_TABLE. */
+  memSlots?: boolean;
+  /** Ring bases from the used indices in guest memory (QEMU after a backend reconnect); default 0. */
+  resume?: boolean;
+  /** Features of the guest driver. Default VERSION_1, MRG_RXBUF and EVENT_IDX. */
+  features?: Partial<VirtioNetFeatures>;
+  queueSize?: number;
+}
+
+/** The guest side: memory the backend maps, and the TS virtio-net driver on it. */
+export class VhostUserGuest {
+  readonly features: bigint;
+
+  constructor(readonly memory: GuestMemory, readonly driver: VirtioNetDriver, virtioFeatures: bigint) {
+    this.features = virtioFeatures;
+  }
+
+  static create(pairs: number, options: { features?: Partial<VirtioNetFeatures>; queueSize?: number; bufferSize?: number; timeoutMs?: number } = {}): VhostUserGuest {
+    const features: VirtioNetFeatures = { version1: true, mergeableRx: true, eventIdx: true, indirectDesc: false, ...options.features };
+    const driverOptions = {
+      queuePairs: pairs, queueSize: options.queueSize ?? 256, features,
+      rxBufferSize: options.bufferSize ?? 2048, txBufferSize: options.bufferSize ?? 2048, timeoutMs: options.timeoutMs ?? 2000,
+    };
+    const memory = GuestMemory.allocate(VirtioNetDriver.memoryNeeded(driverOptions) + (1 << 20));
+    try {
+      return new VhostUserGuest(memory, VirtioNetDriver.create({ memory, ...driverOptions }), virtioFeaturesOf(features));
+    } catch (error) {
+      memory.close();
+      throw error;
+    }
+  }
+
+  /** The memory regions as the frontend sends them (the fds stay the guest's). */
+  regions(): MemRegion[] {
+    return this.memory.regions.map((r) => ({ guestPhysAddr: r.guestPhysAddr, size: r.size, fd: r.fd, offset: r.offset }));
+  }
+
+  close(): void {
+    this.driver.close();
+    this.memory.close();
+  }
+}
+
+/** The virtio feature bits a driver with these capabilities accepts. */
+export function virtioFeaturesOf(features: VirtioNetFeatures): bigint {
+  let bits = featureBit(F.VIRTIO_NET_F_MAC) | featureBit(F.VIRTIO_NET_F_STATUS) | featureBit(F.VIRTIO_NET_F_MQ);
+  if (features.version1) bits |= featureBit(F.VIRTIO_F_VERSION_1);
+  if (features.mergeableRx) bits |= featureBit(F.VIRTIO_NET_F_MRG_RXBUF);
+  if (features.eventIdx) bits |= featureBit(F.VIRTIO_RING_F_EVENT_IDX);
+  if (features.indirectDesc) bits |= featureBit(F.VIRTIO_RING_F_INDIRECT_DESC);
+  return bits;
+}
+
+export function encodeRegion(r: MemRegion): Buffer {
+  const b = Buffer.alloc(32);
+  b.writeBigUInt64LE(BigInt(r.guestPhysAddr), 0);
+  b.writeBigUInt64LE(BigInt(r.size), 8);
+  b.writeBigUInt64LE(USER_BASE + BigInt(r.guestPhysAddr), 16);
+  b.writeBigUInt64LE(BigInt(r.offset), 24);
+  return b;
+}
+
+export function encodeMemTable(regions: readonly MemRegion[]): Buffer {
+  const head = Buffer.alloc(8);
+  head.writeUInt32LE(regions.length, 0);
+  return Buffer.concat([head, ...regions.map(encodeRegion)]);
+}
+
+/** ADD_MEM_REG / REM_MEM_REG: u64 padding, then one region. */
+export function encodeSingleRegion(r: MemRegion): Buffer {
+  return Buffer.concat([Buffer.alloc(8), encodeRegion(r)]);
+}
+
+export function encodeVringAddr(index: number, ring: { descAddr: number; availAddr: number; usedAddr: number }, flags = 0): Buffer {
+  const b = Buffer.alloc(40);
+  b.writeUInt32LE(index, 0);
+  b.writeUInt32LE(flags, 4);
+  b.writeBigUInt64LE(USER_BASE + BigInt(ring.descAddr), 8);
+  b.writeBigUInt64LE(USER_BASE + BigInt(ring.usedAddr), 16);
+  b.writeBigUInt64LE(USER_BASE + BigInt(ring.availAddr), 24);
+  b.writeBigUInt64LE(0n, 32);
+  return b;
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    native.closeFd(fd);
+  } catch {
+    // already closed
+  }
+}
+
+const GONE = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
+
+export class VhostUserFrontend {
+  #fd: number;
+  /** Negotiated with SET_PROTOCOL_FEATURES on this connection. */
+  protocolFeatures = 0n;
+  /** What GET_FEATURES answered, once asked. */
+  offeredFeatures = 0n;
+  /** Set once the backend closed the connection (seen as EOF or EPIPE). */
+  peerClosed = false;
+
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  static connect(path: string): VhostUserFrontend {
+    return new VhostUserFrontend(native.unixConnect(path, 'stream'));
+  }
+
+  get fd(): number {
+    if (this.#fd < 0) throw makeError('EBADF', 'the frontend connection is closed');
+    return this.#fd;
+  }
+
+  get closed(): boolean {
+    return this.#fd < 0;
+  }
+
+  get replyAck(): boolean {
+    return (this.protocolFeatures & pf(ProtocolFeature.REPLY_ACK)) !== 0n;
+  }
+
+  /** Closes our end (a frontend that dies, or QEMU quitting). */
+  close(): void {
+    if (this.#fd < 0) return;
+    cancelWait(this.#fd);
+    closeQuietly(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Writes raw bytes (with fds), for malformed and truncated messages. False if the backend is gone. */
+  sendRaw(bytes: Buffer, fds: readonly number[] = []): boolean {
+    try {
+      native.sendFds(this.fd, [...fds], bytes);
+      return true;
+    } catch (error) {
+      if (GONE.has(errorCode(error) ?? '')) {
+        this.peerClosed = true;
+        return false;
+      }
+      throw error;
+    }
+  }
+
+  /** Sends one well-framed message. False if the backend is gone. */
+  send(request: number, payload: Buffer = Buffer.alloc(0), options: SendOptions = {}): boolean {
+    const needReply = options.needReply ?? this.replyAck;
+    const flags = options.flags ?? (VHOST_USER_VERSION | (needReply ? FLAG_NEED_REPLY : 0));
+    return this.sendRaw(encodeMessage(request, flags, payload), options.fds ?? []);
+  }
+
+  /** The next message from the backend; undefined when it closed the connection. Rejects with ETIMEDOUT. */
+  async readMessage(timeoutMs = 3000): Promise<Reply | undefined> {
+    if (this.peerClosed) return undefined;
+    const fd = this.fd;
+    if (!(await waitReadable(fd, timeoutMs))) {
+      if (this.#fd < 0) return undefined;
+      throw makeError('ETIMEDOUT', `no message from the backend within ${timeoutMs} ms`);
+    }
+    let header: { data: Buffer; fds: number[] };
+    try {
+      header = native.recvHeader(fd, HEADER_SIZE, 8, 1000);
+    } catch (error) {
+      if (GONE.has(errorCode(error) ?? '')) {
+        this.peerClosed = true;
+        return undefined;
+      }
+      throw error;
+    }
+    header.fds.forEach(closeQuietly);
+    if (header.data.length === 0) {
+      this.peerClosed = true;
+      return undefined;
+    }
+    const request = header.data.readUInt32LE(0);
+    const flags = header.data.readUInt32LE(4);
+    const size = header.data.readUInt32LE(8);
+    if (size > 4096) throw makeError('EPROTO', `backend reply of ${size} bytes`);
+    let payload: Buffer;
+    try {
+      payload = size > 0 ? native.readExact(fd, size, 1000) : Buffer.alloc(0);
+    } catch (error) {
+      if (GONE.has(errorCode(error) ?? '')) {
+        this.peerClosed = true;
+        return undefined;
+      }
+      throw error;
+    }
+    return { request, flags, payload };
+  }
+
+  /** A reply to `request` (checked), or undefined when the backend closed the connection instead. */
+  async readReply(request: number, timeoutMs = 3000): Promise<Reply | undefined> {
+    const reply = await this.readMessage(timeoutMs);
+    if (!reply) return undefined;
+    if (reply.request !== request) {
+      throw makeError('EPROTO', `expected a reply to ${requestName(request)}, got one to ${requestName(reply.request)}`);
+    }
+    if ((reply.flags & FLAG_VERSION_MASK) !== VHOST_USER_VERSION || !(reply.flags & FLAG_REPLY)) {
+      throw makeError('EPROTO', `reply to ${requestName(request)} has flags 0x${reply.flags.toString(16)}`);
+    }
+    return reply;
+  }
+
+  /**
+   * Sends a message and reads what comes back: a reply payload when `expectReply`,
+   * an ack when NEED_REPLY was set, or nothing.
+   */
+  async exchange(request: number, payload: Buffer = Buffer.alloc(0), options: SendOptions & { expectReply?: boolean } = {}): Promise<Exchange> {
+    const needReply = options.needReply ?? (this.replyAck && !options.expectReply);
+    if (!this.send(request, payload, { ...options, needReply })) return { kind: 'closed' };
+    if (!options.expectReply && !needReply) return { kind: 'none' };
+    const reply = await this.readReply(request, options.timeoutMs);
+    if (!reply) return { kind: 'closed' };
+    if (options.expectReply) return { kind: 'reply', payload: reply.payload };
+    if (reply.payload.length !== 8) throw makeError('EPROTO', `ack of ${requestName(request)} is ${reply.payload.length} bytes`);
+    return { kind: 'ack', value: reply.payload.readBigUInt64LE(0) };
+  }
+
+  /** A request that must succeed: throws if the backend acks a failure or hangs up. */
+  async ok(request: number, payload: Buffer = Buffer.alloc(0), fds: readonly number[] = []): Promise<void> {
+    const result = await this.exchange(request, payload, { fds });
+    if (result.kind === 'closed') throw makeError('ECONNRESET', `the backend closed the connection on ${requestName(request)}`);
+    if (result.kind === 'ack' && result.value !== 0n) throw makeError('EIO', `${requestName(request)} failed: ack ${result.value}`);
+  }
+
+  /** A request with a reply payload of its own. */
+  async ask(request: number, payload: Buffer = Buffer.alloc(0)): Promise<Buffer> {
+    const result = await this.exchange(request, payload, { expectReply: true });
+    if (result.kind !== 'reply') throw makeError('ECONNRESET', `the backend closed the connection on ${requestName(request)}`);
+    return result.payload;
+  }
+
+  async askU64(request: number): Promise<bigint> {
+    const payload = await this.ask(request);
+    if (payload.length !== 8) throw makeError('EPROTO', `${requestName(request)} reply is ${payload.length} bytes, not 8`);
+    return payload.readBigUInt64LE(0);
+  }
+
+  // ---- one method per request ----
+
+  async getFeatures(): Promise<bigint> {
+    this.offeredFeatures = await this.askU64(Request.GET_FEATURES);
+    return this.offeredFeatures;
+  }
+
+  setFeatures(features: bigint): Promise<void> {
+    return this.ok(Request.SET_FEATURES, encodeU64(features));
+  }
+
+  getProtocolFeatures(): Promise<bigint> {
+    return this.askU64(Request.GET_PROTOCOL_FEATURES);
+  }
+
+  /** SET_PROTOCOL_FEATURES; REPLY_ACK takes effect from the next message. */
+  async setProtocolFeatures(features: bigint): Promise<void> {
+    await this.ok(Request.SET_PROTOCOL_FEATURES, encodeU64(features));
+    this.protocolFeatures = features;
+  }
+
+  setOwner(): Promise<void> {
+    return this.ok(Request.SET_OWNER);
+  }
+
+  async getQueueNum(): Promise<number> {
+    return Number(await this.askU64(Request.GET_QUEUE_NUM));
+  }
+
+  async getMaxMemSlots(): Promise<number> {
+    return Number(await this.askU64(Request.GET_MAX_MEM_SLOTS));
+  }
+
+  /** GET_CONFIG: the device's config space bytes [offset, offset + size). */
+  async getConfig(offset: number, size: number, flags = 0): Promise<Buffer> {
+    const request = Buffer.alloc(12 + size);
+    request.writeUInt32LE(offset, 0);
+    request.writeUInt32LE(size, 4);
+    request.writeUInt32LE(flags, 8);
+    const reply = await this.ask(Request.GET_CONFIG, request);
+    if (reply.length < 12 || reply.readUInt32LE(4) !== reply.length - 12) throw makeError('EPROTO', `GET_CONFIG reply of ${reply.length} bytes`);
+    return reply.subarray(12);
+  }
+
+  async getStatus(): Promise<number> {
+    return Number(await this.askU64(Request.GET_STATUS));
+  }
+
+  setStatus(status: number): Promise<void> {
+    return this.ok(Request.SET_STATUS, encodeU64(status));
+  }
+
+  setMemTable(regions: readonly MemRegion[]): Promise<void> {
+    return this.ok(Request.SET_MEM_TABLE, encodeMemTable(regions), regions.map((r) => r.fd));
+  }
+
+  addMemReg(region: MemRegion): Promise<void> {
+    return this.ok(Request.ADD_MEM_REG, encodeSingleRegion(region), [region.fd]);
+  }
+
+  remMemReg(region: MemRegion): Promise<void> {
+    return this.ok(Request.REM_MEM_REG, encodeSingleRegion(region));
+  }
+
+  setVringNum(index: number, num: number): Promise<void> {
+    return this.ok(Request.SET_VRING_NUM, encodeVringState({ index, num }));
+  }
+
+  setVringBase(index: number, num: number): Promise<void> {
+    return this.ok(Request.SET_VRING_BASE, encodeVringState({ index, num }));
+  }
+
+  setVringAddr(index: number, ring: { descAddr: number; availAddr: number; usedAddr: number }): Promise<void> {
+    return this.ok(Request.SET_VRING_ADDR, encodeVringAddr(index, ring));
+  }
+
+  /** GET_VRING_BASE: stops the ring; the index where the backend will resume. */
+  async getVringBase(index: number): Promise<number> {
+    const reply = await this.ask(Request.GET_VRING_BASE, encodeVringState({ index, num: 0 }));
+    if (reply.length !== 8 || reply.readUInt32LE(0) !== index) throw makeError('EPROTO', 'GET_VRING_BASE reply names another ring');
+    return reply.readUInt32LE(4);
+  }
+
+  setVringKick(index: number, fd: number): Promise<void> {
+    return this.ok(Request.SET_VRING_KICK, encodeU64(index), [fd]);
+  }
+
+  setVringCall(index: number, fd: number): Promise<void> {
+    return this.ok(Request.SET_VRING_CALL, encodeU64(index), [fd]);
+  }
+
+  setVringEnable(index: number, enable: boolean): Promise<void> {
+    return this.ok(Request.SET_VRING_ENABLE, encodeVringState({ index, num: enable ? 1 : 0 }));
+  }
+
+  /** Enables or disables both rings of a queue pair, as QEMU's vhost_set_vring_enable does. */
+  async setPairEnabled(pair: number, enable: boolean): Promise<void> {
+    await this.setVringEnable(2 * pair, enable);
+    await this.setVringEnable(2 * pair + 1, enable);
+  }
+
+  // ---- what QEMU does ----
+
+  /**
+   * The handshake of QEMU's vhost_user_backend_init and vhost_dev_init: features,
+   * protocol features, queue count, memory slots, SET_OWNER, and a first call
+   * eventfd per ring (QEMU's masked notifier; replaced at start).
+   */
+  async init(options: { protocolFeatures?: bigint; rings?: number } = {}): Promise<{ features: bigint; protocolFeatures: bigint; queues: number }> {
+    const features = await this.getFeatures();
+    if (!(features & PROTOCOL_PROTOCOL_FEATURES)) throw makeError('EPROTO', 'the backend does not offer VHOST_USER_F_PROTOCOL_FEATURES');
+    const offered = await this.getProtocolFeatures();
+    const protocolFeatures = offered & (options.protocolFeatures ?? WANTED_PROTOCOL_FEATURES);
+    await this.setProtocolFeatures(protocolFeatures);
+    const queues = protocolFeatures & pf(ProtocolFeature.MQ) ? await this.getQueueNum() : 1;
+    if (protocolFeatures & pf(ProtocolFeature.CONFIGURE_MEM_SLOTS)) await this.getMaxMemSlots();
+    await this.setOwner();
+    for (let ring = 0; ring < (options.rings ?? 0); ring++) {
+      const masked = EventFd.create();
+      try {
+        await this.setVringCall(ring, masked.fd);
+      } finally {
+        masked.close();
+      }
+    }
+    return { features, protocolFeatures, queues };
+  }
+
+  /**
+   * What QEMU 7.2 does at start for `pairs` queue pairs on one connection: per pair
+   * SET_FEATURES and the memory table, then per ring NUM, BASE, ADDR, KICK, CALL;
+   * then SET_VRING_ENABLE 1 for the pairs in use. Runs init() first unless it
+   * was done. Fills the rx rings; returns the guest (new unless one was given).
+   */
+  async startDevice(pairs: number, options: StartOptions = {}): Promise<VhostUserGuest> {
+    if (this.offeredFeatures === 0n) await this.init({ rings: 2 * pairs });
+    const guest = options.guest ?? VhostUserGuest.create(pairs, {
+      ...(options.features ? { features: options.features } : {}),
+      ...(options.queueSize ? { queueSize: options.queueSize } : {}),
+    });
+    try {
+      const features = (guest.features & this.offeredFeatures) | PROTOCOL_PROTOCOL_FEATURES;
+      const regions = guest.regions();
+      for (let pair = 0; pair < pairs; pair++) {
+        await this.setFeatures(features);
+        if (options.memSlots) {
+          if (pair === 0) for (const r of regions) await this.addMemReg(r);
+        } else {
+          await this.setMemTable(regions);
+        }
+        const config = guest.driver.queueConfig(pair);
+        for (const [ring, q] of [[2 * pair, config.rx], [2 * pair + 1, config.tx]] as const) {
+          const base = options.resume ? guest.memory.view(q.usedAddr + 2, 2).getUint16(0, true) : 0;
+          await this.setVringNum(ring, q.size);
+          await this.setVringBase(ring, base);
+          await this.setVringAddr(ring, q);
+          await this.setVringKick(ring, q.kickFd);
+          await this.setVringCall(ring, q.callFd);
+        }
+      }
+      for (let pair = 0; pair < (options.enable ?? pairs); pair++) await this.setPairEnabled(pair, true);
+      for (let pair = 0; pair < pairs; pair++) guest.driver.fillRx(pair);
+      return guest;
+    } catch (error) {
+      if (!options.guest) guest.close();
+      throw error;
+    }
+  }
+}

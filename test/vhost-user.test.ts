@@ -1,0 +1,779 @@
+// The vhost-user backend (src/vhost-user, `vhost-tap serve`) driven by a TS
+// frontend that does what QEMU does on the socket: a real tap, the real kernel
+// stack, guest memory shared by memfd, the TS guest driver on the rings.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+
+import { Tap, acceptUnix, listenUnix, readTapLinkInfo } from '../src';
+import { native } from '../src/native';
+import { STATUS_ACKNOWLEDGE, STATUS_DRIVER } from '../src/virtio/device-status';
+import { EventFd } from '../src/virtio/eventfd';
+import * as F from '../src/virtio/features';
+import { featureBit } from '../src/virtio/features';
+import { GuestMemory } from '../src/virtio/guest-memory';
+import { GuestAllocator } from '../src/virtio/driver/guest-allocator';
+import { VirtioNetDriver } from '../src/virtio/driver/net-driver';
+import { VirtioNetDevice } from '../src/virtio/net-device';
+import { MAX_MEM_SLOTS, ProtocolFeature, Request, encodeMessage, encodeU64, encodeVringState } from '../src/vhost-user/protocol';
+import { VhostUserServer } from '../src/vhost-user/server';
+import { GUEST_IP, HOST_IP } from './helpers/datapath';
+import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
+import { assertPrivateNetns, fdCount, run, sleep, uniqueName } from './helpers/system';
+import {
+  PROTOCOL_PROTOCOL_FEATURES, VhostUserFrontend, VhostUserGuest, encodeMemTable, encodeSingleRegion, encodeVringAddr,
+  pf, virtioFeaturesOf, type Exchange, type MemRegion,
+} from './helpers/vhost-user-frontend';
+
+assertPrivateNetns();
+
+const GUEST_MAC_STRING = '52:54:00:12:34:56';
+const CLI = path.join(__dirname, '..', 'src', 'cli', 'vhost-tap.js');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vhost-user-test-'));
+
+interface LogEntry {
+  event: string;
+  fields?: Record<string, unknown>;
+}
+
+interface Rig {
+  tap: Tap;
+  device: VirtioNetDevice;
+  server: VhostUserServer;
+  socket: string;
+  logs: LogEntry[];
+  hostMac: Buffer;
+  connect(): VhostUserFrontend;
+  /** Resolves once the server has released the connection it was serving. */
+  released(): Promise<void>;
+}
+
+async function until(what: string, condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+/** The eventfd poller (2 fds, a thread) is made on first use and kept: make it before counting fds. */
+async function warmUp(): Promise<void> {
+  const warm = EventFd.create();
+  await warm.wait(1);
+  warm.close();
+  await fs.promises.stat('/');
+}
+
+/** Waits for the fd count to come back to `before` (dgram sockets close on the next loop turn), then checks it. */
+async function assertFdsBack(before: number, what: string): Promise<void> {
+  const end = Date.now() + 2000;
+  while (fdCount() !== before && Date.now() < end) await sleep(10);
+  assert.is(fdCount(), before, `${what}: fd count back to where it was`);
+}
+
+function macOf(name: string): Buffer {
+  const [link] = JSON.parse(run('ip', ['-j', 'link', 'show', 'dev', name])) as { address: string }[];
+  return Buffer.from(link!.address.split(':').map((h) => parseInt(h, 16)));
+}
+
+function addressTap(name: string): void {
+  run('ip', ['addr', 'add', `${HOST_IP}/24`, 'dev', name]);
+  run('ip', ['neigh', 'replace', GUEST_IP, 'lladdr', GUEST_MAC_STRING, 'dev', name, 'nud', 'permanent']);
+}
+
+async function withServer(pairs: number, body: (rig: Rig) => Promise<void>): Promise<void> {
+  await warmUp();
+  const tap = Tap.create({ name: uniqueName('vvu'), queues: pairs });
+  const socket = path.join(tmp, `${tap.name}.sock`);
+  const logs: LogEntry[] = [];
+  let device: VirtioNetDevice | undefined;
+  let server: VhostUserServer | undefined;
+  try {
+    addressTap(tap.name);
+    device = new VirtioNetDevice({ tap, controlQueue: 'frontend', mac: GUEST_MAC_STRING });
+    server = new VhostUserServer({ device, socketPath: socket, log: (event, fields) => logs.push({ event, ...(fields ? { fields } : {}) }) });
+    server.start();
+    const s = server;
+    const rig: Rig = {
+      tap, device, server, socket, logs, hostMac: macOf(tap.name),
+      connect: () => VhostUserFrontend.connect(socket),
+      released: () => until('the server to release the connection', () => !s.connected),
+    };
+    await body(rig);
+    assert.not.ok(logs.some((l) => l.event === 'connection-crashed'), JSON.stringify(logs.filter((l) => l.event === 'connection-crashed')));
+  } finally {
+    await server?.stop();
+    device?.close();
+    tap.close();
+  }
+  assert.not.ok(fs.existsSync(socket), 'the server removed its socket');
+}
+
+function numDisabled(name: string): number {
+  return readTapLinkInfo(name).numDisabled;
+}
+
+function guestFrame(hostMac: Buffer, srcPort: number, dstPort: number, payload: Buffer): Buffer {
+  return ethernet(hostMac, GUEST_MAC, 0x0800, ipv4(GUEST_IP, HOST_IP, 17, udp(GUEST_IP, HOST_IP, srcPort, dstPort, payload, 'full')));
+}
+
+async function hostSocket(port: number): Promise<{ socket: dgram.Socket; received: Buffer[]; close(): void }> {
+  const socket = dgram.createSocket('udp4');
+  const received: Buffer[] = [];
+  socket.on('message', (m) => received.push(m));
+  await new Promise<void>((resolve) => socket.bind(port, HOST_IP, resolve));
+  return { socket, received, close: () => socket.close() };
+}
+
+function sendTo(socket: dgram.Socket, payload: Buffer, port: number): Promise<void> {
+  return new Promise((resolve, reject) => socket.send(payload, port, GUEST_IP, (e) => (e ? reject(e) : resolve())));
+}
+
+/** The guest sends datagrams on `pair`; they arrive byte-exact, in order, at a socket in the namespace. */
+async function guestToHost(hostMac: Buffer, guest: VhostUserGuest, pair: number, port: number, count = 5): Promise<void> {
+  const host = await hostSocket(port);
+  try {
+    const payloads = Array.from({ length: count }, (_, i) => pattern([1, 64, 333, 1000, 1472][i % 5]!, port * 10 + i));
+    for (const p of payloads) await guest.driver.send(pair, guestFrame(hostMac, 4000 + pair, port, p));
+    await until(`${count} datagrams from pair ${pair}`, () => host.received.length >= count);
+    assert.is(host.received.length, count);
+    host.received.forEach((got, i) => assert.ok(got.equals(payloads[i]!), `pair ${pair}: datagram ${i} differs`));
+  } finally {
+    host.close();
+  }
+}
+
+/** One datagram per flow from the namespace to the guest; each arrives byte-exact on one of `pairs`. Returns per-pair counts. */
+async function hostToGuest(guest: VhostUserGuest, pairs: readonly number[], basePort: number, flows = 64): Promise<number[]> {
+  const sender = dgram.createSocket('udp4');
+  const got = new Map<number, Buffer>();
+  const perPair = pairs.map(() => 0);
+  try {
+    for (let i = 0; i < flows; i++) await sendTo(sender, pattern(20 + 17 * i, basePort + i), basePort + i);
+    const end = Date.now() + 5000;
+    await Promise.all(pairs.map(async (pair, k) => {
+      while (got.size < flows && Date.now() < end) {
+        for (const r of await guest.driver.receive(pair, { timeoutMs: 50 })) {
+          const u = parseUdp(r.frame);
+          if (!u || u.dstPort < basePort || u.dstPort >= basePort + flows) continue;
+          assert.not.ok(got.has(u.dstPort), `flow ${u.dstPort} delivered twice`);
+          got.set(u.dstPort, u.payload);
+          perPair[k]!++;
+        }
+      }
+    }));
+  } finally {
+    sender.close();
+  }
+  assert.is(got.size, flows, `${got.size} of ${flows} flows reached the guest`);
+  for (const [port, payload] of got) assert.ok(payload.equals(pattern(20 + 17 * (port - basePort), port)), `flow ${port}: payload differs`);
+  return perPair;
+}
+
+function failedOrClosed(outcome: Exchange, what: string): void {
+  assert.ok(outcome.kind === 'closed' || (outcome.kind === 'ack' && outcome.value !== 0n), `${what}: ${JSON.stringify(outcome, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`);
+}
+
+function ackOk(outcome: Exchange, what: string): void {
+  assert.ok(outcome.kind === 'ack' && outcome.value === 0n, `${what}: ${JSON.stringify(outcome, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`);
+}
+
+// ---------------------------------------------------------------------------
+
+test('negotiation: features, protocol features, queue count, memory slots, config space, status', async () => {
+  await withServer(2, async (rig) => {
+    const fe = rig.connect();
+    try {
+      const features = await fe.getFeatures();
+      assert.ok(features & PROTOCOL_PROTOCOL_FEATURES, 'VHOST_USER_F_PROTOCOL_FEATURES (bit 30) offered');
+      assert.not.ok(features & featureBit(F.VIRTIO_NET_F_CTRL_VQ), 'no CTRL_VQ: the frontend keeps the control queue');
+      assert.not.ok(features & featureBit(F.VIRTIO_NET_F_CTRL_RX));
+      assert.ok(features & featureBit(F.VIRTIO_F_VERSION_1));
+      assert.ok(features & featureBit(F.VIRTIO_NET_F_MQ), 'MQ with 2 pairs');
+      assert.is(features & ~PROTOCOL_PROTOCOL_FEATURES, rig.device.offeredFeatures);
+
+      const protocol = await fe.getProtocolFeatures();
+      for (const bit of [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS, ProtocolFeature.RESET_DEVICE]) {
+        assert.ok(protocol & pf(bit), `protocol feature ${ProtocolFeature[bit]} offered`);
+      }
+      await fe.setProtocolFeatures(protocol);
+      assert.is(await fe.getQueueNum(), 2);
+      assert.is(await fe.getMaxMemSlots(), MAX_MEM_SLOTS);
+      await fe.setOwner();
+
+      const mac = await fe.getConfig(0, 6);
+      assert.equal([...mac], [...GUEST_MAC], 'GET_CONFIG: the MAC');
+      const config = await fe.getConfig(0, 12);
+      assert.is(config.readUInt16LE(6) & 1, 1, 'link up');
+      assert.is(config.readUInt16LE(8), 2, 'max_virtqueue_pairs');
+
+      await fe.setStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+      assert.is(await fe.getStatus(), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+
+      // With REPLY_ACK: refusals come back as a failure ack, and the connection stays.
+      failedOrClosed(await fe.exchange(Request.SET_FEATURES, encodeU64(featureBit(F.VIRTIO_NET_F_CTRL_VQ))), 'SET_FEATURES with CTRL_VQ');
+      failedOrClosed(await fe.exchange(Request.SET_PROTOCOL_FEATURES, encodeU64(1n << 40n)), 'a protocol feature not offered');
+      assert.is(await fe.getQueueNum(), 2, 'connection still up');
+      ackOk(await fe.exchange(Request.RESET_DEVICE), 'RESET_DEVICE');
+      assert.is(await fe.getQueueNum(), 2);
+    } finally {
+      fe.close();
+    }
+    await rig.released();
+  });
+});
+
+test('traffic both ways on 2 queue pairs through the backend, byte-exact', async () => {
+  await withServer(2, async (rig) => {
+    const fe = rig.connect();
+    let guest: VhostUserGuest | undefined;
+    try {
+      guest = await fe.startDevice(2);
+      assert.is(numDisabled(rig.tap.name), 0, 'both tap queues attached');
+      assert.ok(rig.device.stats().pairs.every((p) => p.running), 'both pairs run');
+      await guestToHost(rig.hostMac, guest, 0, 5100);
+      await guestToHost(rig.hostMac, guest, 1, 5101);
+      const perPair = await hostToGuest(guest, [0, 1], 6100);
+      assert.ok(perPair[0]! > 0 && perPair[1]! > 0, `the tap spread flows over both pairs: ${perPair.join('/')}`);
+      const stats = rig.device.stats().pairs;
+      assert.is(stats[0]!.tx!.packets, 5);
+      assert.is(stats[1]!.tx!.packets, 5);
+      assert.ok(stats.every((p) => !p.rxBroken && !p.txBroken));
+    } finally {
+      fe.close();
+      await rig.released();
+      guest?.close();
+    }
+  });
+});
+
+test('guest memory through ADD_MEM_REG (CONFIGURE_MEM_SLOTS, as QEMU does) on 2 pairs: traffic flows', async () => {
+  await withServer(2, async (rig) => {
+    const fe = rig.connect();
+    let guest: VhostUserGuest | undefined;
+    try {
+      guest = await fe.startDevice(2, { memSlots: true });
+      await guestToHost(rig.hostMac, guest, 0, 5110);
+      await guestToHost(rig.hostMac, guest, 1, 5111);
+      const perPair = await hostToGuest(guest, [0, 1], 6200);
+      assert.ok(perPair[0]! + perPair[1]! === 64);
+    } finally {
+      fe.close();
+      await rig.released();
+      guest?.close();
+    }
+  });
+});
+
+test('SET_VRING_ENABLE: disabling pair 1 detaches its tap queue, enabling attaches it; pair 0 carries traffic throughout', async () => {
+  await withServer(2, async (rig) => {
+    const fe = rig.connect();
+    let guest: VhostUserGuest | undefined;
+    try {
+      guest = await fe.startDevice(2);
+      assert.is(numDisabled(rig.tap.name), 0);
+      let port = 5200;
+      for (let round = 0; round < 2; round++) {
+        await fe.setPairEnabled(1, false);
+        assert.is(numDisabled(rig.tap.name), 1, 'pair 1 disabled: its tap queue detached');
+        assert.equal(rig.device.stats().pairs.map((p) => p.running), [true, false]);
+        await guestToHost(rig.hostMac, guest, 0, port++);
+        const onlyPair0 = await hostToGuest(guest, [0, 1], 6300 + 100 * round, 16);
+        assert.equal(onlyPair0, [16, 0], 'everything comes in on pair 0');
+
+        await fe.setPairEnabled(1, true);
+        assert.is(numDisabled(rig.tap.name), 0, 'pair 1 enabled: attached again');
+        assert.equal(rig.device.stats().pairs.map((p) => p.running), [true, true]);
+        await guestToHost(rig.hostMac, guest, 0, port++);
+        await guestToHost(rig.hostMac, guest, 1, port++);
+      }
+      // Disabling one ring of the pair is enough to take the pair out.
+      await fe.setVringEnable(3, false);
+      assert.is(numDisabled(rig.tap.name), 1);
+      await fe.setVringEnable(3, true);
+      assert.is(numDisabled(rig.tap.name), 0);
+      await guestToHost(rig.hostMac, guest, 1, port++);
+    } finally {
+      fe.close();
+      await rig.released();
+      guest?.close();
+    }
+  });
+});
+
+test('GET_VRING_BASE stops the ring and returns where the guest\'s avail idx reached; SET_VRING_BASE + KICK resume there', async () => {
+  await withServer(1, async (rig) => {
+    const fe = rig.connect();
+    let guest: VhostUserGuest | undefined;
+    const host = await hostSocket(5300);
+    try {
+      guest = await fe.startDevice(1);
+      const N = 37;
+      for (let i = 0; i < N; i++) await guest.driver.send(0, guestFrame(rig.hostMac, 4000, 5300, pattern(100, i)));
+      await until('the frames at the host', () => host.received.length === N);
+      const { rx, tx } = guest.driver.queueConfig(0);
+      const availIdx = (q: { availAddr: number }): number => guest!.memory.view(q.availAddr + 2, 2).getUint16(0, true);
+      const usedIdx = (q: { usedAddr: number }): number => guest!.memory.view(q.usedAddr + 2, 2).getUint16(0, true);
+      assert.is(availIdx(tx), N);
+
+      const txBase = await fe.getVringBase(1);
+      assert.is(txBase, N, 'tx base: every chain the guest made available');
+      assert.not.ok(rig.device.stats().pairs[0]!.running, 'GET_VRING_BASE stopped the pair');
+      const rxBase = await fe.getVringBase(0);
+      assert.is(rxBase, usedIdx(rx), 'rx base: the chains the device used (held ones given back)');
+      assert.ok(availIdx(rx) >= rxBase);
+
+      // While stopped, the guest queues more frames; nothing moves.
+      for (let i = 0; i < 3; i++) await guest.driver.send(0, guestFrame(rig.hostMac, 4000, 5300, pattern(200, 1000 + i)));
+      await sleep(50);
+      assert.is(host.received.length, N, 'a stopped ring moves nothing');
+
+      // Restart as QEMU does: NUM, BASE (what GET_VRING_BASE said), ADDR, KICK, CALL per ring.
+      for (const [index, q, base] of [[0, rx, rxBase], [1, tx, txBase]] as const) {
+        await fe.setVringNum(index, q.size);
+        await fe.setVringBase(index, base);
+        await fe.setVringAddr(index, q);
+        await fe.setVringKick(index, q.kickFd);
+        await fe.setVringCall(index, q.callFd);
+      }
+      assert.ok(rig.device.stats().pairs[0]!.running, 'running again');
+      await until('the 3 queued frames', () => host.received.length === N + 3);
+      for (let i = 0; i < 3; i++) assert.ok(host.received[N + i]!.equals(pattern(200, 1000 + i)), 'resumed where it stopped: no frame sent twice or skipped');
+      await sleep(50);
+      assert.is(host.received.length, N + 3);
+      const perPair = await hostToGuest(guest, [0], 6400, 8);
+      assert.equal(perPair, [8]);
+    } finally {
+      host.close();
+      fe.close();
+      await rig.released();
+      guest?.close();
+    }
+  });
+});
+
+test('a frontend that disconnects mid-traffic: everything released (workers, tap queues, fds), and the next connection resumes the same guest', async () => {
+  await withServer(2, async (rig) => {
+    const guest = VhostUserGuest.create(2, { timeoutMs: 300 });
+    const host = await hostSocket(5400);
+    const sender = dgram.createSocket('udp4');
+    try {
+      const fdsBefore = fdCount();
+      const fe = rig.connect();
+      await fe.startDevice(2, { guest });
+      // Traffic both ways on both pairs, then pull the plug.
+      let stop = false;
+      const pumps = [0, 1].map(async (pair) => {
+        let seq = 0;
+        while (!stop) {
+          const frames = Array.from({ length: 16 }, () => ({ frame: guestFrame(rig.hostMac, 4000 + pair, 5400, pattern(64, seq++)) }));
+          try {
+            await guest.driver.sendBatch(pair, frames);
+          } catch {
+            await sleep(5); // the backend is gone: tx buffers stop coming back
+          }
+          await sleep(1);
+        }
+      });
+      const receivers = [0, 1].map(async (pair) => {
+        while (!stop) {
+          try {
+            await guest.driver.receive(pair, { timeoutMs: 20 });
+          } catch {
+            await sleep(5);
+          }
+        }
+      });
+      const flood = setInterval(() => {
+        for (let i = 0; i < 16; i++) sender.send(pattern(64, i), 7000 + i, GUEST_IP);
+      }, 2);
+      try {
+        await until('traffic through the backend', () => host.received.length > 200 && rig.device.stats().pairs.every((p) => (p.rx?.packets ?? 0) > 0));
+        fe.close();
+        await rig.released();
+        const stats = rig.device.stats();
+        assert.ok(stats.pairs.every((p) => !p.running), 'every worker stopped');
+        assert.is(numDisabled(rig.tap.name), 1, 'tap queues back to one attached');
+        assert.is(rig.logs.filter((l) => l.event === 'disconnected').length, 1);
+      } finally {
+        clearInterval(flood);
+        stop = true;
+        await Promise.all([...pumps, ...receivers]);
+      }
+      await sleep(20);
+      await assertFdsBack(fdsBefore, 'after the disconnect');
+
+      // A second connection on the same socket: QEMU resumes the rings from the used indices.
+      const fe2 = rig.connect();
+      try {
+        await fe2.startDevice(2, { guest, resume: true });
+        assert.is(numDisabled(rig.tap.name), 0);
+        await until('the guest to get its tx buffers back', () => {
+          guest.driver.reapTx(0);
+          guest.driver.reapTx(1);
+          return guest.driver.txQueue(0).inFlight === 0 && guest.driver.txQueue(1).inFlight === 0;
+        });
+        await guestToHost(rig.hostMac, guest, 0, 5401);
+        await guestToHost(rig.hostMac, guest, 1, 5402);
+        // Drain what the flood left in the rx rings, then check fresh flows arrive intact.
+        for (const pair of [0, 1]) while ((await guest.driver.receive(pair, { timeoutMs: 50 })).length > 0);
+        const perPair = await hostToGuest(guest, [0, 1], 6500);
+        assert.is(perPair[0]! + perPair[1]!, 64);
+        assert.ok(rig.device.stats().pairs.every((p) => !p.rxBroken && !p.txBroken));
+      } finally {
+        fe2.close();
+        await rig.released();
+      }
+      await sleep(20);
+      await assertFdsBack(fdsBefore, 'after the second connection');
+    } finally {
+      host.close();
+      sender.close();
+      guest.close();
+    }
+  });
+});
+
+test('bad messages: failure acks or a closed connection, no fd leaked, the server keeps serving', async () => {
+  await withServer(1, async (rig) => {
+    const memfd = (size: number): number => native.memfdCreate('vhost-user-test', size);
+    const region = (fd: number, size: number, offset = 0, guestPhysAddr = 0): MemRegion => ({ guestPhysAddr, size, fd, offset });
+    const withFds = async (fds: number[], body: (fds: number[]) => Promise<Exchange>): Promise<Exchange> => {
+      try {
+        return await body(fds);
+      } finally {
+        fds.forEach((fd) => native.closeFd(fd));
+      }
+    };
+    const eventfds = (n: number): number[] => Array.from({ length: n }, () => native.eventfdCreate());
+    const cases: { name: string; replyAck?: boolean; run(fe: VhostUserFrontend): Promise<Exchange> }[] = [
+      { name: 'SET_VRING_KICK with no fd and without the no-fd flag', run: (fe) => fe.exchange(Request.SET_VRING_KICK, encodeU64(0)) },
+      { name: 'SET_VRING_CALL with two fds', run: (fe) => withFds(eventfds(2), (fds) => fe.exchange(Request.SET_VRING_CALL, encodeU64(0), { fds })) },
+      { name: 'SET_VRING_KICK with the no-fd flag (polling)', run: (fe) => fe.exchange(Request.SET_VRING_KICK, encodeU64(0x100)) },
+      { name: 'SET_VRING_KICK for a ring that does not exist', run: (fe) => withFds(eventfds(1), (fds) => fe.exchange(Request.SET_VRING_KICK, encodeU64(7), { fds })) },
+      {
+        name: 'SET_MEM_TABLE with fewer fds than regions',
+        run: (fe) => withFds([memfd(1 << 20)], ([fd]) => fe.exchange(Request.SET_MEM_TABLE,
+          encodeMemTable([region(fd!, 1 << 20), region(fd!, 1 << 20, 0, 1 << 24)]), { fds: [fd!] })),
+      },
+      {
+        name: 'SET_MEM_TABLE with a region larger than its memfd',
+        run: (fe) => withFds([memfd(1 << 20)], ([fd]) => fe.exchange(Request.SET_MEM_TABLE, encodeMemTable([region(fd!, 4 << 20)]), { fds: [fd!] })),
+      },
+      {
+        name: 'SET_MEM_TABLE with an mmap offset past the end of the memfd',
+        run: (fe) => withFds([memfd(1 << 20)], ([fd]) => fe.exchange(Request.SET_MEM_TABLE, encodeMemTable([region(fd!, 1 << 20, 2 << 20)]), { fds: [fd!] })),
+      },
+      {
+        name: 'SET_MEM_TABLE with an eventfd for memory',
+        run: (fe) => withFds(eventfds(1), ([fd]) => fe.exchange(Request.SET_MEM_TABLE, encodeMemTable([region(fd!, 1 << 20)]), { fds: [fd!] })),
+      },
+      {
+        name: 'ADD_MEM_REG with a region larger than its memfd',
+        run: (fe) => withFds([memfd(1 << 20)], ([fd]) => fe.exchange(Request.ADD_MEM_REG, encodeSingleRegion(region(fd!, 8 << 20)), { fds: [fd!] })),
+      },
+      { name: 'ADD_MEM_REG without its fd', run: (fe) => fe.exchange(Request.ADD_MEM_REG, encodeSingleRegion(region(0, 1 << 20))) },
+      { name: 'SET_VRING_ADDR in no memory region', run: (fe) => fe.exchange(Request.SET_VRING_ADDR, encodeVringAddr(0, { descAddr: 0, availAddr: 4096, usedAddr: 8192 })) },
+      { name: 'SET_VRING_NUM not a power of two', run: (fe) => fe.exchange(Request.SET_VRING_NUM, encodeVringState({ index: 0, num: 100 })) },
+      { name: 'SET_VRING_ENABLE with 2', run: (fe) => fe.exchange(Request.SET_VRING_ENABLE, encodeVringState({ index: 0, num: 2 })) },
+      { name: 'SET_FEATURES with a short payload', run: (fe) => fe.exchange(Request.SET_FEATURES, Buffer.alloc(4)) },
+      { name: 'an unknown request (99)', run: (fe) => fe.exchange(99, Buffer.alloc(8)) },
+      { name: 'an unknown request without REPLY_ACK', replyAck: false, run: (fe) => fe.exchange(99, Buffer.alloc(8), { needReply: false }).then(async () => ((await fe.readMessage(2000)) ? { kind: 'none' } : { kind: 'closed' })) },
+      { name: 'an unsupported request carrying an fd (SET_LOG_FD)', run: (fe) => withFds(eventfds(1), (fds) => fe.exchange(Request.SET_LOG_FD, Buffer.alloc(0), { fds })) },
+      { name: 'a request with 40 fds', run: (fe) => withFds(eventfds(40), (fds) => fe.exchange(Request.GET_FEATURES, Buffer.alloc(0), { fds, expectReply: true })) },
+      { name: 'a request with the reply flag set', run: (fe) => fe.exchange(Request.GET_FEATURES, Buffer.alloc(0), { flags: 1 | 4, expectReply: true }) },
+      { name: 'a request of protocol version 2', run: (fe) => fe.exchange(Request.GET_FEATURES, Buffer.alloc(0), { flags: 2, expectReply: true }) },
+      { name: 'a payload over 4096 bytes', run: (fe) => fe.exchange(Request.SET_CONFIG, Buffer.alloc(5000)) },
+    ];
+    const fdsBefore = fdCount();
+    for (const c of cases) {
+      const fe = rig.connect();
+      try {
+        if (c.replyAck === false) await fe.init({ protocolFeatures: pf(ProtocolFeature.MQ) });
+        else await fe.init();
+        const outcome = await c.run(fe);
+        if (outcome.kind === 'reply') assert.unreachable(`${c.name}: answered as if valid`);
+        failedOrClosed(outcome, c.name);
+        if (outcome.kind === 'ack') assert.is(await fe.getQueueNum(), 1, `${c.name}: connection still serves`);
+      } finally {
+        fe.close();
+      }
+      await rig.released();
+      await assertFdsBack(fdsBefore, c.name);
+    }
+    // A truncated message: a header announcing 40 bytes, 10 sent, then the frontend hangs up.
+    const cut = rig.connect();
+    await cut.init();
+    const eventfd = native.eventfdCreate();
+    cut.sendRaw(encodeMessage(Request.SET_VRING_ADDR, 1, Buffer.alloc(40)).subarray(0, 22), [eventfd]);
+    native.closeFd(eventfd);
+    cut.close();
+    await rig.released();
+    await assertFdsBack(fdsBefore, 'truncated message');
+
+    // And a well-behaved frontend still gets a working device.
+    const fe = rig.connect();
+    let guest: VhostUserGuest | undefined;
+    try {
+      guest = await fe.startDevice(1);
+      await guestToHost(rig.hostMac, guest, 0, 5500);
+      await hostToGuest(guest, [0], 6600, 8);
+    } finally {
+      fe.close();
+      await rig.released();
+      guest?.close();
+    }
+    assert.ok(rig.server.served >= cases.length + 2);
+  });
+});
+
+test('ADD_MEM_REG / REM_MEM_REG with a second memfd region (rings at an mmap offset): traffic follows the memory map', async () => {
+  await withServer(1, async (rig) => {
+    const SIZE_A = 2 << 20;
+    const B_GPA = 0x1000_0000;
+    const B_OFFSET = 1 << 20;
+    const features = { version1: true, mergeableRx: true, eventIdx: true, indirectDesc: false };
+    const driverOptions = { queuePairs: 1, queueSize: 256, features, rxBufferSize: 2048, txBufferSize: 2048, timeoutMs: 2000 };
+    const sizeB = Math.ceil((VirtioNetDriver.memoryNeeded(driverOptions) + (1 << 20)) / 4096) * 4096;
+    const fdA = native.memfdCreate('region-a', SIZE_A);
+    const fdB = native.memfdCreate('region-b', B_OFFSET + sizeB);
+    const a: MemRegion = { guestPhysAddr: 0, size: SIZE_A, fd: fdA, offset: 0 };
+    const b: MemRegion = { guestPhysAddr: B_GPA, size: sizeB, fd: fdB, offset: B_OFFSET };
+    const memory = GuestMemory.fromRegions([a, b]);
+    // Every ring and buffer in region B.
+    const driver = VirtioNetDriver.create({ memory, allocator: new GuestAllocator(memory, B_GPA), ...driverOptions });
+    const guest = new VhostUserGuest(memory, driver, virtioFeaturesOf(features));
+    const fdsBefore = fdCount();
+    const fe = rig.connect();
+    try {
+      await fe.startDevice(1, { guest, memSlots: true });
+      await guestToHost(rig.hostMac, guest, 0, 5600);
+      await hostToGuest(guest, [0], 6700, 8);
+
+      await fe.remMemReg(a);
+      await guestToHost(rig.hostMac, guest, 0, 5601);
+      await hostToGuest(guest, [0], 6710, 8);
+      failedOrClosed(await fe.exchange(Request.REM_MEM_REG, encodeSingleRegion(a)), 'REM_MEM_REG of a region no longer there');
+
+      await fe.addMemReg(a);
+      await guestToHost(rig.hostMac, guest, 0, 5602);
+      const overlap = native.memfdCreate('overlap', 1 << 20);
+      try {
+        failedOrClosed(await fe.exchange(Request.ADD_MEM_REG, encodeSingleRegion({ guestPhysAddr: B_GPA + 4096, size: 1 << 20, fd: overlap, offset: 0 }), { fds: [overlap] }), 'ADD_MEM_REG overlapping B');
+      } finally {
+        native.closeFd(overlap);
+      }
+      // The same region again, as a frontend sends it for every vhost device of a multiqueue NIC.
+      const again = await fe.exchange(Request.ADD_MEM_REG, encodeSingleRegion(a), { fds: [fdA] });
+      if (again.kind === 'closed') assert.unreachable('ADD_MEM_REG of a region already there closed the connection');
+      await guestToHost(rig.hostMac, guest, 0, 5603);
+      await hostToGuest(guest, [0], 6720, 8);
+    } finally {
+      fe.close();
+      await rig.released();
+    }
+    await assertFdsBack(fdsBefore, 'after ADD/REM_MEM_REG');
+    guest.close();
+    native.closeFd(fdA);
+    native.closeFd(fdB);
+  });
+});
+
+test('SET_MEM_TABLE while the rings run (a memory hotplug): the pair restarts on the new map and traffic continues', async () => {
+  await withServer(1, async (rig) => {
+    const fe = rig.connect();
+    let guest: VhostUserGuest | undefined;
+    const extra = native.memfdCreate('hotplug', 1 << 20);
+    try {
+      guest = await fe.startDevice(1);
+      await guestToHost(rig.hostMac, guest, 0, 5700);
+      await fe.setMemTable([...guest.regions(), { guestPhysAddr: 0x4000_0000, size: 1 << 20, fd: extra, offset: 0 }]);
+      assert.ok(rig.device.stats().pairs[0]!.running);
+      await guestToHost(rig.hostMac, guest, 0, 5701);
+      await hostToGuest(guest, [0], 6800, 8);
+    } finally {
+      native.closeFd(extra);
+      fe.close();
+      await rig.released();
+      guest?.close();
+    }
+  });
+});
+
+// ---- the daemon, as a child process ----
+
+interface Daemon {
+  child: ChildProcess;
+  logs: Record<string, unknown>[];
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+function startDaemon(args: string[]): Daemon {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  const logs: Record<string, unknown>[] = [];
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+    err += chunk;
+    for (const line of chunk.split('\n')) {
+      try {
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        // a partial line; the full text is in err
+      }
+    }
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  return { child, logs, stderr: () => err, exited };
+}
+
+async function waitExit(d: Daemon, timeoutMs = 5000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  const timer = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`the daemon did not exit within ${timeoutMs} ms:\n${d.stderr()}`)), timeoutMs).unref());
+  return Promise.race([d.exited, timer]);
+}
+
+function linkExists(name: string, netns?: string): boolean {
+  return spawnSync('ip', [...(netns ? ['-n', netns] : []), 'link', 'show', 'dev', name], { stdio: 'ignore' }).status === 0;
+}
+
+test('CLI: --print-capabilities prints {"type":"net"}', () => {
+  const r = spawnSync(process.execPath, [CLI, '--print-capabilities'], { encoding: 'utf8' });
+  assert.is(r.status, 0);
+  assert.equal(JSON.parse(r.stdout), { type: 'net' });
+});
+
+test('CLI: serve with bad arguments exits non-zero and says why', () => {
+  const sock = path.join(tmp, 'bad.sock');
+  for (const [args, why] of [
+    [['serve', '--socket', sock], /--tap NAME is required/],
+    [['serve', '--tap', 'vvubad0'], /--socket PATH/],
+    [['serve', '--socket', sock, '--tap', 'vvubad0', '--queues', '0'], /--queues takes an integer from 1 to 256/],
+    [['serve', '--socket', sock, '--tap', 'vvubad0', '--frobnicate'], /unknown option --frobnicate/],
+    [['serve', '--socket', sock, '--fd', '3', '--tap', 'vvubad0'], /not both/],
+    [['serve', '--socket', sock, '--tap', 'vvubad0', '--mac', 'zz:zz'], /./],
+    [['frobnicate'], /unknown command "frobnicate"/],
+  ] as [string[], RegExp][]) {
+    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 10_000 });
+    assert.ok(r.status !== 0 && r.status !== null, `${args.join(' ')}: exit status ${String(r.status)} (signal ${String(r.signal)})`);
+    assert.match(r.stderr, why, `${args.join(' ')}: ${r.stderr}`);
+    assert.not.ok(linkExists('vvubad0'), `${args.join(' ')}: no tap left behind`);
+    assert.not.ok(fs.existsSync(sock), `${args.join(' ')}: no socket left behind`);
+  }
+});
+
+test('CLI: serve passes traffic for a frontend in another process; SIGTERM mid-traffic exits 0, removes the socket and the tap', async () => {
+  const tapName = uniqueName('vvucli');
+  const sock = path.join(tmp, `${tapName}.sock`);
+  const d = startDaemon(['serve', '--socket', sock, '--tap', tapName, '--queues', '2', '--mac', GUEST_MAC_STRING]);
+  let guest: VhostUserGuest | undefined;
+  let fe: VhostUserFrontend | undefined;
+  try {
+    await until('the daemon to listen', () => d.logs.some((l) => l.event === 'listening'), 10_000);
+    assert.ok(fs.statSync(sock).isSocket());
+    assert.is(readTapLinkInfo(tapName).numQueues + readTapLinkInfo(tapName).numDisabled, 2);
+    addressTap(tapName);
+    fe = VhostUserFrontend.connect(sock);
+    assert.is((await fe.init({ rings: 4 })).queues, 2);
+    guest = await fe.startDevice(2);
+    assert.is(readTapLinkInfo(tapName).numDisabled, 0);
+    const hostMac = macOf(tapName);
+    await guestToHost(hostMac, guest, 0, 5800);
+    await guestToHost(hostMac, guest, 1, 5801);
+    const perPair = await hostToGuest(guest, [0, 1], 6900);
+    assert.ok(perPair[0]! > 0 && perPair[1]! > 0);
+    // SIGTERM while frames are flowing.
+    const g = guest;
+    const pump = g.driver.sendBatch(0, Array.from({ length: 200 }, (_, i) => ({ frame: guestFrame(hostMac, 4000, 5802, pattern(64, i)) }))).catch(() => undefined);
+    d.child.kill('SIGTERM');
+    const { code, signal } = await waitExit(d);
+    await pump;
+    assert.is(signal, null);
+    assert.is(code, 0, d.stderr());
+    assert.ok(d.logs.some((l) => l.event === 'stopped'));
+    assert.not.ok(fs.existsSync(sock), 'socket removed');
+    assert.not.ok(linkExists(tapName), 'tap gone');
+    assert.is(await fe.readMessage(1000), undefined, 'the daemon closed our connection');
+  } finally {
+    fe?.close();
+    guest?.close();
+    if (d.child.exitCode === null) d.child.kill('SIGKILL');
+  }
+});
+
+test('CLI: --client connects to the frontend\'s socket and reconnects after the frontend closes it', async () => {
+  const tapName = uniqueName('vvucl');
+  const sock = path.join(tmp, `${tapName}.sock`);
+  const listenFd = listenUnix(sock, 'stream');
+  const d = startDaemon(['serve', '--client', '--socket', sock, '--tap', tapName, '--reconnect-ms', '100']);
+  try {
+    for (let round = 0; round < 3; round++) {
+      const fd = await acceptUnix(listenFd, 10_000);
+      const fe = new VhostUserFrontend(fd);
+      try {
+        const { queues } = await fe.init({ rings: 2 });
+        assert.is(queues, 1);
+        assert.equal([...(await fe.getConfig(8, 2))], [1, 0], 'max_virtqueue_pairs 1');
+        if (round === 1) {
+          addressTap(tapName);
+          const guest = await fe.startDevice(1);
+          try {
+            await guestToHost(macOf(tapName), guest, 0, 5900);
+          } finally {
+            fe.close();
+            guest.close();
+          }
+        }
+      } finally {
+        fe.close();
+      }
+    }
+    assert.ok(d.logs.filter((l) => l.event === 'connected').length >= 3, d.stderr());
+    d.child.kill('SIGTERM');
+    const { code } = await waitExit(d);
+    assert.is(code, 0, d.stderr());
+    assert.ok(fs.existsSync(sock), 'client mode leaves the frontend\'s socket alone');
+    assert.not.ok(linkExists(tapName));
+  } finally {
+    if (d.child.exitCode === null) d.child.kill('SIGKILL');
+    native.closeFd(listenFd);
+    fs.rmSync(sock, { force: true });
+  }
+});
+
+test('CLI: --netns runs the daemon (and its tap) in that namespace; SIGTERM reaches it and it exits 0', async () => {
+  const netns = uniqueName('vvuns');
+  const tapName = uniqueName('vvuns');
+  const sock = path.join(tmp, `${tapName}.sock`);
+  run('ip', ['netns', 'add', netns]);
+  const d = startDaemon(['serve', '--netns', netns, '--socket', sock, '--tap', tapName]);
+  try {
+    await until('the daemon to listen', () => d.logs.some((l) => l.event === 'listening'), 10_000);
+    assert.ok(linkExists(tapName, netns), 'the tap is in the namespace');
+    assert.not.ok(linkExists(tapName), 'and not in ours');
+    const fe = VhostUserFrontend.connect(sock);
+    try {
+      assert.is((await fe.init()).queues, 1);
+    } finally {
+      fe.close();
+    }
+    d.child.kill('SIGTERM');
+    const { code } = await waitExit(d);
+    assert.is(code, 0, d.stderr());
+    assert.not.ok(fs.existsSync(sock));
+    assert.not.ok(linkExists(tapName, netns));
+  } finally {
+    if (d.child.exitCode === null) d.child.kill('SIGKILL');
+    run('ip', ['netns', 'delete', netns]);
+  }
+});
+
+test.after(() => {
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test.run();
