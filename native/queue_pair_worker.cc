@@ -69,7 +69,11 @@ bool QueuePairWorker::start(std::string* error) {
     *error = "transmit queue: " + e;
     return false;
   }
-  txIov_.assign(kMaxIov, {});
+  txIov_.assign(kTxIovCapacity, {});
+  txBatch_.assign(kTxBatch, {});
+  txCqes_.assign(kTxBatch, {});
+  uring_ = std::make_unique<Uring>();
+  if (!uring_->init(kTxBatch)) uring_.reset();
   rxIov_.assign(kMaxIov + 1, {});
   maxHeld_ = options_.mergeableRx ? std::min<size_t>(rx_.size(), kMaxIov) : 1;
   held_.assign(maxHeld_, {});
@@ -125,6 +129,7 @@ void QueuePairWorker::stop() {
   (void)ignored;
   thread_.join();
   closeControlFds();
+  uring_.reset();
 }
 
 void QueuePairWorker::run() {
@@ -219,7 +224,6 @@ void QueuePairWorker::breakQueue(bool rx) {
 
 bool QueuePairWorker::handleTx() {
   if (txBroken_ || txWaitingForTap_) return false;
-  const uint32_t hdr = options_.hdrSize;
   tx_.disableNotify();
   int done = 0;
   bool more = false;
@@ -228,46 +232,96 @@ bool QueuePairWorker::handleTx() {
       more = true;
       break;
     }
-    Chain chain;
-    PopResult r = tx_.pop(false, txIov_.data(), kMaxIov, &chain);
-    if (r == PopResult::kNoRoom) {
-      tx_.markBroken("transmit chain has more than " + std::to_string(kMaxIov) + " segments");
-      r = PopResult::kBroken;
+    // Gather a batch of chains, then write them all with one system call.
+    int batch = 0;
+    int iovUsed = 0;
+    bool empty = false;
+    bool broken = false;
+    while (batch < kTxBatch && done + batch < kBudget && iovUsed + kMaxIov <= kTxIovCapacity) {
+      Chain chain;
+      PopResult r = tx_.pop(false, txIov_.data() + iovUsed, kMaxIov, &chain);
+      if (r == PopResult::kNoRoom) {
+        tx_.markBroken("transmit chain has more than " + std::to_string(kMaxIov) + " segments");
+        r = PopResult::kBroken;
+      }
+      if (r == PopResult::kBroken) {
+        broken = true;
+        break;
+      }
+      if (r == PopResult::kEmpty) {
+        if (tx_.enableNotify()) {
+          tx_.disableNotify();
+          continue;
+        }
+        empty = true;
+        break;
+      }
+      txBatch_[batch++] = {chain.head, iovUsed, chain.iovCount, chain.bytes};
+      iovUsed += chain.iovCount;
     }
-    if (r == PopResult::kBroken) {
+    bool written = batch == 0 || transmitBatch(batch);
+    done += batch;
+    if (done / kUsedBatch != (done - batch) / kUsedBatch && tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+    if (broken) {
       breakQueue(false);
       break;
     }
-    if (r == PopResult::kEmpty) {
-      if (tx_.enableNotify()) {
-        tx_.disableNotify();
-        continue;
-      }
-      break;
-    }
-    if (chain.bytes < hdr) {
-      bump(txStats.dropBadHeader);
-    } else {
-      ssize_t n = writev(options_.tapFd, txIov_.data(), chain.iovCount);
-      if (n < 0 && errno == EAGAIN) {
-        // The tap's send buffer is full: retry this chain when it is writable.
-        tx_.unpop(1);
-        txWaitingForTap_ = true;
-        setTapInterest();
-        break;
-      }
-      if (n < 0) {
-        bump(txStats.dropTapError);
-      } else {
-        bump(txStats.packets);
-        bump(txStats.bytes, chain.bytes - hdr);
-      }
-    }
-    tx_.pushUsed(chain.head, 0);
-    if (++done % kUsedBatch == 0 && tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+    if (empty || !written) break;
   }
   if (tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
   return more;
+}
+
+bool QueuePairWorker::transmitBatch(int count) {
+  const uint32_t hdr = options_.hdrSize;
+  auto account = [&](const TxChain& c, ssize_t result) {
+    if (result < 0) {
+      bump(txStats.dropTapError);
+    } else {
+      bump(txStats.packets);
+      bump(txStats.bytes, c.bytes - hdr);
+    }
+  };
+  if (uring_ && count > 1) {
+    int queued = 0;
+    for (int i = 0; i < count; i++) {
+      const TxChain& c = txBatch_[i];
+      if (c.bytes < hdr) continue;
+      uring_->prepare(IORING_OP_WRITEV, options_.tapFd, txIov_.data() + c.iovStart, c.iovCount, static_cast<uint64_t>(i));
+      queued++;
+    }
+    int reaped = queued ? uring_->submitAndWait(txCqes_.data(), static_cast<unsigned>(queued)) : 0;
+    if (reaped < 0) {
+      // The ring itself failed: do without it from now on, and write this batch the plain way.
+      uring_.reset();
+      return transmitBatch(count);
+    }
+    for (int i = 0; i < reaped; i++) account(txBatch_[txCqes_[i].user_data], txCqes_[i].res);
+    for (int i = 0; i < count; i++) {
+      if (txBatch_[i].bytes < hdr) bump(txStats.dropBadHeader);
+      tx_.pushUsed(txBatch_[i].head, 0);
+    }
+    return true;
+  }
+  for (int i = 0; i < count; i++) {
+    const TxChain& c = txBatch_[i];
+    if (c.bytes < hdr) {
+      bump(txStats.dropBadHeader);
+      tx_.pushUsed(c.head, 0);
+      continue;
+    }
+    ssize_t n = writev(options_.tapFd, txIov_.data() + c.iovStart, c.iovCount);
+    if (n < 0 && errno == EAGAIN) {
+      // The tap's send buffer is full: retry from this chain when it is writable.
+      tx_.unpop(static_cast<uint16_t>(count - i));
+      txWaitingForTap_ = true;
+      setTapInterest();
+      return false;
+    }
+    account(c, n);
+    tx_.pushUsed(c.head, 0);
+  }
+  return true;
 }
 
 QueuePairWorker::Gather QueuePairWorker::gatherRx(uint64_t want) {

@@ -15,6 +15,7 @@
 
 #include "guest_memory.h"
 #include "split_queue.h"
+#include "uring.h"
 
 namespace vhost_tap {
 
@@ -72,6 +73,15 @@ class QueuePairWorker {
   static constexpr int kUsedBatch = 64; // publish used entries at least this often
   static constexpr size_t kOverflowBytes = 65536 + 1024;
   static constexpr int kStopDrainTurns = 4;  // at most 4 x kBudget frames read on the way out
+  static constexpr int kTxBatch = 32;        // chains written with one io_uring_enter
+  static constexpr int kTxIovCapacity = 2 * kMaxIov;
+
+  struct TxChain {
+    uint16_t head;
+    int iovStart;
+    int iovCount;
+    uint64_t bytes;
+  };
 
   struct HeldChain {
     uint16_t head;
@@ -82,6 +92,9 @@ class QueuePairWorker {
 
   void run();
   bool handleTx();
+  // Writes chains txBatch_[0..count) to the tap and returns them on the used ring;
+  // false if the tap would block (the unwritten chains were given back).
+  bool transmitBatch(int count);
   bool handleRx();
   void signal(SplitQueue& queue, int callFd, QueueStats& stats);
   void setTapInterest();
@@ -109,6 +122,9 @@ class QueuePairWorker {
   uint32_t tapEvents_ = 0;
 
   std::vector<struct iovec> txIov_;
+  std::vector<TxChain> txBatch_;
+  std::vector<struct io_uring_cqe> txCqes_;
+  std::unique_ptr<Uring> uring_;  // null when io_uring is unavailable: one writev per frame then
   std::vector<struct iovec> rxIov_;  // guest segments of the held chains, then the overflow
   std::vector<HeldChain> held_;      // rx chains popped and not yet used
   size_t heldCount_ = 0;
