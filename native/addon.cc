@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vhost_tap::registerQueuePair(env, exports);
   vhost_tap::registerVirtqueue(env, exports);
   vhost_tap::registerMessageIo(env, exports);
+  vhost_tap::registerBench(env, exports);
   return exports;
 }
 }  // namespace

@@ -10,4 +10,5 @@ void registerEventfd(Napi::Env env, Napi::Object exports);
 void registerQueuePair(Napi::Env env, Napi::Object exports);
 void registerVirtqueue(Napi::Env env, Napi::Object exports);
 void registerMessageIo(Napi::Env env, Napi::Object exports);
+void registerBench(Napi::Env env, Napi::Object exports);  // bench_raw.cc + bench_guest.cc: npm run bench only
 }  // namespace vhost_tap

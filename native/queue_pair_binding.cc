@@ -83,10 +83,12 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     WorkerOptions options;
     options.memory = GuestMemoryBinding::MapOf(env, c.Get("memory"));
     if (!options.memory) return;
-    double tapFd, hdrSize, reserve;
+    double tapFd, hdrSize, reserve, maxFrame;
     if (!readNumber(env, c, "tapFd", 0, INT32_MAX, &tapFd) || !readNumber(env, c, "hdrSize", 10, 12, &hdrSize) ||
-        !readNumber(env, c, "rxReserveBytes", 0, 1 << 20, &reserve))
+        !readNumber(env, c, "rxReserveBytes", 0, 1 << 20, &reserve) ||
+        !readNumber(env, c, "rxMaxFrameBytes", 0, 1 << 20, &maxFrame))
       return;
+    options.rxMaxFrameBytes = static_cast<uint32_t>(maxFrame);
     options.tapFd = static_cast<int>(tapFd);
     options.hdrSize = static_cast<uint32_t>(hdrSize);
     options.rxReserveBytes = static_cast<uint32_t>(reserve);
@@ -144,6 +146,7 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     put("kicks", s.kicks);
     put("calls", s.calls);
     put("wakeups", s.wakeups);
+    put("batches", s.batches);
     put("errors", s.errors);
     Napi::Object drops = Napi::Object::New(env);
     drops.Set("tooBig", Napi::Number::New(env, static_cast<double>(s.dropTooBig.load(std::memory_order_relaxed))));

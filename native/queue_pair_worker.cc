@@ -2,6 +2,7 @@
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,8 +73,12 @@ bool QueuePairWorker::start(std::string* error) {
   txIov_.assign(kTxIovCapacity, {});
   txBatch_.assign(kTxBatch, {});
   txCqes_.assign(kTxBatch, {});
+  rxBatchIov_.assign(kTxIovCapacity, {});
+  rxBatch_.assign(kRxBatch, {});
+  rxResults_.assign(kRxBatch, 0);
+  rxBatchOff_ = false;
   uring_ = std::make_unique<Uring>();
-  if (!uring_->init(kTxBatch)) uring_.reset();
+  if (!uring_->init(std::max(kTxBatch, kRxBatch))) uring_.reset();
   rxIov_.assign(kMaxIov + 1, {});
   maxHeld_ = options_.mergeableRx ? std::min<size_t>(rx_.size(), kMaxIov) : 1;
   held_.assign(maxHeld_, {});
@@ -291,6 +296,7 @@ bool QueuePairWorker::transmitBatch(int count) {
       queued++;
     }
     int reaped = queued ? uring_->submitAndWait(txCqes_.data(), static_cast<unsigned>(queued)) : 0;
+    if (queued) bump(txStats.batches);
     if (reaped < 0) {
       // The ring itself failed: do without it from now on, and write this batch the plain way.
       uring_.reset();
@@ -408,6 +414,96 @@ void QueuePairWorker::finishRxFrame(uint64_t frameBytes) {
   }
 }
 
+int QueuePairWorker::receiveBatch(int budget) {
+  const uint32_t hdr = options_.hdrSize;
+  const uint64_t maxFrame = options_.rxMaxFrameBytes;
+  int sets = 0;
+  int iovUsed = 0;
+  while (sets < kRxBatch && sets < budget && iovUsed + kMaxIov <= kTxIovCapacity) {
+    Chain chain;
+    PopResult r = rx_.pop(true, rxBatchIov_.data() + iovUsed, kMaxIov, &chain);
+    if (r == PopResult::kBroken) {
+      rx_.unpop(static_cast<uint16_t>(sets));
+      breakQueue(true);
+      return 0;
+    }
+    if (r == PopResult::kEmpty) {
+      if (rx_.enableNotify()) {
+        rx_.disableNotify();
+        continue;
+      }
+      break;
+    }
+    if (r == PopResult::kNoRoom || chain.bytes < maxFrame) {
+      // Not a chain that surely holds any frame: leave it (and the rest) to the single path.
+      if (r == PopResult::kChain) rx_.unpop(1);
+      break;
+    }
+    rxBatch_[sets++] = {chain.head, iovUsed, chain.iovCount, chain.bytes};
+    iovUsed += chain.iovCount;
+  }
+  if (sets == 0) return -1;
+  // Linked reads run in order and stop at the first that finds the tap empty
+  // (the rest complete as cancelled), so frames keep their order.
+  for (int i = 0; i < sets; i++) {
+    const TxChain& c = rxBatch_[i];
+    uring_->prepare(IORING_OP_READV, options_.tapFd, rxBatchIov_.data() + c.iovStart, c.iovCount, static_cast<uint64_t>(i),
+                    i + 1 < sets ? IOSQE_IO_LINK : 0, RWF_NOWAIT);
+  }
+  int reaped = uring_->submitAndWait(txCqes_.data(), static_cast<unsigned>(sets));
+  bump(rxStats.batches);
+  if (reaped < 0) {
+    rx_.unpop(static_cast<uint16_t>(sets));
+    uring_.reset();
+    return -1;
+  }
+  for (int i = 0; i < sets; i++) rxResults_[i] = -ECANCELED;
+  for (int i = 0; i < reaped; i++) rxResults_[txCqes_[i].user_data] = txCqes_[i].res;
+  int frames = 0;
+  for (; frames < sets; frames++) {
+    int32_t res = rxResults_[frames];
+    if (res == -EOPNOTSUPP || res == -EINVAL) {
+      // This kernel's tun cannot read without waiting under io_uring: one readv per frame it is.
+      rxBatchOff_ = true;
+      break;
+    }
+    if (res <= 0) {
+      if (res != -EAGAIN && res != -ECANCELED && res != 0 && !tapFailed_) {
+        tapFailed_ = true;
+        setTapInterest();
+        sink_("tap", std::string("reading the tap queue failed: ") + strerror(-res));
+      }
+      break;
+    }
+    const TxChain& c = rxBatch_[frames];
+    if (static_cast<uint64_t>(res) > c.bytes) {
+      // Larger than the tap's frames were said to be (its MTU grew): this one is lost, counted, and
+      // the guest gets a runt it drops; from now on every frame goes the single way, with room to spare.
+      bump(rxStats.dropTooBig);
+      rxBatchOff_ = true;
+      rx_.pushUsed(c.head, 0);
+      continue;
+    }
+    if (hdr == 12) {
+      uint16_t one = 1;
+      copyToIov(rxBatchIov_.data() + c.iovStart, c.iovCount, 10, reinterpret_cast<uint8_t*>(&one), 2);
+    }
+    rx_.pushUsed(c.head, static_cast<uint32_t>(res));
+    bump(rxStats.packets);
+    bump(rxStats.bytes, static_cast<uint64_t>(res) - hdr);
+  }
+  // The chains after the first empty read were the last ones popped: give them back.
+  if (frames < sets) rx_.unpop(static_cast<uint16_t>(sets - frames));
+  if (frames > 0) {
+    usedSinceSignal_ += frames;
+    if (usedSinceSignal_ >= kUsedBatch) {
+      usedSinceSignal_ = 0;
+      if (rx_.flushUsed()) signal(rx_, options_.rx.callFd, rxStats);
+    }
+  }
+  return frames;
+}
+
 void QueuePairWorker::giveBackHeldRx() {
   if (heldCount_ > 0) rx_.unpop(static_cast<uint16_t>(heldCount_));
   heldCount_ = 0;
@@ -451,6 +547,14 @@ bool QueuePairWorker::handleRx() {
       finishRxFrame(frameBytes);
       frames++;
       continue;
+    }
+    if (heldCount_ == 0 && uring_ && options_.rxMaxFrameBytes > 0 && !rxBatchOff_) {
+      int got = receiveBatch(kBudget - frames);
+      if (got > 0) {
+        frames += got;
+        continue;
+      }
+      if (got == 0) break;  // the tap is empty (or the queue broke)
     }
     if (gatherRx(reserve) != Gather::kReady) break;
     rxIov_[heldIov_] = {overflow_.data(), overflow_.size()};

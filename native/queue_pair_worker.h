@@ -26,6 +26,7 @@ struct QueueStats {
   std::atomic<uint64_t> kicks{0};
   std::atomic<uint64_t> calls{0};
   std::atomic<uint64_t> wakeups{0};
+  std::atomic<uint64_t> batches{0};        // io_uring submissions (packets / batches = frames per system call)
   std::atomic<uint64_t> dropTooBig{0};     // rx: the frame did not fit the buffers the driver posted
   std::atomic<uint64_t> dropBadHeader{0};  // tx: chain shorter than the vnet header
   std::atomic<uint64_t> dropTapError{0};   // the tap refused the frame (bad GSO header, link down)
@@ -39,6 +40,7 @@ struct WorkerOptions {
   uint32_t hdrSize = 12;        // virtio_net_hdr size, the same as the tap's TUNSETVNETHDRSZ
   bool mergeableRx = false;     // VIRTIO_NET_F_MRG_RXBUF
   uint32_t rxReserveBytes = 0;  // mergeable: room to gather before reading a frame (a typical frame)
+  uint32_t rxMaxFrameBytes = 0; // the largest frame (with header) the tap can hand us; 0: unknown (GSO)
   QueueConfig rx;
   QueueConfig tx;
 };
@@ -75,6 +77,7 @@ class QueuePairWorker {
   static constexpr int kStopDrainTurns = 4;  // at most 4 x kBudget frames read on the way out
   static constexpr int kTxBatch = 32;        // chains written with one io_uring_enter
   static constexpr int kTxIovCapacity = 2 * kMaxIov;
+  static constexpr int kRxBatch = 32;        // frames read with one io_uring_enter
 
   struct TxChain {
     uint16_t head;
@@ -95,6 +98,9 @@ class QueuePairWorker {
   // Writes chains txBatch_[0..count) to the tap and returns them on the used ring;
   // false if the tap would block (the unwritten chains were given back).
   bool transmitBatch(int count);
+  // Reads up to `budget` frames with one io_uring_enter, one whole-frame chain each;
+  // -1 when that cannot be done now (the single readv path copes).
+  int receiveBatch(int budget);
   bool handleRx();
   void signal(SplitQueue& queue, int callFd, QueueStats& stats);
   void setTapInterest();
@@ -125,6 +131,10 @@ class QueuePairWorker {
   std::vector<TxChain> txBatch_;
   std::vector<struct io_uring_cqe> txCqes_;
   std::unique_ptr<Uring> uring_;  // null when io_uring is unavailable: one writev per frame then
+  std::vector<struct iovec> rxBatchIov_;
+  std::vector<TxChain> rxBatch_;   // the same shape: head, iovecs, bytes
+  std::vector<int32_t> rxResults_;
+  bool rxBatchOff_ = false;        // a frame larger than rxMaxFrameBytes came: batching is off for good
   std::vector<struct iovec> rxIov_;  // guest segments of the held chains, then the overflow
   std::vector<HeldChain> held_;      // rx chains popped and not yet used
   size_t heldCount_ = 0;

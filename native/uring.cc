@@ -71,7 +71,8 @@ bool Uring::init(unsigned entries) {
   return true;
 }
 
-bool Uring::prepare(uint8_t opcode, int fd, const struct iovec* iov, int count, uint64_t userData) {
+bool Uring::prepare(uint8_t opcode, int fd, const struct iovec* iov, int count, uint64_t userData, uint8_t sqeFlags,
+                    int rwFlags) {
   unsigned tail = *sqTail_;
   unsigned head = __atomic_load_n(sqHead_, __ATOMIC_ACQUIRE);
   if (tail - head >= sqEntries_) return false;
@@ -84,6 +85,8 @@ bool Uring::prepare(uint8_t opcode, int fd, const struct iovec* iov, int count, 
   sqe->len = static_cast<unsigned>(count);
   sqe->off = static_cast<uint64_t>(-1);  // the file position: a tap has none
   sqe->user_data = userData;
+  sqe->flags = sqeFlags;
+  sqe->rw_flags = rwFlags;
   sqArray_[index] = index;
   __atomic_store_n(sqTail_, tail + 1, __ATOMIC_RELEASE);
   pending_++;

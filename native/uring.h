@@ -23,7 +23,10 @@ class Uring {
   unsigned capacity() const { return sqEntries_; }
 
   // Queues a readv or writev of iov[0..count) on fd; false when the ring is full.
-  bool prepare(uint8_t opcode, int fd, const struct iovec* iov, int count, uint64_t userData);
+  // rwFlags RWF_NOWAIT: complete with -EAGAIN instead of waiting for data (io_uring
+  // otherwise ignores O_NONBLOCK and waits for a pollable file to become ready).
+  bool prepare(uint8_t opcode, int fd, const struct iovec* iov, int count, uint64_t userData, uint8_t sqeFlags = 0,
+               int rwFlags = 0);
   // Submits what was prepared and waits for all of it; returns completions reaped
   // into results[] (by user data order of arrival), or -errno.
   int submitAndWait(struct io_uring_cqe* results, unsigned max);

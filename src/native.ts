@@ -27,7 +27,7 @@ export interface NativeQueueRing {
 }
 
 export interface NativeQueueStats {
-  packets: number; bytes: number; kicks: number; calls: number; wakeups: number; errors: number;
+  packets: number; bytes: number; kicks: number; calls: number; wakeups: number; batches: number; errors: number;
   drops: { tooBig: number; badHeader: number; tapError: number; stopped: number };
 }
 
@@ -39,7 +39,7 @@ export interface NativeQueuePair {
 }
 
 export interface NativeQueuePairConfig {
-  memory: NativeGuestMemory; tapFd: number; hdrSize: number; mergeableRx: boolean; rxReserveBytes: number;
+  memory: NativeGuestMemory; tapFd: number; hdrSize: number; mergeableRx: boolean; rxReserveBytes: number; rxMaxFrameBytes: number;
   rx: NativeQueueRing; tx: NativeQueueRing;
 }
 

@@ -100,6 +100,9 @@ for (const variant of [
   { name: 'MRG_RXBUF, 256-byte buffers: a frame spans several', options: { features: { mergeableRx: true }, rxBufferSize: 256 } },
   { name: 'MRG_RXBUF without event idx, legacy 12-byte header', options: { features: { mergeableRx: true, eventIdx: false, version1: false }, rxBufferSize: 512 } },
   { name: 'legacy 10-byte header, no event idx', options: { features: { version1: false, eventIdx: false } } },
+  { name: 'batched reads (io_uring), 2048-byte buffers', options: { rxBufferSize: 2048, rxMaxFrameBytes: 12 + 18 + 1500 } },
+  { name: 'batched reads (io_uring), MRG_RXBUF 1536-byte buffers', options: { features: { mergeableRx: true }, rxMaxFrameBytes: 12 + 18 + 1500 } },
+  { name: 'batched reads offered buffers too small for them: the single path copes', options: { features: { mergeableRx: true }, rxBufferSize: 256, rxMaxFrameBytes: 12 + 18 + 1500 } },
 ]) {
   test(`rx: datagrams from the namespace arrive byte-exact in the driver's buffers (${variant.name})`, async () => {
     await withDataPath(variant.options, async (dp) => {

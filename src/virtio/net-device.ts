@@ -32,6 +32,11 @@ const GUEST_OFFLOAD_FEATURES = [
   F.VIRTIO_NET_F_GUEST_UFO, F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6,
 ].reduce((mask, bit) => mask | featureBit(bit), 0n);
 
+/** Guest offloads under which the tap may hand over frames larger than its MTU. */
+const GSO_GUEST_OFFLOADS = [
+  F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_TSO6, F.VIRTIO_NET_F_GUEST_UFO, F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6,
+].reduce((mask, bit) => mask | featureBit(bit), 0n);
+
 /** Feature dependencies of virtio 1.x 5.1.3.1: a driver that accepts the key without the values is refused. */
 const FEATURE_REQUIRES: [number, number[]][] = [
   [F.VIRTIO_NET_F_GUEST_TSO4, [F.VIRTIO_NET_F_GUEST_CSUM]],
@@ -529,6 +534,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       hdrSize: netHdrSize(this.#driverFeatures),
       mergeableRx: hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MRG_RXBUF),
       ...(this.#mtu ? { rxReserveBytes: this.#mtu + 18 + netHdrSize(this.#driverFeatures) } : {}),
+      // Without guest segmentation offloads the tap's frames are at most its MTU plus Ethernet and VLAN headers.
+      rxMaxFrameBytes: this.#guestOffloads & GSO_GUEST_OFFLOADS ? 0 : netHdrSize(this.#driverFeatures) + 18 + this.tap.mtu(),
       rx: ring(rx, 'the receive queue'),
       tx: ring(tx, 'the transmit queue'),
     });
@@ -622,13 +629,19 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     for (const [bit, needs] of FEATURE_REQUIRES) {
       if (hasFeature(offloads, bit) && (featureBit(bit) & GUEST_OFFLOAD_FEATURES) && needs.some((n) => !hasFeature(offloads, n))) return false;
     }
+    // Workers size their reads by whether GSO frames may come: restart the running
+    // ones around the change so none reads a frame it did not expect.
+    const running = Array.from({ length: this.maxQueuePairs }, (_, pair) => pair).filter((pair) => this.#workers[pair]);
+    for (const pair of running) this.#stopPair(pair);
+    let ok = true;
     try {
       this.tap.setOffload(tapOffloadsForGuest(offloads));
+      this.#guestOffloads = offloads;
     } catch {
-      return false;
+      ok = false;
     }
-    this.#guestOffloads = offloads;
-    return true;
+    for (const pair of running) this.#startPair(pair);
+    return ok;
   }
 
   #needsReset(error: DeviceQueueError): void {

@@ -35,6 +35,13 @@ export interface QueuePairOptions {
   mergeableRx: boolean;
   /** With mergeable buffers, how much room to gather before each read: a typical frame. Default 1514 + 18 + header. */
   rxReserveBytes?: number;
+  /**
+   * The largest frame, header included, the tap can hand over: header + 18 + MTU when
+   * the tap has no segmentation offloads. With it, rx reads up to 32 frames per
+   * system call into buffers that hold it. Default 0: unknown (GSO frames may come),
+   * one read per frame.
+   */
+  rxMaxFrameBytes?: number;
   /** Virtqueue 2i. */
   rx: VirtqueueConfig;
   /** Virtqueue 2i+1. */
@@ -47,6 +54,8 @@ export interface QueueStats {
   kicks: number;
   calls: number;
   wakeups: number;
+  /** io_uring submissions: packets / batches is how many frames each system call moved. */
+  batches: number;
   /** Times the queue broke (0 or 1). */
   errors: number;
   drops: { tooBig: number; badHeader: number; tapError: number; stopped: number };
@@ -100,7 +109,7 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
     };
     try {
       this.#native = new native.NativeQueuePair(
-        { memory: memory.native, tapFd, hdrSize, mergeableRx, rxReserveBytes, rx: ring(rx, 'rx'), tx: ring(tx, 'tx') },
+        { memory: memory.native, tapFd, hdrSize, mergeableRx, rxReserveBytes, rxMaxFrameBytes: options.rxMaxFrameBytes ?? 0, rx: ring(rx, 'rx'), tx: ring(tx, 'tx') },
         (where, message) => this.emit('queue-error', { queue: where as QueueErrorEvent['queue'], message }),
       );
     } catch (error) {

@@ -18,6 +18,8 @@ export interface DataPathOptions {
   rxSegments?: number;
   txBufferSize?: number;
   txSplitHeader?: boolean;
+  /** Passed to each QueuePair: lets rx read 32 frames per system call. */
+  rxMaxFrameBytes?: number;
   offloads?: TapOffloads;
   /** Give the tap an address and a neighbour entry for the guest. Default true. */
   address?: boolean;
@@ -59,7 +61,10 @@ export async function withDataPath(options: DataPathOptions, body: (dp: DataPath
     driver = VirtioNetDriver.create({ memory, ...driverOptions });
     for (let i = 0; i < pairCount; i++) {
       const { rx, tx } = driver.queueConfig(i);
-      const pair = new QueuePair({ memory, tapQueue: tap.queues[i]!, hdrSize, mergeableRx: features.mergeableRx, rx, tx });
+      const pair = new QueuePair({
+        memory, tapQueue: tap.queues[i]!, hdrSize, mergeableRx: features.mergeableRx, rx, tx,
+        ...(options.rxMaxFrameBytes !== undefined ? { rxMaxFrameBytes: options.rxMaxFrameBytes } : {}),
+      });
       pair.on('queue-error', (e) => errors.push(e));
       pair.start();
       pairs.push(pair);

@@ -1,0 +1,534 @@
+// Benchmark helper (npm run bench), not part of the library's API: a native
+// guest driver that plays the guest over split virtqueues in a GuestMemory
+// region shared with QueuePairs, fast enough to saturate the data path (the TS
+// driver is not). Same ring layout as the TS driver (descriptor table,
+// available ring + used_event, used ring + avail_event) and the same rules as
+// Linux's virtio_ring with VIRTIO_RING_F_EVENT_IDX:
+//
+//   tx    one descriptor per frame (vnet header + frame, prebuilt once), the
+//         available index published every `batch` chains, a kick only when
+//         vring_need_event(avail_event) says the device asked; completions
+//         reaped from the used ring; when every descriptor is in flight it
+//         asks for an interrupt after 3/4 of them (virtqueue_enable_cb_delayed)
+//         and sleeps on the call eventfd.
+//   rx    every buffer posted (mergeable rx: one writable descriptor each),
+//         used entries reaped and counted (num_buffers), buffers re-posted,
+//         kick if asked; with nothing used it asks for an interrupt on the
+//         next entry (NAPI) and sleeps on the call eventfd.
+//   ping  one tx frame carrying a sequence number, then wait (call eventfd)
+//         for the rx frame that carries it back: a round trip.
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <napi.h>
+
+#include "errors.h"
+#include "guest_memory_binding.h"
+#include "vring.h"
+
+namespace vhost_tap {
+namespace bench {
+uint64_t nowNs();
+void sleepNs(uint64_t ns);
+Napi::Object rttSummary(Napi::Env env, std::vector<uint64_t> rtts, uint64_t lost);
+}  // namespace bench
+
+namespace {
+
+using bench::nowNs;
+
+struct RingSpec {
+  uint32_t size = 0;
+  uint64_t descAddr = 0, availAddr = 0, usedAddr = 0;
+  uint64_t bufAddr = 0;  // `size` buffers of bufSize bytes, one per descriptor
+  uint32_t bufSize = 0;
+  int kickFd = -1, callFd = -1;
+};
+
+// The driver's view of one split ring.
+struct DriverRing {
+  uint32_t size = 0;
+  VringDesc* desc = nullptr;
+  uint16_t* availFlags = nullptr;
+  uint16_t* availIdx = nullptr;
+  uint16_t* availRing = nullptr;
+  uint16_t* usedEvent = nullptr;  // trailer of the available ring (written by us)
+  uint16_t* usedFlags = nullptr;
+  uint16_t* usedIdx = nullptr;
+  VringUsedElem* usedRing = nullptr;
+  uint16_t* availEvent = nullptr;  // trailer of the used ring (written by the device)
+  std::vector<uint8_t*> buffers;
+  uint64_t bufAddr = 0;
+  uint32_t bufSize = 0;
+  int kickFd = -1, callFd = -1;
+  uint16_t shadowAvail = 0;   // our next available index
+  uint16_t kickedAvail = 0;   // available index at the last publish
+  uint16_t lastUsed = 0;      // next used entry to reap
+  std::vector<uint16_t> freeIds;
+
+  bool setup(const std::shared_ptr<GuestMemoryMap>& mem, const RingSpec& s, std::string* err) {
+    size = s.size;
+    if (size == 0 || (size & (size - 1)) || size > 32768) {
+      *err = "ring size must be a power of two";
+      return false;
+    }
+    auto* d = mem->translate(s.descAddr, descTableBytes(size));
+    auto* a = mem->translate(s.availAddr, availRingBytes(size));
+    auto* u = mem->translate(s.usedAddr, usedRingBytes(size));
+    if (!d || !a || !u || !mem->translate(s.bufAddr, static_cast<uint64_t>(s.bufSize) * size)) {
+      *err = "rings or buffers are not inside guest memory";
+      return false;
+    }
+    desc = reinterpret_cast<VringDesc*>(d);
+    availFlags = reinterpret_cast<uint16_t*>(a);
+    availIdx = availFlags + 1;
+    availRing = availFlags + 2;
+    usedEvent = availRing + size;
+    usedFlags = reinterpret_cast<uint16_t*>(u);
+    usedIdx = usedFlags + 1;
+    usedRing = reinterpret_cast<VringUsedElem*>(u + 4);
+    availEvent = reinterpret_cast<uint16_t*>(u + 4 + 8ull * size);
+    bufAddr = s.bufAddr;
+    bufSize = s.bufSize;
+    kickFd = s.kickFd;
+    callFd = s.callFd;
+    memset(d, 0, descTableBytes(size));
+    memset(a, 0, availRingBytes(size));
+    memset(u, 0, usedRingBytes(size));
+    buffers.resize(size);
+    for (uint32_t i = 0; i < size; i++) buffers[i] = mem->translate(bufAddr + static_cast<uint64_t>(bufSize) * i, bufSize);
+    freeIds.clear();
+    for (uint32_t i = size; i-- > 0;) freeIds.push_back(static_cast<uint16_t>(i));
+    shadowAvail = kickedAvail = lastUsed = 0;
+    return true;
+  }
+
+  void setDesc(uint16_t id, uint32_t len, bool writable) {
+    desc[id].addr = bufAddr + static_cast<uint64_t>(bufSize) * id;
+    desc[id].len = len;
+    desc[id].flags = writable ? VRING_DESC_F_WRITE : 0;
+    desc[id].next = 0;
+  }
+
+  void post(uint16_t id) { availRing[shadowAvail++ & (size - 1)] = id; }
+
+  // Publishes the posted chains; kicks if the device asked (event idx). Returns whether it kicked.
+  bool publish() {
+    if (shadowAvail == kickedAvail) return false;
+    uint16_t old = kickedAvail;
+    __atomic_store_n(availIdx, shadowAvail, __ATOMIC_RELEASE);
+    kickedAvail = shadowAvail;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);  // avail idx visible before we read avail_event
+    uint16_t event = __atomic_load_n(availEvent, __ATOMIC_RELAXED);
+    if (!needEvent(event, shadowAvail, old)) return false;
+    uint64_t one = 1;
+    return write(kickFd, &one, sizeof one) == sizeof one;
+  }
+
+  uint16_t usedNow() const { return __atomic_load_n(usedIdx, __ATOMIC_ACQUIRE); }
+
+  // Asks for an interrupt once the used index reaches lastUsed + after, then
+  // sleeps on the call eventfd unless entries already arrived. Returns whether it slept.
+  bool waitUsed(uint16_t after, int timeoutMs) {
+    __atomic_store_n(usedEvent, static_cast<uint16_t>(lastUsed + after - 1), __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);  // used_event visible before we look again
+    uint16_t now = usedNow();
+    if (static_cast<uint16_t>(now - lastUsed) >= after) return false;
+    struct pollfd p = {callFd, POLLIN, 0};
+    int r = poll(&p, 1, timeoutMs);
+    if (r > 0) {
+      uint64_t v;
+      ssize_t ignored = read(callFd, &v, sizeof v);
+      (void)ignored;
+    }
+    return true;
+  }
+};
+
+struct Counters {
+  std::atomic<uint64_t> packets{0}, bytes{0}, kicks{0}, sleeps{0}, publishes{0}, errors{0};
+};
+
+enum class Mode { kTx, kRx, kPing };
+
+class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
+ public:
+  static void Register(Napi::Env env, Napi::Object exports) {
+    exports.Set("BenchGuest", DefineClass(env, "BenchGuest",
+                                          {
+                                              InstanceMethod("start", &BenchGuest::Start),
+                                              InstanceMethod("stats", &BenchGuest::Stats),
+                                              InstanceMethod("stop", &BenchGuest::Stop),
+                                          }));
+  }
+
+  explicit BenchGuest(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BenchGuest>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) {
+      throwCode(env, "EINVAL", "BenchGuest({ memory, mode, pairs, frame, ... })");
+      return;
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    memory_ = GuestMemoryBinding::MapOf(env, o.Get("memory"));
+    if (!memory_) return;
+    std::string mode = o.Get("mode").IsString() ? o.Get("mode").As<Napi::String>().Utf8Value() : "";
+    if (mode == "tx") mode_ = Mode::kTx;
+    else if (mode == "rx") mode_ = Mode::kRx;
+    else if (mode == "ping") mode_ = Mode::kPing;
+    else {
+      throwCode(env, "EINVAL", "mode must be tx, rx or ping");
+      return;
+    }
+    auto num = [&](const char* key, double dflt) {
+      Napi::Value v = o.Get(key);
+      return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : dflt;
+    };
+    batch_ = std::max(1, static_cast<int>(num("batch", 32)));
+    hdrSize_ = static_cast<uint32_t>(num("hdrSize", 12));
+    maxSeconds_ = num("maxSeconds", 120);
+    count_ = static_cast<uint64_t>(num("count", 1000));
+    intervalNs_ = static_cast<uint64_t>(num("intervalUs", 100) * 1000);
+    seqOffset_ = static_cast<size_t>(num("seqOffset", 0));
+    cpu_ = static_cast<int>(num("cpu", -1));
+    if (o.Get("frame").IsBuffer()) {
+      auto b = o.Get("frame").As<Napi::Buffer<uint8_t>>();
+      frame_.assign(b.Data(), b.Data() + b.Length());
+    }
+    if (mode_ != Mode::kRx && frame_.size() <= hdrSize_) {
+      throwCode(env, "EINVAL", "frame (vnet header + frame) is required for tx and ping");
+      return;
+    }
+    Napi::Value pv = o.Get("pairs");
+    if (!pv.IsArray() || pv.As<Napi::Array>().Length() == 0) {
+      throwCode(env, "EINVAL", "pairs: [{ rx: ring, tx: ring }] is required");
+      return;
+    }
+    Napi::Array pairs = pv.As<Napi::Array>();
+    for (uint32_t i = 0; i < pairs.Length(); i++) {
+      Napi::Object p = pairs.Get(i).As<Napi::Object>();
+      auto ring = [&](const char* which) {
+        RingSpec s;
+        Napi::Object r = p.Get(which).As<Napi::Object>();
+        auto n = [&](const char* key) { return r.Get(key).As<Napi::Number>().DoubleValue(); };
+        s.size = static_cast<uint32_t>(n("size"));
+        s.descAddr = static_cast<uint64_t>(n("descAddr"));
+        s.availAddr = static_cast<uint64_t>(n("availAddr"));
+        s.usedAddr = static_cast<uint64_t>(n("usedAddr"));
+        s.bufAddr = static_cast<uint64_t>(n("bufAddr"));
+        s.bufSize = static_cast<uint32_t>(n("bufSize"));
+        s.kickFd = static_cast<int>(n("kickFd"));
+        s.callFd = static_cast<int>(n("callFd"));
+        return s;
+      };
+      auto pair = std::make_unique<Pair>();
+      std::string err;
+      if (!pair->rx.setup(memory_, ring("rx"), &err) || !pair->tx.setup(memory_, ring("tx"), &err)) {
+        throwCode(env, "EINVAL", "pair " + std::to_string(i) + ": " + err);
+        return;
+      }
+      if (mode_ != Mode::kRx && pair->tx.bufSize < frame_.size()) {
+        throwCode(env, "EINVAL", "tx buffers are smaller than the frame");
+        return;
+      }
+      pairs_.push_back(std::move(pair));
+      if (mode_ == Mode::kPing) break;  // one pair is enough for a ping-pong
+    }
+    // The rings must be laid out before the device starts (it reads the used index then).
+    for (auto& p : pairs_) prepare(*p);
+  }
+
+  ~BenchGuest() override { halt(); }
+
+ private:
+  struct Pair {
+    DriverRing rx, tx;
+    Counters c;
+    std::thread thread;
+    std::atomic<bool> alive{false};
+    std::atomic<int> tid{0};
+    double cpuAtExit = 0;
+    std::vector<uint64_t> rtts;
+    uint64_t lost = 0;
+    uint32_t rxPending = 0;  // later buffers of a merged rx frame still to come
+  };
+
+  void prepare(Pair& p) {
+    if (mode_ == Mode::kTx || mode_ == Mode::kPing) {
+      // Every tx buffer holds the frame already: posting a chain is writing one ring entry.
+      for (uint32_t i = 0; i < p.tx.size; i++) {
+        memcpy(p.tx.buffers[i], frame_.data(), frame_.size());
+        p.tx.setDesc(static_cast<uint16_t>(i), static_cast<uint32_t>(frame_.size()), false);
+      }
+    }
+    for (uint32_t i = 0; i < p.rx.size; i++) p.rx.setDesc(static_cast<uint16_t>(i), p.rx.bufSize, true);
+    if (mode_ == Mode::kRx || mode_ == Mode::kPing) {
+      // All rx buffers posted before the device starts (the driver does this before DRIVER_OK).
+      while (!p.rx.freeIds.empty()) {
+        p.rx.post(p.rx.freeIds.back());
+        p.rx.freeIds.pop_back();
+      }
+      __atomic_store_n(p.rx.availIdx, p.rx.shadowAvail, __ATOMIC_RELEASE);
+      p.rx.kickedAvail = p.rx.shadowAvail;
+    }
+    // Interrupts: rx wants one for the first entry, tx none until it runs out.
+    *p.rx.usedEvent = 0;
+    *p.tx.usedEvent = static_cast<uint16_t>(p.tx.size * 2);  // far away
+  }
+
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (started_) {
+      throwCode(env, "EINVAL", "already started");
+      return env.Undefined();
+    }
+    started_ = true;
+    stop_ = false;
+    startNs_ = nowNs();
+    for (auto& up : pairs_) {
+      Pair* p = up.get();
+      p->alive = true;
+      p->thread = std::thread([this, p] {
+        p->tid = static_cast<int>(syscall(SYS_gettid));
+        if (cpu_ >= 0) {
+          // The guest's vCPU: pinned, so the device thread has the other core, as with a real VMM.
+          cpu_set_t set;
+          CPU_ZERO(&set);
+          CPU_SET(cpu_, &set);
+          pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+        }
+        if (mode_ == Mode::kTx) runTx(*p);
+        else if (mode_ == Mode::kRx) runRx(*p);
+        else runPing(*p);
+        struct timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        p->cpuAtExit = ts.tv_sec + ts.tv_nsec / 1e9;
+        p->alive = false;
+      });
+    }
+    return env.Undefined();
+  }
+
+  double cpuOf(Pair& p) {
+    if (!p.alive || !p.thread.joinable()) return p.cpuAtExit;
+    clockid_t cid;
+    struct timespec ts;
+    if (pthread_getcpuclockid(p.thread.native_handle(), &cid) != 0 || clock_gettime(cid, &ts) != 0) return p.cpuAtExit;
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+  }
+
+  Napi::Object statsObject(Napi::Env env) {
+    Napi::Object o = Napi::Object::New(env);
+    uint64_t packets = 0, bytes = 0, kicks = 0, sleeps = 0, publishes = 0, errors = 0;
+    double cpu = 0;
+    bool done = true;
+    Napi::Array per = Napi::Array::New(env);
+    Napi::Array tids = Napi::Array::New(env);
+    for (size_t i = 0; i < pairs_.size(); i++) {
+      Pair& p = *pairs_[i];
+      Napi::Object q = Napi::Object::New(env);
+      q.Set("packets", static_cast<double>(p.c.packets.load()));
+      q.Set("kicks", static_cast<double>(p.c.kicks.load()));
+      q.Set("sleeps", static_cast<double>(p.c.sleeps.load()));
+      per.Set(static_cast<uint32_t>(i), q);
+      tids.Set(static_cast<uint32_t>(i), p.tid.load());
+      packets += p.c.packets;
+      bytes += p.c.bytes;
+      kicks += p.c.kicks;
+      sleeps += p.c.sleeps;
+      publishes += p.c.publishes;
+      errors += p.c.errors;
+      cpu += cpuOf(p);
+      done = done && !p.alive;
+    }
+    o.Set("packets", static_cast<double>(packets));
+    o.Set("bytes", static_cast<double>(bytes));
+    o.Set("kicks", static_cast<double>(kicks));
+    o.Set("sleeps", static_cast<double>(sleeps));
+    o.Set("publishes", static_cast<double>(publishes));
+    o.Set("errors", static_cast<double>(errors));
+    o.Set("cpuSeconds", cpu);
+    o.Set("done", started_ && done);
+    o.Set("tids", tids);
+    o.Set("pairs", per);
+    return o;
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) { return statsObject(info.Env()); }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    halt();
+    Napi::Object o = statsObject(info.Env());
+    if (mode_ == Mode::kPing && !pairs_.empty()) o.Set("rtt", bench::rttSummary(info.Env(), pairs_[0]->rtts, pairs_[0]->lost));
+    return o;
+  }
+
+  void halt() {
+    stop_ = true;
+    for (auto& p : pairs_)
+      if (p->thread.joinable()) p->thread.join();
+  }
+
+  bool expired() const { return stop_.load(std::memory_order_relaxed) || (nowNs() - startNs_) > maxSeconds_ * 1e9; }
+
+  // Reaps tx completions; returns how many.
+  static uint32_t reapTx(Pair& p) {
+    DriverRing& t = p.tx;
+    uint16_t used = t.usedNow();
+    uint32_t n = 0;
+    while (t.lastUsed != used) {
+      const VringUsedElem& e = t.usedRing[t.lastUsed & (t.size - 1)];
+      t.freeIds.push_back(static_cast<uint16_t>(e.id));
+      t.lastUsed++;
+      n++;
+    }
+    return n;
+  }
+
+  void runTx(Pair& p) {
+    DriverRing& t = p.tx;
+    const uint64_t frameBytes = frame_.size() - hdrSize_;
+    uint64_t iter = 0;
+    while ((++iter & 63) != 0 || !expired()) {
+      uint32_t done = reapTx(p);
+      if (done) {
+        p.c.packets.fetch_add(done, std::memory_order_relaxed);
+        p.c.bytes.fetch_add(done * frameBytes, std::memory_order_relaxed);
+      }
+      if (t.freeIds.empty()) {
+        // Every descriptor in flight: interrupt after 3/4 of them complete.
+        if (t.waitUsed(static_cast<uint16_t>(t.size * 3 / 4), 2)) p.c.sleeps.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      int n = 0;
+      while (!t.freeIds.empty() && n < batch_) {
+        t.post(t.freeIds.back());
+        t.freeIds.pop_back();
+        n++;
+      }
+      p.c.publishes.fetch_add(1, std::memory_order_relaxed);
+      if (t.publish()) p.c.kicks.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  // Reaps rx entries, counts frames, re-posts the buffers. Returns entries reaped.
+  uint32_t reapRx(Pair& p, uint32_t* matchSeq = nullptr, bool* matched = nullptr) {
+    DriverRing& r = p.rx;
+    uint16_t used = r.usedNow();
+    uint32_t n = 0;
+    while (r.lastUsed != used) {
+      const VringUsedElem& e = r.usedRing[r.lastUsed & (r.size - 1)];
+      uint16_t id = static_cast<uint16_t>(e.id);
+      uint32_t len = e.len;
+      r.lastUsed++;
+      n++;
+      if (id >= r.size) {
+        p.c.errors.fetch_add(1);
+        continue;
+      }
+      if (p.rxPending > 0) {
+        p.rxPending--;  // a later buffer of a merged frame
+        p.c.bytes.fetch_add(len, std::memory_order_relaxed);
+      } else {
+        const uint8_t* buf = r.buffers[id];
+        uint16_t numBuffers = 1;
+        if (hdrSize_ == 12) memcpy(&numBuffers, buf + 10, 2);
+        p.rxPending = numBuffers > 0 ? numBuffers - 1 : 0;
+        p.c.packets.fetch_add(1, std::memory_order_relaxed);
+        p.c.bytes.fetch_add(len >= hdrSize_ ? len - hdrSize_ : 0, std::memory_order_relaxed);
+        if (matchSeq && len >= seqOffset_ + 4 && memcmp(buf + seqOffset_, matchSeq, 4) == 0) *matched = true;
+      }
+      r.post(id);
+    }
+    return n;
+  }
+
+  void runRx(Pair& p) {
+    DriverRing& r = p.rx;
+    p.rxPending = 0;
+    // The buffers were posted before the device started; one kick in case it is already waiting.
+    uint64_t one = 1;
+    if (write(r.kickFd, &one, sizeof one) == sizeof one) p.c.kicks.fetch_add(1);
+    uint64_t iter = 0;
+    while ((++iter & 63) != 0 || !expired()) {
+      if (reapRx(p) > 0) {
+        p.c.publishes.fetch_add(1, std::memory_order_relaxed);
+        if (r.publish()) p.c.kicks.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      // Nothing used: interrupt on the next entry (NAPI re-enabling its callback), then sleep.
+      if (r.waitUsed(1, 2)) p.c.sleeps.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  void runPing(Pair& p) {
+    DriverRing& t = p.tx;
+    DriverRing& r = p.rx;
+    p.rxPending = 0;
+    uint64_t one = 1;
+    if (write(r.kickFd, &one, sizeof one) == sizeof one) p.c.kicks.fetch_add(1);
+    bench::sleepNs(20000000);  // let the device settle; drop whatever chatter arrived
+    if (reapRx(p) > 0) r.publish();
+    p.rtts.reserve(count_);
+    for (uint64_t i = 0; i < count_ && !expired(); i++) {
+      reapTx(p);
+      if (t.freeIds.empty()) {
+        t.waitUsed(1, 100);
+        p.lost++;
+        continue;
+      }
+      uint32_t seq = static_cast<uint32_t>(i + 1);
+      uint16_t id = t.freeIds.back();
+      t.freeIds.pop_back();
+      memcpy(t.buffers[id] + seqOffset_, &seq, 4);
+      uint64_t t0 = nowNs();
+      t.post(id);
+      if (t.publish()) p.c.kicks.fetch_add(1, std::memory_order_relaxed);
+      bool matched = false;
+      while (!matched) {
+        if (reapRx(p, &seq, &matched) > 0) {
+          if (r.publish()) p.c.kicks.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        if ((nowNs() - t0) > 1000000000ull) break;
+        if (r.waitUsed(1, 100)) p.c.sleeps.fetch_add(1, std::memory_order_relaxed);
+      }
+      if (matched) p.rtts.push_back(nowNs() - t0);
+      else p.lost++;
+      bench::sleepNs(intervalNs_);
+    }
+  }
+
+  std::shared_ptr<GuestMemoryMap> memory_;
+  Mode mode_ = Mode::kTx;
+  int batch_ = 32;
+  uint32_t hdrSize_ = 12;
+  double maxSeconds_ = 120;
+  uint64_t count_ = 1000;
+  uint64_t intervalNs_ = 100000;
+  size_t seqOffset_ = 0;
+  int cpu_ = -1;
+  std::vector<uint8_t> frame_;
+  std::vector<std::unique_ptr<Pair>> pairs_;
+  std::atomic<bool> stop_{false};
+  bool started_ = false;
+  uint64_t startNs_ = 0;
+};
+
+}  // namespace
+
+void registerBenchGuest(Napi::Env env, Napi::Object exports) { BenchGuest::Register(env, exports); }
+
+}  // namespace vhost_tap
