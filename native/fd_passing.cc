@@ -174,8 +174,9 @@ Napi::Value UnixAccept(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// sendFds(sockFd, fds[], payload: Buffer) -> bytes sent. The payload must be
-// at least one byte: a stream socket cannot carry control data alone.
+// sendFds(sockFd, fds[], payload: Buffer, dontWait?) -> bytes sent. The payload must be
+// at least one byte: a stream socket cannot carry control data alone. dontWait:
+// EAGAIN instead of blocking on a peer that does not read (a server's replies).
 Napi::Value SendFds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int sock;
@@ -186,6 +187,7 @@ Napi::Value SendFds(const Napi::CallbackInfo& info) {
   }
   Napi::Array fdArray = info[1].As<Napi::Array>();
   Napi::Buffer<uint8_t> payload = info[2].As<Napi::Buffer<uint8_t>>();
+  bool dontWait = info.Length() > 3 && info[3].ToBoolean().Value();
   uint32_t count = fdArray.Length();
   if (count > kMaxFdsPerMessage) {
     throwCode(env, "EINVAL", "at most 253 fds fit in one message");
@@ -221,7 +223,7 @@ Napi::Value SendFds(const Napi::CallbackInfo& info) {
   }
   ssize_t n;
   do {
-    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL | (dontWait ? MSG_DONTWAIT : 0));
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     throwErrno(env, errno, "sendmsg with " + std::to_string(count) + " fds");

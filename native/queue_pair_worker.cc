@@ -101,6 +101,7 @@ bool QueuePairWorker::start(std::string* error) {
   if (epoll_ < 0 || stopFd_ < 0) {
     *error = std::string("epoll/eventfd: ") + strerror(errno);
     closeControlFds();
+    uring_.reset();
     return false;
   }
   struct {
@@ -118,6 +119,7 @@ bool QueuePairWorker::start(std::string* error) {
     if (epoll_ctl(epoll_, EPOLL_CTL_ADD, w.fd, &ev) < 0) {
       *error = std::string("cannot watch the ") + w.what + ": " + strerror(errno);
       closeControlFds();
+      uring_.reset();
       return false;
     }
   }

@@ -84,7 +84,7 @@ export interface NativeBindings {
   unixListen(path: string, type: 'stream' | 'seqpacket', backlog: number): number;
   unixConnect(path: string, type: 'stream' | 'seqpacket'): number;
   unixAccept(listenFd: number, timeoutMs: number): Promise<number>;
-  sendFds(sockFd: number, fds: number[], payload: Buffer): number;
+  sendFds(sockFd: number, fds: number[], payload: Buffer, dontWait?: boolean): number;
   receiveFds(sockFd: number, maxFds: number, maxBytes: number, timeoutMs: number): Promise<NativeReceived>;
   closeFd(fd: number): void;
 

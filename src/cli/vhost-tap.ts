@@ -4,6 +4,8 @@
 // --print-capabilities); structured log lines (JSON) go to stderr.
 import { spawn } from 'node:child_process';
 
+import { makeError } from '../errors';
+import { readTapLinkInfo } from '../tap/link-info';
 import { Tap } from '../tap/tap';
 import { VirtioNetDevice } from '../virtio/net-device';
 import { VhostUserServer } from '../vhost-user/server';
@@ -31,7 +33,15 @@ function openTap(options: ServeOptions): Tap {
     return Tap.create({ name: options.tap, queues: options.queues, ...(options.mtu ? { mtu: options.mtu } : {}) });
   } catch (error) {
     // An existing (persistent) tap of that name: take queues of it.
-    if ((error as { code?: string }).code === 'EBUSY') return Tap.open(options.tap, { queues: options.queues });
+    if ((error as { code?: string }).code === 'EBUSY') {
+      // Only a persistent tap nobody holds may be taken: another process's live tap would
+      // have part of its guest's traffic steered into our queues, and its offloads rewritten.
+      const info = readTapLinkInfo(options.tap);
+      if (!info.persist || info.numQueues + info.numDisabled > 0) {
+        throw makeError('EBUSY', `tap ${options.tap} is in use by another process: give another --tap name`);
+      }
+      return Tap.open(options.tap, { queues: options.queues });
+    }
     throw error;
   }
 }

@@ -98,7 +98,8 @@ export class VhostUserConnection {
 
   #send(request: number, payload: Buffer): void {
     try {
-      native.sendFds(this.#fd, [], encodeMessage(request, FLAG_REPLY | VHOST_USER_VERSION, payload));
+      // Never block on a frontend that does not read its replies: drop it instead.
+      native.sendFds(this.#fd, [], encodeMessage(request, FLAG_REPLY | VHOST_USER_VERSION, payload), true);
     } catch (error) {
       this.log('send-failed', { request: requestName(request), error: (error as Error).message });
       this.close();

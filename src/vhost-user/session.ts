@@ -152,12 +152,12 @@ export class VhostUserSession {
       }
       case Request.REM_MEM_REG: {
         const region = singleRegion(payload, request);
-        closeFds(fds);
         const keep = this.#regions.filter((r) => !(r.guestPhysAddr === region.guestPhysAddr && r.size === region.size && r.userAddr === region.userAddr));
         if (keep.length === this.#regions.length) throw makeError('ENOENT', 'REM_MEM_REG names no region in use');
         const removed = this.#regions.filter((r) => !keep.includes(r));
         this.#replaceMemory(keep, false);
         closeFds(removed.map((r) => r.fd));
+        closeFds(fds); // a frontend may send the region's fd again
         return {};
       }
       case Request.SET_VRING_NUM: {
@@ -201,8 +201,10 @@ export class VhostUserSession {
       case Request.SET_VRING_CALL: {
         const { index, noFd } = vringFdIndex(payload, request);
         const ring = this.#rings[this.#ringIndex(index)]!;
-        replaceFd(ring, 'callFd', noFd ? undefined : fds[0]);
-        this.device.setQueueCall(index, ring.callFd);
+        // The worker writes to the old fd until setQueueCall has restarted it: close it after.
+        const fd = noFd ? undefined : fds[0];
+        this.device.setQueueCall(index, fd);
+        replaceFd(ring, 'callFd', fd);
         return {};
       }
       case Request.SET_VRING_ERR: {
@@ -231,7 +233,12 @@ export class VhostUserSession {
       case Request.SET_STATUS: {
         const status = Number(u64(payload, request) & 0xffn);
         this.#frontendStatus = status;
-        if (status === 0) this.#reset();
+        // QEMU sends 0 when it stops the VM, before it asks for the last pair's ring
+        // bases: stop the rings, but keep where they are.
+        if (status === 0) {
+          this.device.stopQueues();
+          for (const ring of this.#rings) ring.started = false;
+        }
         return {};
       }
       case Request.GET_STATUS:

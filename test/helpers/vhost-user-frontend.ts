@@ -9,6 +9,7 @@ import {
   FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_MASK, HEADER_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_USER_VERSION, encodeMessage, encodeU64, encodeVringState, requestName,
 } from '../../src/vhost-user/protocol';
+import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../../src/virtio/device-status';
 import { EventFd, cancelWait, waitReadable } from '../../src/virtio/eventfd';
 import * as F from '../../src/virtio/features';
 import { featureBit } from '../../src/virtio/features';
@@ -66,6 +67,14 @@ export interface StartOptions {
   memSlots?: boolean;
   /** Ring bases from the used indices in guest memory (QEMU after a backend reconnect); default 0. */
   resume?: boolean;
+  /** Ring bases by ring index (what stopDevice() returned: QEMU after a vm stop/cont). */
+  bases?: readonly number[];
+  /**
+   * QEMU 7.2's device status messages (vhost_user_dev_start): FEATURES_OK after
+   * each SET_FEATURES, ACKNOWLEDGE|DRIVER|DRIVER_OK after the last pair started.
+   * Default: whenever the STATUS protocol feature was negotiated.
+   */
+  status?: boolean;
   /** Features of the guest driver. Default VERSION_1, MRG_RXBUF and EVENT_IDX. */
   features?: Partial<VirtioNetFeatures>;
   queueSize?: number;
@@ -433,8 +442,9 @@ export class VhostUserFrontend {
 
   /**
    * What QEMU 7.2 does at start for `pairs` queue pairs on one connection: per pair
-   * SET_FEATURES and the memory table, then per ring NUM, BASE, ADDR, KICK, CALL;
-   * then SET_VRING_ENABLE 1 for the pairs in use. Runs init() first unless it
+   * SET_FEATURES (and FEATURES_OK status) and the memory table, then per ring NUM,
+   * BASE, ADDR, KICK, CALL; DRIVER_OK status after the last pair; then
+   * SET_VRING_ENABLE 1 for the pairs in use. Runs init() first unless it
    * was done. Fills the rx rings; returns the guest (new unless one was given).
    */
   async startDevice(pairs: number, options: StartOptions = {}): Promise<VhostUserGuest> {
@@ -443,11 +453,13 @@ export class VhostUserFrontend {
       ...(options.features ? { features: options.features } : {}),
       ...(options.queueSize ? { queueSize: options.queueSize } : {}),
     });
+    const status = options.status ?? (this.protocolFeatures & pf(ProtocolFeature.STATUS)) !== 0n;
     try {
       const features = (guest.features & this.offeredFeatures) | PROTOCOL_PROTOCOL_FEATURES;
       const regions = guest.regions();
       for (let pair = 0; pair < pairs; pair++) {
         await this.setFeatures(features);
+        if (status) await this.addStatus(STATUS_FEATURES_OK);
         if (options.memSlots) {
           if (pair === 0) for (const r of regions) await this.addMemReg(r);
         } else {
@@ -455,13 +467,14 @@ export class VhostUserFrontend {
         }
         const config = guest.driver.queueConfig(pair);
         for (const [ring, q] of [[2 * pair, config.rx], [2 * pair + 1, config.tx]] as const) {
-          const base = options.resume ? guest.memory.view(q.usedAddr + 2, 2).getUint16(0, true) : 0;
+          const base = options.bases?.[ring] ?? (options.resume ? guest.memory.view(q.usedAddr + 2, 2).getUint16(0, true) : 0);
           await this.setVringNum(ring, q.size);
           await this.setVringBase(ring, base);
           await this.setVringAddr(ring, q);
           await this.setVringKick(ring, q.kickFd);
           await this.setVringCall(ring, q.callFd);
         }
+        if (status && pair === pairs - 1) await this.addStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
       }
       for (let pair = 0; pair < (options.enable ?? pairs); pair++) await this.setPairEnabled(pair, true);
       for (let pair = 0; pair < pairs; pair++) guest.driver.fillRx(pair);
@@ -470,5 +483,27 @@ export class VhostUserFrontend {
       if (!options.guest) guest.close();
       throw error;
     }
+  }
+
+  /** vhost_user_add_status: GET_STATUS, then SET_STATUS with the bits added. */
+  async addStatus(bits: number): Promise<void> {
+    const current = await this.getStatus();
+    if ((current & bits) !== bits) await this.setStatus(current | bits);
+  }
+
+  /**
+   * What QEMU 7.2 does at vm stop (vhost_net_stop): per pair, in order, for the
+   * last pair SET_STATUS 0 first (with the STATUS feature), then GET_VRING_BASE
+   * for each ring. Returns the bases by ring index, for startDevice({ bases }).
+   */
+  async stopDevice(pairs: number, options: { status?: boolean } = {}): Promise<number[]> {
+    const status = options.status ?? (this.protocolFeatures & pf(ProtocolFeature.STATUS)) !== 0n;
+    const bases: number[] = [];
+    for (let pair = 0; pair < pairs; pair++) {
+      if (status && pair === pairs - 1) await this.setStatus(0);
+      bases[2 * pair] = await this.getVringBase(2 * pair);
+      bases[2 * pair + 1] = await this.getVringBase(2 * pair + 1);
+    }
+    return bases;
   }
 }
