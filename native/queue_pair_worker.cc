@@ -53,6 +53,10 @@ bool QueuePairWorker::start(std::string* error) {
     *error = "the worker is already running";
     return false;
   }
+  if (!options_.memory) {
+    *error = "a stopped queue pair cannot be restarted (its guest memory was released): create a new one";
+    return false;
+  }
   if (options_.hdrSize != 10 && options_.hdrSize != 12) {
     *error = "vnet header size must be 10 or 12";
     return false;
@@ -137,6 +141,10 @@ void QueuePairWorker::stop() {
   thread_.join();
   closeControlFds();
   uring_.reset();
+  // A stopped worker keeps no guest memory mapped: the VM may be gone.
+  rx_.releaseMemory();
+  tx_.releaseMemory();
+  options_.memory.reset();
 }
 
 void QueuePairWorker::run() {

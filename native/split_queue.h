@@ -82,6 +82,14 @@ class SplitQueue {
   const std::string& brokenReason() const { return broken_; }
   bool broken() const { return !broken_.empty(); }
   void markBroken(std::string reason) { fail(std::move(reason)); }
+  // Lets go of guest memory (a stopped queue must not keep a departed VM's RAM
+  // mapped until JS collects it). The indexes stay readable; setup() again to use it.
+  void releaseMemory() {
+    memory_.reset();
+    desc_ = nullptr;
+    availFlags_ = availIdx_ = availRing_ = usedEvent_ = usedFlags_ = usedIdxPtr_ = availEvent_ = nullptr;
+    usedRing_ = nullptr;
+  }
 
  private:
   PopResult fail(std::string reason);

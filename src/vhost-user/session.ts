@@ -146,6 +146,10 @@ export class VhostUserSession {
       }
       case Request.ADD_MEM_REG: {
         const region = singleRegion(payload, request);
+        if (this.#regions.some((r) => sameRegion(r, region))) {
+          closeFds(fds); // the same region again (QEMU sends it once per queue pair): nothing changes
+          return {};
+        }
         if (this.#regions.length >= MAX_MEM_SLOTS) throw makeError('ENOSPC', `all ${MAX_MEM_SLOTS} memory slots are in use`);
         this.#replaceMemory([...this.#regions, { ...region, fd: fds[0]! }], false);
         return {};
@@ -153,7 +157,10 @@ export class VhostUserSession {
       case Request.REM_MEM_REG: {
         const region = singleRegion(payload, request);
         const keep = this.#regions.filter((r) => !(r.guestPhysAddr === region.guestPhysAddr && r.size === region.size && r.userAddr === region.userAddr));
-        if (keep.length === this.#regions.length) throw makeError('ENOENT', 'REM_MEM_REG names no region in use');
+        if (keep.length === this.#regions.length) {
+          closeFds(fds); // already gone (sent once per queue pair, like ADD_MEM_REG): nothing changes
+          return {};
+        }
         const removed = this.#regions.filter((r) => !keep.includes(r));
         this.#replaceMemory(keep, false);
         closeFds(removed.map((r) => r.fd));
@@ -402,6 +409,10 @@ export class VhostUserSession {
     }
     this.log('reset');
   }
+}
+
+function sameRegion(a: MemoryRegionDescriptor, b: MemoryRegionDescriptor): boolean {
+  return a.guestPhysAddr === b.guestPhysAddr && a.size === b.size && a.userAddr === b.userAddr && a.mmapOffset === b.mmapOffset;
 }
 
 function newRing(): Ring {
