@@ -579,6 +579,13 @@ test('ADD_MEM_REG / REM_MEM_REG with a second memfd region (rings at an mmap off
       if (again.kind === 'closed') assert.unreachable('ADD_MEM_REG of a region already there closed the connection');
       await guestToHost(rig.hostMac, guest, 0, 5603);
       await hostToGuest(guest, [0], 6720, 8);
+      // B (the rings' region) added a second time, as another queue pair would: one
+      // REM_MEM_REG then leaves it mapped and the rings running.
+      const twice = await fe.exchange(Request.ADD_MEM_REG, encodeSingleRegion(b), { fds: [fdB] });
+      if (twice.kind === 'closed') assert.unreachable('a repeated ADD_MEM_REG closed the connection');
+      await fe.remMemReg(b);
+      await guestToHost(rig.hostMac, guest, 0, 5604);
+      await hostToGuest(guest, [0], 6730, 8);
     } finally {
       fe.close();
       await rig.released();

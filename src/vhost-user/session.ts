@@ -44,6 +44,8 @@ interface Ring {
 
 interface Region extends MemoryRegionDescriptor {
   fd: number;
+  /** ADD_MEM_REGs of this same region not yet removed (one per queue pair with QEMU). */
+  refs: number;
 }
 
 /** The messages that carry this many fds (others carry none). */
@@ -141,26 +143,31 @@ export class VhostUserSession {
         return { reply: encodeU64(MAX_MEM_SLOTS) };
       case Request.SET_MEM_TABLE: {
         const regions = memoryTable(payload, request);
-        this.#replaceMemory(regions.map((r, i) => ({ ...r, fd: fds[i]! })), true);
+        this.#replaceMemory(regions.map((r, i) => ({ ...r, fd: fds[i]!, refs: 1 })), true);
         return {};
       }
       case Request.ADD_MEM_REG: {
         const region = singleRegion(payload, request);
-        if (this.#regions.some((r) => sameRegion(r, region))) {
-          closeFds(fds); // the same region again (QEMU sends it once per queue pair): nothing changes
+        const existing = this.#regions.find((r) => sameRegion(r, region));
+        if (existing) {
+          // QEMU adds (and later removes) each region once per queue pair: count, map once.
+          existing.refs++;
+          closeFds(fds);
           return {};
         }
         if (this.#regions.length >= MAX_MEM_SLOTS) throw makeError('ENOSPC', `all ${MAX_MEM_SLOTS} memory slots are in use`);
-        this.#replaceMemory([...this.#regions, { ...region, fd: fds[0]! }], false);
+        this.#replaceMemory([...this.#regions, { ...region, fd: fds[0]!, refs: 1 }], false);
         return {};
       }
       case Request.REM_MEM_REG: {
         const region = singleRegion(payload, request);
-        const keep = this.#regions.filter((r) => !(r.guestPhysAddr === region.guestPhysAddr && r.size === region.size && r.userAddr === region.userAddr));
-        if (keep.length === this.#regions.length) {
-          closeFds(fds); // already gone (sent once per queue pair, like ADD_MEM_REG): nothing changes
+        const target = this.#regions.find((r) => r.guestPhysAddr === region.guestPhysAddr && r.size === region.size && r.userAddr === region.userAddr);
+        if (!target) throw makeError('ENOENT', 'REM_MEM_REG names no region in use');
+        if (--target.refs > 0) {
+          closeFds(fds); // still added by another queue pair
           return {};
         }
+        const keep = this.#regions.filter((r) => r !== target);
         const removed = this.#regions.filter((r) => !keep.includes(r));
         this.#replaceMemory(keep, false);
         closeFds(removed.map((r) => r.fd));
