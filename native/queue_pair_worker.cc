@@ -35,6 +35,16 @@ void copyToIov(const struct iovec* iov, int count, uint64_t offset, const uint8_
   }
 }
 
+// Copies `len` bytes out of the iovecs, from their start, into `dst`.
+void copyFromIov(const struct iovec* iov, int count, uint8_t* dst, uint64_t len) {
+  for (int i = 0; i < count && len > 0; i++) {
+    uint64_t n = std::min<uint64_t>(len, iov[i].iov_len);
+    memcpy(dst, iov[i].iov_base, n);
+    dst += n;
+    len -= n;
+  }
+}
+
 }  // namespace
 
 QueuePairWorker::QueuePairWorker(WorkerOptions options, WorkerEventSink sink)
@@ -453,12 +463,14 @@ int QueuePairWorker::receiveBatch(int budget) {
     iovUsed += chain.iovCount;
   }
   if (sets == 0) return -1;
-  // Linked reads run in order and stop at the first that finds the tap empty
-  // (the rest complete as cancelled), so frames keep their order.
+  // Hard-linked reads run one after the other, in ring order. A plain link would not do:
+  // every tap read is "short" (a frame is smaller than the chain), and a short read
+  // breaks a link, so only the first read would ever run (measured: 1 frame per batch).
+  // A hard link runs them all; those that find the tap empty complete with -EAGAIN.
   for (int i = 0; i < sets; i++) {
     const TxChain& c = rxBatch_[i];
     uring_->prepare(IORING_OP_READV, options_.tapFd, rxBatchIov_.data() + c.iovStart, c.iovCount, static_cast<uint64_t>(i),
-                    i + 1 < sets ? IOSQE_IO_LINK : 0, RWF_NOWAIT);
+                    i + 1 < sets ? IOSQE_IO_HARDLINK : 0, RWF_NOWAIT);
   }
   int reaped = uring_->submitAndWait(txCqes_.data(), static_cast<unsigned>(sets));
   bump(rxStats.batches);
@@ -469,40 +481,52 @@ int QueuePairWorker::receiveBatch(int budget) {
   }
   for (int i = 0; i < sets; i++) rxResults_[i] = -ECANCELED;
   for (int i = 0; i < reaped; i++) rxResults_[txCqes_[i].user_data] = txCqes_[i].res;
-  int frames = 0;
-  for (; frames < sets; frames++) {
-    int32_t res = rxResults_[frames];
+  int frames = 0;  // chains filled, always the first `frames` popped, so the rest can be given back
+  for (int i = 0; i < sets; i++) {
+    int32_t res = rxResults_[i];
     if (res == -EOPNOTSUPP || res == -EINVAL) {
       // This kernel's tun cannot read without waiting under io_uring: one readv per frame it is.
       rxBatchOff_ = true;
       break;
     }
     if (res <= 0) {
-      if (res != -EAGAIN && res != -ECANCELED && res != 0 && !tapFailed_) {
-        tapFailed_ = true;
-        setTapInterest();
-        sink_("tap", std::string("reading the tap queue failed: ") + strerror(-res));
+      if (res != -EAGAIN && res != -ECANCELED && res != 0) {
+        if (!tapFailed_) {
+          tapFailed_ = true;
+          setTapInterest();
+          sink_("tap", std::string("reading the tap queue failed: ") + strerror(-res));
+        }
+        break;
       }
-      break;
+      continue;  // empty then; a later read may still have caught a frame that came in meanwhile
     }
-    const TxChain& c = rxBatch_[frames];
-    if (static_cast<uint64_t>(res) > c.bytes) {
+    const TxChain& target = rxBatch_[frames];
+    if (static_cast<uint64_t>(res) > rxBatch_[i].bytes) {
       // Larger than the tap's frames were said to be (its MTU grew): this one is lost, counted, and
       // the guest gets a runt it drops; from now on every frame goes the single way, with room to spare.
       bump(rxStats.dropTooBig);
       rxBatchOff_ = true;
-      rx_.pushUsed(c.head, 0);
+      rx_.pushUsed(target.head, 0);
+      frames++;
       continue;
+    }
+    if (i != frames) {
+      // A frame read after an earlier read found the tap empty (it arrived in between):
+      // move it down into the first chain still unused, so frames keep their order and the
+      // unused chains are the last popped. Rare, so a copy through the spare buffer is fine.
+      const TxChain& from = rxBatch_[i];
+      copyFromIov(rxBatchIov_.data() + from.iovStart, from.iovCount, overflow_.data(), static_cast<uint64_t>(res));
+      copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 0, overflow_.data(), static_cast<uint64_t>(res));
     }
     if (hdr == 12) {
       uint16_t one = 1;
-      copyToIov(rxBatchIov_.data() + c.iovStart, c.iovCount, 10, reinterpret_cast<uint8_t*>(&one), 2);
+      copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 10, reinterpret_cast<uint8_t*>(&one), 2);
     }
-    rx_.pushUsed(c.head, static_cast<uint32_t>(res));
+    rx_.pushUsed(target.head, static_cast<uint32_t>(res));
     bump(rxStats.packets);
     bump(rxStats.bytes, static_cast<uint64_t>(res) - hdr);
+    frames++;
   }
-  // The chains after the first empty read were the last ones popped: give them back.
   if (frames < sets) rx_.unpop(static_cast<uint16_t>(sets - frames));
   if (frames > 0) {
     usedSinceSignal_ += frames;

@@ -23,6 +23,8 @@ export interface DataPathOptions {
   offloads?: TapOffloads;
   /** Give the tap an address and a neighbour entry for the guest. Default true. */
   address?: boolean;
+  /** Post rx buffers when the pairs start. Default true; false lets frames queue in the tap first. */
+  fillRx?: boolean;
 }
 
 export interface DataPath {
@@ -68,7 +70,7 @@ export async function withDataPath(options: DataPathOptions, body: (dp: DataPath
       pair.on('queue-error', (e) => errors.push(e));
       pair.start();
       pairs.push(pair);
-      driver.fillRx(i);
+      if (options.fillRx ?? true) driver.fillRx(i);
     }
     const hostMac = Buffer.from(tap.mac().split(':').map((h) => parseInt(h, 16)));
     await body({ tap, memory, driver, pairs, errors, hostMac });
