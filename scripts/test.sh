@@ -10,6 +10,12 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+# The end-to-end tests boot a guest built from Debian packages; download them here,
+# while the network is reachable: inside the test namespace there is none.
+if command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  sh scripts/build-guest.sh || echo "scripts/build-guest.sh failed: the end-to-end guest tests will fail" >&2
+fi
+
 export VHOST_TAP_HOST_NETNS
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
