@@ -83,11 +83,13 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     WorkerOptions options;
     options.memory = GuestMemoryBinding::MapOf(env, c.Get("memory"));
     if (!options.memory) return;
-    double tapFd, hdrSize, reserve, maxFrame;
+    double tapFd, hdrSize, reserve, maxFrame, busyPollUs;
     if (!readNumber(env, c, "tapFd", 0, INT32_MAX, &tapFd) || !readNumber(env, c, "hdrSize", 10, 12, &hdrSize) ||
         !readNumber(env, c, "rxReserveBytes", 0, 1 << 20, &reserve) ||
-        !readNumber(env, c, "rxMaxFrameBytes", 0, 1 << 20, &maxFrame))
+        !readNumber(env, c, "rxMaxFrameBytes", 0, 1 << 20, &maxFrame) ||
+        !readNumber(env, c, "busyPollUs", 0, 1000000, &busyPollUs))
       return;
+    options.busyPollNs = static_cast<uint64_t>(busyPollUs * 1000);
     options.rxMaxFrameBytes = static_cast<uint32_t>(maxFrame);
     options.tapFd = static_cast<int>(tapFd);
     options.hdrSize = static_cast<uint32_t>(hdrSize);

@@ -3,6 +3,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +20,12 @@ inline void bump(std::atomic<uint64_t>& counter, uint64_t by = 1) {
 }
 
 enum EpollTag : uint32_t { kTagStop = 0, kTagRxKick = 1, kTagTxKick = 2, kTagTap = 3 };
+
+uint64_t monotonicNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
 
 // Copies `len` bytes from `src` into the iovecs, starting `offset` bytes in.
 void copyToIov(const struct iovec* iov, int count, uint64_t offset, const uint8_t* src, uint64_t len) {
@@ -157,6 +164,31 @@ void QueuePairWorker::stop() {
   options_.memory.reset();
 }
 
+int QueuePairWorker::waitForWork(struct epoll_event* events, int max, bool idle, bool* txMore, bool* rxMore) {
+  if (!idle) return epoll_wait(epoll_, events, max, 0);
+  if (options_.busyPollNs > 0) {
+    // Opt-in (vhost-net's busyloop_timeout): a wakeup through a kick or the tap costs
+    // microseconds of scheduler latency each way; spinning a little after the last
+    // work trades CPU for round-trip time. Never at idle: only after work was done.
+    const uint64_t end = monotonicNs() + options_.busyPollNs;
+    do {
+      if (!txWaitingForTap_ && !txBroken_.load(std::memory_order_relaxed) && tx_.hasAvail()) {
+        *txMore = true;
+        return 0;
+      }
+      if (rxWaitingForBuffers_ && !rxBroken_.load(std::memory_order_relaxed) && rx_.hasAvail()) {
+        rxWaitingForBuffers_ = false;
+        setTapInterest();
+        *rxMore = true;
+        return 0;
+      }
+      int n = epoll_wait(epoll_, events, max, 0);
+      if (n != 0) return n;
+    } while (monotonicNs() < end && !stopping_.load(std::memory_order_acquire));
+  }
+  return epoll_wait(epoll_, events, max, -1);
+}
+
 void QueuePairWorker::run() {
   // Look at both queues once: the driver may have posted buffers before we started.
   bool txMore = true;
@@ -165,7 +197,7 @@ void QueuePairWorker::run() {
   while (!stopping_.load(std::memory_order_acquire)) {
     if (txMore) txMore = handleTx();
     if (rxMore) rxMore = handleRx();
-    int n = epoll_wait(epoll_, events, 8, (txMore || rxMore) ? 0 : -1);
+    int n = waitForWork(events, 8, !(txMore || rxMore), &txMore, &rxMore);
     if (n < 0) {
       if (errno == EINTR) continue;
       sink_("tap", std::string("epoll_wait failed: ") + strerror(errno));
@@ -434,12 +466,17 @@ void QueuePairWorker::finishRxFrame(uint64_t frameBytes) {
   }
 }
 
-int QueuePairWorker::receiveBatch(int budget) {
+int QueuePairWorker::receiveBatch(int budget, bool* drained) {
+  *drained = false;
   const uint32_t hdr = options_.hdrSize;
   const uint64_t maxFrame = options_.rxMaxFrameBytes;
   int sets = 0;
   int iovUsed = 0;
-  while (sets < kRxBatch && sets < budget && iovUsed + kMaxIov <= kTxIovCapacity) {
+  // Every read past the last frame queued costs a failed read in the kernel, and
+  // a wakeup for one frame (a ping) should not pay for 31 of them: the batch grows
+  // while the tap keeps filling it and shrinks to what the last one found.
+  const int want = std::min(kRxBatch, rxBatchWant_);
+  while (sets < want && sets < budget && iovUsed + kMaxIov <= kTxIovCapacity) {
     Chain chain;
     PopResult r = rx_.pop(true, rxBatchIov_.data() + iovUsed, kMaxIov, &chain);
     if (r == PopResult::kBroken) {
@@ -498,6 +535,7 @@ int QueuePairWorker::receiveBatch(int budget) {
         }
         break;
       }
+      *drained = true;
       continue;  // empty then; a later read may still have caught a frame that came in meanwhile
     }
     const TxChain& target = rxBatch_[frames];
@@ -528,6 +566,7 @@ int QueuePairWorker::receiveBatch(int budget) {
     frames++;
   }
   if (frames < sets) rx_.unpop(static_cast<uint16_t>(sets - frames));
+  rxBatchWant_ = *drained ? std::max(2, frames) : std::min(kRxBatch, sets * 2);
   if (frames > 0) {
     usedSinceSignal_ += frames;
     if (usedSinceSignal_ >= kUsedBatch) {
@@ -583,9 +622,11 @@ bool QueuePairWorker::handleRx() {
       continue;
     }
     if (heldCount_ == 0 && uring_ && options_.rxMaxFrameBytes > 0 && !rxBatchOff_) {
-      int got = receiveBatch(kBudget - frames);
+      bool drained = false;
+      int got = receiveBatch(kBudget - frames, &drained);
       if (got > 0) {
         frames += got;
+        if (drained) break;  // the tap is empty now: call the driver, do not ask again
         continue;
       }
       if (got == 0) break;  // the tap is empty (or the queue broke)

@@ -3,6 +3,7 @@
 // as vhost-net does in the kernel with tun_get_socket(). Kicks and calls are
 // eventfds. Nothing on the per-frame path allocates or calls into JS.
 #pragma once
+#include <sys/epoll.h>
 #include <sys/uio.h>
 
 #include <atomic>
@@ -41,6 +42,7 @@ struct WorkerOptions {
   bool mergeableRx = false;     // VIRTIO_NET_F_MRG_RXBUF
   uint32_t rxReserveBytes = 0;  // mergeable: room to gather before reading a frame (a typical frame)
   uint32_t rxMaxFrameBytes = 0; // the largest frame (with header) the tap can hand us; 0: unknown (GSO)
+  uint64_t busyPollNs = 0;      // after work, look for more this long before sleeping (0: never spin)
   QueueConfig rx;
   QueueConfig tx;
 };
@@ -94,13 +96,17 @@ class QueuePairWorker {
   };
 
   void run();
+  int waitForWork(struct epoll_event* events, int max, bool idle, bool* txMore, bool* rxMore);
   bool handleTx();
   // Writes chains txBatch_[0..count) to the tap and returns them on the used ring;
   // false if the tap would block (the unwritten chains were given back).
   bool transmitBatch(int count);
   // Reads up to `budget` frames with one io_uring_enter, one whole-frame chain each;
   // -1 when that cannot be done now (the single readv path copes).
-  int receiveBatch(int budget);
+  // Reads frames straight into up to `budget` chains with one io_uring_enter. Returns
+  // the frames read, 0 when the tap was empty or the queue broke, -1 when this batch
+  // cannot be used (the single path takes over); *drained: a read found the tap empty.
+  int receiveBatch(int budget, bool* drained);
   bool handleRx();
   void signal(SplitQueue& queue, int callFd, QueueStats& stats);
   void setTapInterest();
@@ -135,6 +141,7 @@ class QueuePairWorker {
   std::vector<TxChain> rxBatch_;   // the same shape: head, iovecs, bytes
   std::vector<int32_t> rxResults_;
   bool rxBatchOff_ = false;        // a frame larger than rxMaxFrameBytes came: batching is off for good
+  int rxBatchWant_ = 2;            // reads in the next batch: doubles while batches fill, falls to what the last one found
   std::vector<struct iovec> rxIov_;  // guest segments of the held chains, then the overflow
   std::vector<HeldChain> held_;      // rx chains popped and not yet used
   size_t heldCount_ = 0;

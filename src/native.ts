@@ -39,7 +39,7 @@ export interface NativeQueuePair {
 }
 
 export interface NativeQueuePairConfig {
-  memory: NativeGuestMemory; tapFd: number; hdrSize: number; mergeableRx: boolean; rxReserveBytes: number; rxMaxFrameBytes: number;
+  memory: NativeGuestMemory; tapFd: number; hdrSize: number; mergeableRx: boolean; rxReserveBytes: number; rxMaxFrameBytes: number; busyPollUs: number;
   rx: NativeQueueRing; tx: NativeQueueRing;
 }
 

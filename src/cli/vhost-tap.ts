@@ -54,6 +54,7 @@ async function serve(options: ServeOptions): Promise<void> {
     maxQueuePairs: tap.queues.length,
     ...(options.mac ? { mac: options.mac } : {}),
     ...(options.mtu ? { mtu: options.mtu } : {}),
+    busyPollUs: options.busyPollUs,
   });
   device.on('queue-error', (e) => log('queue-error', { pair: e.pair, queue: e.queue, error: e.message }));
   device.on('queue-pairs', (e) => log('queue-pairs-changed', { active: e.active, previous: e.previous, numDisabled: tap.queues.filter((q) => !q.attached).length }));

@@ -79,6 +79,11 @@ export interface VirtioNetDeviceOptions {
    * are not offered and multiqueue does not depend on them.
    */
   controlQueue?: 'device' | 'frontend';
+  /**
+   * Each queue pair's worker keeps looking for work this many microseconds after
+   * the last frame before it sleeps (see QueuePairOptions.busyPollUs). Default 0.
+   */
+  busyPollUs?: number;
 }
 
 /** One virtqueue as the VMM's transport (or vhost) configures it. */
@@ -139,6 +144,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   readonly #defaultMac: Buffer;
   readonly #mtu: number;
   readonly #frontendControl: boolean;
+  readonly #busyPollUs: number;
   readonly #config: NetConfigSpace;
   #memory: GuestMemory | undefined;
   #status = 0;
@@ -165,6 +171,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.#memory = memory;
     this.#mtu = mtu ?? 0;
     this.#frontendControl = options.controlQueue === 'frontend';
+    const busyPollUs = options.busyPollUs ?? 0;
+    if (!Number.isInteger(busyPollUs) || busyPollUs < 0 || busyPollUs > 1_000_000) {
+      throw makeError('EINVAL', `busyPollUs must be an integer from 0 to 1000000, got ${String(options.busyPollUs)}`);
+    }
+    this.#busyPollUs = busyPollUs;
     this.#defaultMac = options.mac !== undefined ? parseMac(options.mac) : randomMac();
     this.#config = new NetConfigSpace(this.#defaultMac, maxQueuePairs, this.#mtu);
     this.#config.setStatus(linkUp ? VIRTIO_NET_S_LINK_UP : 0);
@@ -536,6 +547,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       ...(this.#mtu ? { rxReserveBytes: this.#mtu + 18 + netHdrSize(this.#driverFeatures) } : {}),
       // Without guest segmentation offloads the tap's frames are at most its MTU plus Ethernet and VLAN headers.
       rxMaxFrameBytes: this.#guestOffloads & GSO_GUEST_OFFLOADS ? 0 : netHdrSize(this.#driverFeatures) + 18 + this.tap.mtu(),
+      busyPollUs: this.#busyPollUs,
       rx: ring(rx, 'the receive queue'),
       tx: ring(tx, 'the transmit queue'),
     });

@@ -20,6 +20,8 @@ export interface DataPathOptions {
   txSplitHeader?: boolean;
   /** Passed to each QueuePair: lets rx read 32 frames per system call. */
   rxMaxFrameBytes?: number;
+  /** Passed to each QueuePair: spin this long after work before sleeping. */
+  busyPollUs?: number;
   offloads?: TapOffloads;
   /** Give the tap an address and a neighbour entry for the guest. Default true. */
   address?: boolean;
@@ -66,6 +68,7 @@ export async function withDataPath(options: DataPathOptions, body: (dp: DataPath
       const pair = new QueuePair({
         memory, tapQueue: tap.queues[i]!, hdrSize, mergeableRx: features.mergeableRx, rx, tx,
         ...(options.rxMaxFrameBytes !== undefined ? { rxMaxFrameBytes: options.rxMaxFrameBytes } : {}),
+        ...(options.busyPollUs !== undefined ? { busyPollUs: options.busyPollUs } : {}),
       });
       pair.on('queue-error', (e) => errors.push(e));
       pair.start();
