@@ -34,7 +34,7 @@ export function guestDir(): string {
 
 const TOOL_PACKAGES: Record<string, string> = {
   'qemu-system-x86_64': 'qemu-system-x86',
-  'dpdk-testpmd': 'dpdk (plus librte-net-vhost23 librte-net-tap23)',
+  'dpdk-testpmd': 'dpdk-dev (plus dpdk librte-net-vhost23 librte-net-tap23)',
   iperf3: 'iperf3',
   ethtool: 'ethtool',
   ip: 'iproute2',
