@@ -100,6 +100,7 @@ bool QueuePairWorker::start(std::string* error) {
   rxBatchOff_ = false;
   uring_ = std::make_unique<Uring>();
   if (!uring_->init(std::max(kTxBatch, kRxBatch))) uring_.reset();
+  else uring_->registerFile(options_.tapFd);  // best effort: it saves a file lookup per frame
   rxIov_.assign(kMaxIov + 1, {});
   maxHeld_ = options_.mergeableRx ? std::min<size_t>(rx_.size(), kMaxIov) : 1;
   held_.assign(maxHeld_, {});

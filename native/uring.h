@@ -20,6 +20,9 @@ class Uring {
   // False (errno set) when io_uring is unavailable (old kernel, disabled by sysctl, seccomp).
   bool init(unsigned entries);
   bool ready() const { return fd_ >= 0; }
+  // Registers `fd` with the ring: requests on it then skip the per-request file
+  // lookup (fget/fput). False if the kernel refused; requests still work unregistered.
+  bool registerFile(int fd);
   unsigned capacity() const { return sqEntries_; }
 
   // Queues a readv or writev of iov[0..count) on fd; false when the ring is full.
@@ -33,6 +36,7 @@ class Uring {
 
  private:
   int fd_ = -1;
+  int registeredFd_ = -1;
   unsigned sqEntries_ = 0;
   unsigned pending_ = 0;
   void* sqRing_ = nullptr;

@@ -191,6 +191,24 @@ test('busyPollUs out of range is refused with EINVAL', async () => {
   });
 });
 
+test('after stop() and close() the tap is gone at once, though its worker used io_uring on it', async () => {
+  const { run } = await import('./helpers/system');
+  let name = '';
+  await withDataPath({ rxMaxFrameBytes: 12 + 18 + 1500, rxBufferSize: 2048 }, async (dp) => {
+    name = dp.tap.name;
+    const host = await hostSocket(5003);
+    try {
+      for (let i = 0; i < 40; i++) await dp.driver.send(0, guestUdp(dp, 4000, 5003, Buffer.alloc(16, i)));
+      await until('the datagrams', () => host.received.length === 40);
+      assert.ok(dp.pairs[0]!.stats().tx.batches > 0, 'tx went through io_uring');
+    } finally {
+      host.close();
+    }
+  });
+  // A ring's teardown is deferred in the kernel: a file it still held would keep the device alive.
+  assert.throws(() => run('ip', ['link', 'show', name]), undefined, `${name} still exists`);
+});
+
 test('rx without MRG_RXBUF: a frame larger than the buffer is dropped and counted, never truncated', async () => {
   await withDataPath({ rxBufferSize: 512 }, async (dp) => {
     const sender = dgram.createSocket('udp4');
