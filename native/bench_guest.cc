@@ -20,6 +20,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -203,6 +204,7 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
     intervalNs_ = static_cast<uint64_t>(num("intervalUs", 100) * 1000);
     seqOffset_ = static_cast<size_t>(num("seqOffset", 0));
     cpu_ = static_cast<int>(num("cpu", -1));
+    nice_ = static_cast<int>(num("nice", 0));
     if (o.Get("frame").IsBuffer()) {
       auto b = o.Get("frame").As<Napi::Buffer<uint8_t>>();
       frame_.assign(b.Data(), b.Data() + b.Length());
@@ -309,6 +311,8 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
           CPU_SET(cpu_, &set);
           pthread_setaffinity_np(pthread_self(), sizeof set, &set);
         }
+        // A vCPU that gets its core when it needs it, even beside a busy host process.
+        if (nice_ != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(p->tid.load()), nice_);
         if (mode_ == Mode::kTx) runTx(*p);
         else if (mode_ == Mode::kRx) runRx(*p);
         else runPing(*p);
@@ -520,6 +524,7 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
   uint64_t intervalNs_ = 100000;
   size_t seqOffset_ = 0;
   int cpu_ = -1;
+  int nice_ = 0;
   std::vector<uint8_t> frame_;
   std::vector<std::unique_ptr<Pair>> pairs_;
   std::atomic<bool> stop_{false};

@@ -1,0 +1,129 @@
+// The addon's benchmark-only bindings (native/bench_raw.cc, native/bench_guest.cc), typed.
+import { native } from '../../src/native';
+
+export interface LoopStats {
+  packets: number;
+  bytes: number;
+  errors: number;
+  polls: number;
+  syscalls: number;
+  cpuSeconds: number;
+  tid: number;
+  done: boolean;
+  elapsedSeconds: number;
+  lastError?: string;
+}
+
+export interface RttSummary {
+  count: number;
+  lost: number;
+  minUs: number;
+  p50Us: number;
+  p90Us: number;
+  p99Us: number;
+  maxUs: number;
+}
+
+export type LoopMode = 'tap-write' | 'tap-read' | 'tap-ping' | 'udp-flood' | 'udp-echo';
+
+export interface LoopOptions {
+  mode: LoopMode;
+  /** tap-write, tap-read, tap-ping: a tap queue fd (with the vnet header size the frame carries). */
+  fd?: number;
+  /** tap-write, tap-ping: what one write() sends, vnet header included. */
+  frame?: Buffer;
+  /** The thread stops by itself after this long (default 120). udp-echo runs until stop(). */
+  maxSeconds?: number;
+  /** tap-ping: where in `frame` (and in the reply read back) the 4-byte sequence number goes. */
+  seqOffset?: number;
+  /** tap-ping: round trips (default 1000). */
+  count?: number;
+  /** tap-ping: pause between round trips (default 100 us). */
+  intervalUs?: number;
+  /** udp-flood: destination; udp-echo: address to bind (default 127.0.0.1). */
+  address?: string;
+  /** udp-flood: destination port; udp-echo: port to bind (default 9). */
+  port?: number;
+  /** udp-flood: first source port, one per flow (default 10000). */
+  sourcePort?: number;
+  /** udp-flood: connected sockets, one per flow (default 1). */
+  flows?: number;
+  /** udp-flood: UDP payload bytes (default 18: a 60-byte frame). */
+  payload?: number;
+  /** udp-flood: datagrams per sendmmsg() (default 64, at most 1024). */
+  batch?: number;
+}
+
+export interface BenchLoop {
+  start(): void;
+  stats(): LoopStats;
+  stop(): LoopStats & { rtt?: RttSummary };
+}
+
+/** One split ring as bench_guest.cc reads it: guest physical addresses inside `memory`, `size` buffers of `bufSize` bytes from `bufAddr` (one per descriptor), and its eventfds. */
+export interface GuestRing {
+  size: number;
+  descAddr: number;
+  availAddr: number;
+  usedAddr: number;
+  bufAddr: number;
+  bufSize: number;
+  /** The driver writes it to kick the device. */
+  kickFd: number;
+  /** The device writes it to interrupt the driver. */
+  callFd: number;
+}
+
+export interface GuestStats {
+  packets: number;
+  bytes: number;
+  kicks: number;
+  sleeps: number;
+  publishes: number;
+  errors: number;
+  cpuSeconds: number;
+  done: boolean;
+  tids: number[];
+  pairs: { packets: number; kicks: number; sleeps: number }[];
+}
+
+export interface GuestOptions {
+  /** The GuestMemory's native handle (GuestMemory#native): rings and buffers live there. */
+  memory: unknown;
+  mode: 'tx' | 'rx' | 'ping';
+  /** One generator thread per pair (ping: the first pair only). */
+  pairs: { rx: GuestRing; tx: GuestRing }[];
+  /** tx and ping: vnet header + Ethernet frame, copied into every tx buffer once. */
+  frame?: Buffer;
+  /** vnet header bytes at the start of `frame` and of each rx buffer (12: VERSION_1 / MRG_RXBUF). Default 12. */
+  hdrSize?: number;
+  /** tx: chains posted per available-index publish. Default 32. */
+  batch?: number;
+  maxSeconds?: number;
+  count?: number;
+  intervalUs?: number;
+  seqOffset?: number;
+  /** Pin the generator threads to this CPU (the guest's vCPU). */
+  cpu?: number;
+  /** Nice value of the generator threads (negative: scheduled ahead of a busy sender on the same CPU). */
+  nice?: number;
+}
+
+/** @deprecated the old name of GuestOptions */
+export type BenchGuestOptions = GuestOptions;
+
+export interface BenchGuest {
+  start(): void;
+  stats(): GuestStats;
+  stop(): GuestStats & { rtt?: RttSummary };
+}
+
+interface BenchBindings {
+  BenchLoop: new (options: LoopOptions) => BenchLoop;
+  BenchGuest: new (options: GuestOptions) => BenchGuest;
+}
+
+export const bench = native as unknown as BenchBindings;
+if (typeof bench.BenchLoop !== 'function' || typeof bench.BenchGuest !== 'function') {
+  throw new Error('the addon has no bench bindings: rebuild it (npx cmake-js compile) with native/bench_raw.cc and native/bench_guest.cc');
+}

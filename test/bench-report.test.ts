@@ -1,0 +1,82 @@
+// The bench's reporting (bench/lib/report.ts) is what the closing notes and the
+// README quote: targets must be computed from the right rows, a missing or failed
+// row must never count as met, and the chart must be well-formed XML.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+
+import {
+  evaluateTargets, finishRow, renderSvg, renderTable,
+  type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type Report, type Row,
+} from '../bench/lib/report';
+
+function row(backend: Row['backend'], dir: Row['dir'], frame: Row['frame'], queues: number, mpps: number, frameBytes = frame === 'gso' ? 65536 : Number(frame)): Row {
+  return finishRow({ backend, dir, frame, queues, packets: mpps * 2e6, bytes: mpps * 2e6 * frameBytes, seconds: 2, cpuSeconds: 1.5 });
+}
+
+const latency: LatencyResult = { raw: { count: 100, lost: 0, minUs: 5, p50Us: 20, p90Us: 25, p99Us: 40, maxUs: 90 }, embedded: { count: 100, lost: 0, minUs: 9, p50Us: 31, p90Us: 40, p99Us: 70, maxUs: 200 }, errors: [] };
+const idle: IdleResult = { seconds: 2, cpuSeconds: 0 };
+const memory: MemoryResult = { queuePairs: 8, ringSize: 1024, rssMb: 60, guestMb: 1, netMb: 59 };
+const guest: GuestResult = { errors: [], skipped: 'not asked for' };
+
+function target(rows: Row[], name: string): ReturnType<typeof evaluateTargets>[number] {
+  const t = evaluateTargets(rows, latency, idle, memory).find((x) => x.name === name);
+  assert.ok(t, `no target named ${name}`);
+  return t!;
+}
+
+test('finishRow derives Mpps, Gbit/s and CPU per million packets from the counts', () => {
+  const r = finishRow({ backend: 'raw', dir: 'g2h', frame: 64, queues: 1, packets: 3e6, bytes: 3e6 * 64, seconds: 2, cpuSeconds: 1.8 });
+  assert.is(r.mpps, 1.5);
+  assert.ok(Math.abs(r.gbps! - 0.768) < 1e-9);
+  assert.ok(Math.abs(r.cpuSecondsPerMpkt! - 0.6) < 1e-9);
+  const broken = finishRow({ backend: 'raw', dir: 'g2h', frame: 64, queues: 1, seconds: 0 });
+  assert.ok(broken.error, 'a row with no counts carries an error instead of a rate');
+});
+
+test('targets are ratios of rows of the same run, and say met only when the ratio clears the bar', () => {
+  const rows = [row('testpmd', 'g2h', 64, 1, 1.0), row('daemon', 'g2h', 64, 1, 1.3), row('raw', 'g2h', 64, 1, 1.5), row('embedded', 'g2h', 64, 1, 1.2)];
+  const vsTestpmd = target(rows, 'guest->host 64 B 1q: daemon vs testpmd, Mpps');
+  assert.ok(Math.abs(vsTestpmd.measured! - 1.3) < 1e-9);
+  assert.is(vsTestpmd.met, true);
+  const vsRaw = target(rows, 'guest->host 64 B 1q: embedded vs raw write() loop, Mpps');
+  assert.ok(Math.abs(vsRaw.measured! - 0.8) < 1e-9);
+  assert.is(vsRaw.met, false);
+  const latencyTarget = evaluateTargets(rows, latency, idle, memory).find((t) => t.unit === 'us')!;
+  assert.is(latencyTarget.measured, 11);
+  assert.is(latencyTarget.met, true);
+});
+
+test('a failed or missing reference row leaves a target unmeasured, never met', () => {
+  const failed: Row = { backend: 'testpmd', dir: 'g2h', frame: 1500, queues: 1, error: 'dpdk-testpmd is missing' };
+  const rows = [failed, row('daemon', 'g2h', 1500, 1, 2.0)];
+  const t = target(rows, 'guest->host 1500 B 1q: daemon vs testpmd, Mpps');
+  assert.is(t.met, undefined);
+  assert.match(t.detail, 'dpdk-testpmd is missing');
+  const gso = target(rows, 'guest->host 64 KB GSO 1q: embedded vs testpmd 1500 B, Gbit/s');
+  assert.is(gso.met, undefined);
+  assert.match(gso.detail, 'not run');
+});
+
+test('the table and the SVG chart render a run with failures, and the SVG is balanced XML', () => {
+  const rows = [row('raw', 'g2h', 64, 1, 1.5), row('embedded', 'g2h', 'gso', 1, 0.1), { backend: 'daemon', dir: 'h2g', frame: 64, queues: 1, error: 'the backend <died> & left' } as Row];
+  const report: Report = {
+    machine: { hostname: 'test', cpus: 2, cpuModel: 'x', kernel: '6.18' }, startedAt: '2026-12-01T00:00:00.000Z', elapsedSeconds: 1, config: {},
+    rows, latency, idle, memory, guest, targets: evaluateTargets(rows, latency, idle, memory), notes: ['a note'],
+  };
+  const table = renderTable(report);
+  assert.match(table, 'FAILED');
+  assert.match(table, 'raw write() loop');
+  const svg = renderSvg(report);
+  assert.ok(svg.trimStart().startsWith('<svg') || svg.trimStart().startsWith('<?xml'), 'an SVG document');
+  assert.not.match(svg, '<died>', 'error text is escaped');
+  // Every element opened is closed, in order.
+  const stack: string[] = [];
+  for (const m of svg.matchAll(/<(\/?)([a-zA-Z][\w:-]*)[^>]*?(\/?)>/g)) {
+    if (m[3] === '/') continue;
+    if (m[1] === '/') assert.is(stack.pop(), m[2], `</${m[2]}> closes what was opened`);
+    else stack.push(m[2]!);
+  }
+  assert.is(stack.length, 0, 'no element left open');
+});
+
+test.run();
