@@ -99,6 +99,8 @@ export interface GuestOptions {
   hdrSize?: number;
   /** tx: chains posted per available-index publish. Default 32. */
   batch?: number;
+  /** tx: reap completions by polling and never ask for a call, as DPDK's virtio PMD does. Default false: sleep on the call eventfd. */
+  pollTx?: boolean;
   maxSeconds?: number;
   count?: number;
   intervalUs?: number;
