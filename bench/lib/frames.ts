@@ -1,5 +1,7 @@
 // The frames every case moves, built once: the same bytes for the raw loops,
 // the native guest, and (same shape) what DPDK's txonly engine sends.
+import { encodeNetHdr, type VirtioNetHdr } from '../../src/virtio/driver/net-header';
+
 export const VNET_HDR = 12;
 export const GUEST_MAC = '52:54:00:12:34:56';
 /** Not the tap's: frames written to the tap are taken in and dropped as "not for this host" (as testpmd's txonly frames are). */
@@ -25,24 +27,9 @@ function checksum(buf: Buffer, start = 0, end = buf.length, initial = 0): number
   return sum;
 }
 
-export interface VnetHdr {
-  flags?: number;
-  gsoType?: number;
-  hdrLen?: number;
-  gsoSize?: number;
-  csumStart?: number;
-  csumOffset?: number;
-}
-
-export function vnetHdr(h: VnetHdr = {}): Buffer {
-  const b = Buffer.alloc(VNET_HDR);
-  b.writeUInt8(h.flags ?? 0, 0);
-  b.writeUInt8(h.gsoType ?? 0, 1);
-  b.writeUInt16LE(h.hdrLen ?? 0, 2);
-  b.writeUInt16LE(h.gsoSize ?? 0, 4);
-  b.writeUInt16LE(h.csumStart ?? 0, 6);
-  b.writeUInt16LE(h.csumOffset ?? 0, 8);
-  return b;
+/** The 12-byte virtio_net_hdr (VERSION_1) the frames start with: the library's own encoder. */
+export function vnetHdr(h: Partial<VirtioNetHdr> = {}): Buffer {
+  return encodeNetHdr(h, VNET_HDR);
 }
 
 function ipv4Header(totalLength: number, protocol: number, src: string, dst: string): Buffer {

@@ -1,5 +1,9 @@
 // The addon's benchmark-only bindings (native/bench_raw.cc, native/bench_guest.cc), typed.
 import { native } from '../../src/native';
+// Round trips of a ping-pong, in microseconds: declared with the report, which must not load the addon.
+import type { RttSummary } from './report';
+
+export type { RttSummary };
 
 export interface LoopStats {
   packets: number;
@@ -14,15 +18,6 @@ export interface LoopStats {
   lastError?: string;
 }
 
-export interface RttSummary {
-  count: number;
-  lost: number;
-  minUs: number;
-  p50Us: number;
-  p90Us: number;
-  p99Us: number;
-  maxUs: number;
-}
 
 export type LoopMode = 'tap-write' | 'tap-read' | 'tap-ping' | 'udp-flood' | 'udp-echo';
 
