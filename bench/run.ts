@@ -11,7 +11,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import { DAEMON_CLI, startDaemon as startServeDaemon } from '../test/e2e/daemon';
 import { Netns, REPO_ROOT, addTap, bootGuest, ensureGuest, parseIperf3, requireTools, tail } from '../test/e2e/guest';
+import { until } from '../test/helpers/device';
 import { startTestpmd, type TestpmdBackend } from '../test/e2e/testpmd';
 import { BACKEND_CPU, GUEST_CPU, type Measurement, type PingResult, type ThroughputSpec } from './case';
 import { startFrontend, type Frontend } from './lib/dpdk';
@@ -96,7 +98,6 @@ function endProgress(): void {
 /* ------------------------------------------------------------------ paths */
 
 const CASE_JS = path.join(__dirname, 'case.js');
-const DAEMON_JS = path.join(REPO_ROOT, 'dist', 'src', 'cli', 'vhost-tap.js');
 const RESULTS = path.join(REPO_ROOT, 'bench', 'results');
 
 function newNetns(): Netns {
@@ -163,23 +164,6 @@ interface BackendCtx {
   log(): string;
 }
 
-async function waitFor(pred: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-function linkExists(ns: Netns, dev: string): boolean {
-  try {
-    ns.exec('ip', ['link', 'show', dev]);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function hostSide(ns: Netns, dev: string): void {
   ns.exec('ip', ['addr', 'replace', `${HOST_IP}/${PREFIX}`, 'dev', dev]);
   ns.exec('ip', ['link', 'set', dev, 'up']);
@@ -212,26 +196,14 @@ async function startDaemon(queues: number, tap = 'vtd0'): Promise<BackendCtx> {
   try {
     const socket = ns.path('vhu.sock');
     // On the backend's CPU, as testpmd's forwarding lcore is: the frontend polls CPU 0.
-    const child: ChildProcess = ns.spawn('taskset', ['-c', String(BACKEND_CPU), process.execPath, DAEMON_JS, 'serve', '--socket', socket, '--tap', tap, '--queues', String(queues)]);
-    let log = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (log += d));
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
-    const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
-    await waitFor(() => {
-      if (child.exitCode !== null) throw new Error(`vhost-tap serve exited (${child.exitCode}): ${tail(log, 5)}`);
-      return fs.existsSync(socket) && /"listening"/.test(log) && linkExists(ns, tap);
-    }, 15_000, 'vhost-tap serve to listen');
+    const daemon = await startServeDaemon(ns, { socket, tap, queues, cpus: String(BACKEND_CPU) });
     hostSide(ns, tap);
     const ctx: BackendCtx = {
-      kind: 'daemon', ns, socket, tap, pid: child.pid!, queues, log: () => log,
+      kind: 'daemon', ns, socket, tap, pid: daemon.servingPid(), queues, log: () => daemon.log(),
       async stop() {
         await ctx.fe?.stop();
-        if (child.exitCode === null && child.signalCode === null) {
-          child.kill('SIGTERM');
-          const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
-          await closed;
-          clearTimeout(timer);
-        }
+        // Measured, not tested here: a daemon that stops uncleanly is the test suite's business.
+        await daemon.stop(5_000).catch(() => {});
         ns.delete();
       },
     };
@@ -239,6 +211,18 @@ async function startDaemon(queues: number, tap = 'vtd0'): Promise<BackendCtx> {
   } catch (error) {
     ns.delete();
     throw error;
+  }
+}
+
+/** Connects a virtio_user frontend that moves nothing, runs `connected` once the daemon has its memory table, disconnects. */
+async function withIdleFrontend(ctx: BackendCtx, ringSize: number | undefined, connected: () => Promise<void>): Promise<void> {
+  const fe = startFrontend(ctx.ns, { socket: ctx.socket, queues: ctx.queues, mode: 'io', ...(ringSize !== undefined ? { ringSize } : {}), autoStart: false });
+  try {
+    await fe.ready();
+    await until('the frontend to set up memory', () => /"memory"/.test(ctx.log()), 10_000);
+    await connected();
+  } finally {
+    await fe.stop();
   }
 }
 
@@ -324,7 +308,7 @@ async function main(): Promise<void> {
     dpdkMissing = `${(error as Error).message} dpdk-dev librte-net-virtio23 librte-mempool-ring23`;
     process.stdout.write(`${dpdkMissing}\n(the DPDK cases are skipped)\n`);
   }
-  if (!fs.existsSync(DAEMON_JS)) throw new Error(`${DAEMON_JS} is missing: run npm run build first`);
+  if (!fs.existsSync(DAEMON_CLI)) throw new Error(`${DAEMON_CLI} is missing: run npm run build first`);
   removeStale();
   fs.mkdirSync(RESULTS, { recursive: true });
 
@@ -442,18 +426,13 @@ async function main(): Promise<void> {
         let ctx: BackendCtx | undefined;
         try {
           if (dpdkMissing) throw new Error(dpdkMissing);
-          ctx = await startDaemon(1);
-          const fe = startFrontend(ctx.ns, { socket: ctx.socket, queues: 1, mode: 'io', autoStart: false });
-          try {
-            await fe.ready();
-            await waitFor(() => /"memory"/.test(ctx!.log()), 10_000, 'the frontend to set up memory');
+          const daemon = (ctx = await startDaemon(1));
+          await withIdleFrontend(daemon, undefined, async () => {
             await sleep(1000);
-            const a = processCpuSeconds(ctx.pid);
+            const a = processCpuSeconds(daemon.pid);
             await sleep(idle.seconds * 1000);
-            idle.cpuSeconds = processCpuSeconds(ctx.pid) - a;
-          } finally {
-            await fe.stop();
-          }
+            idle.cpuSeconds = processCpuSeconds(daemon.pid) - a;
+          });
         } catch (error) {
           idle.error = (error as Error).message;
         } finally {
@@ -470,22 +449,17 @@ async function main(): Promise<void> {
         let ctx: BackendCtx | undefined;
         try {
           if (dpdkMissing) throw new Error(dpdkMissing);
-          ctx = await startDaemon(memory.queuePairs, 'vtm0');
+          const daemon = (ctx = await startDaemon(memory.queuePairs, 'vtm0'));
           await sleep(500);
-          memory.baselineRssMb = memoryReport(ctx.pid).rssKb / 1024;
-          const fe = startFrontend(ctx.ns, { socket: ctx.socket, queues: memory.queuePairs, mode: 'io', ringSize: memory.ringSize, autoStart: false });
-          try {
-            await fe.ready();
-            await waitFor(() => /"memory"/.test(ctx!.log()), 10_000, 'the frontend to set up memory');
+          memory.baselineRssMb = memoryReport(daemon.pid).rssKb / 1024;
+          await withIdleFrontend(daemon, memory.ringSize, async () => {
             await sleep(1500);
-            const m = memoryReport(ctx.pid);
+            const m = memoryReport(daemon.pid);
             memory.rssMb = m.rssKb / 1024;
             memory.guestMb = m.guestRssKb / 1024;
             memory.netMb = (m.rssKb - m.guestRssKb) / 1024;
             memory.mappings = m.guestMappings;
-          } finally {
-            await fe.stop();
-          }
+          });
         } catch (error) {
           memory.error = (error as Error).message;
         } finally {

@@ -34,6 +34,8 @@ export interface DaemonOptions {
   via?: 'exec' | 'flag';
   /** More CLI arguments (--mac, --mtu...). */
   extraArgs?: string[];
+  /** With via 'exec': confine the daemon to these CPUs (taskset -c), as the bench does. */
+  cpus?: string;
   startTimeoutMs?: number;
 }
 
@@ -136,7 +138,8 @@ export async function startDaemon(netns: Netns, options: DaemonOptions = {}): Pr
       }
     });
   } else {
-    child = netns.spawn(process.execPath, args, { env });
+    const argv = options.cpus !== undefined ? ['taskset', '-c', options.cpus, process.execPath, ...args] : [process.execPath, ...args];
+    child = netns.spawn(argv[0]!, argv.slice(1), { env });
   }
 
   const lines: DaemonLine[] = [];

@@ -5,6 +5,7 @@ import { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
+import { linkExists } from './daemon';
 import { Netns, requireTools, tail } from './guest';
 
 export interface TestpmdOptions {
@@ -111,7 +112,7 @@ export async function startTestpmd(netns: Netns, options: TestpmdOptions): Promi
       await backend.stop();
       throw new Error(`dpdk-testpmd exited while starting (code ${child.exitCode}, signal ${child.signalCode}):\n${tail(log)}`);
     }
-    if (fs.existsSync(options.socket) && hasLink(netns, tapName)) break;
+    if (fs.existsSync(options.socket) && linkExists(netns, tapName)) break;
     if (Date.now() > deadline) {
       await backend.stop();
       throw new Error(`dpdk-testpmd did not create ${options.socket} and ${tapName} in ${options.startTimeoutMs ?? 20_000} ms:\n${tail(log)}`);
@@ -123,11 +124,3 @@ export async function startTestpmd(netns: Netns, options: TestpmdOptions): Promi
   return backend;
 }
 
-function hasLink(netns: Netns, name: string): boolean {
-  try {
-    netns.exec('ip', ['link', 'show', name]);
-    return true;
-  } catch {
-    return false;
-  }
-}
