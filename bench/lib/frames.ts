@@ -1,6 +1,7 @@
 // The frames every case moves, built once: the same bytes for the raw loops,
 // the native guest, and (same shape) what DPDK's txonly engine sends.
 import { encodeNetHdr, type VirtioNetHdr } from '../../src/virtio/driver/net-header';
+import { ethernet, ipBytes, ipv4, macBytes, onesSum, udp } from '../../test/helpers/packets';
 
 export const VNET_HDR = 12;
 export const GUEST_MAC = '52:54:00:12:34:56';
@@ -11,51 +12,17 @@ export const GUEST_IP = '10.77.0.2';
 export const PREFIX = 24;
 export const GSO_SIZE = 1448;
 
-function mac(text: string): Buffer {
-  return Buffer.from(text.split(':').map((h) => parseInt(h, 16)));
-}
-
-function ip(text: string): Buffer {
-  return Buffer.from(text.split('.').map(Number));
-}
-
-function checksum(buf: Buffer, start = 0, end = buf.length, initial = 0): number {
-  let sum = initial;
-  for (let i = start; i + 1 < end; i += 2) sum += buf.readUInt16BE(i);
-  if ((end - start) % 2) sum += buf[end - 1]! << 8;
-  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
-  return sum;
-}
-
 /** The 12-byte virtio_net_hdr (VERSION_1) the frames start with: the library's own encoder. */
 export function vnetHdr(h: Partial<VirtioNetHdr> = {}): Buffer {
   return encodeNetHdr(h, VNET_HDR);
-}
-
-function ipv4Header(totalLength: number, protocol: number, src: string, dst: string): Buffer {
-  const h = Buffer.alloc(20);
-  h[0] = 0x45;
-  h.writeUInt16BE(totalLength, 2);
-  h.writeUInt16BE(0x4000, 6); // DF
-  h[8] = 64;
-  h[9] = protocol;
-  ip(src).copy(h, 12);
-  ip(dst).copy(h, 16);
-  h.writeUInt16BE(~checksum(h) & 0xffff, 10);
-  return h;
 }
 
 /** An Ethernet/IPv4/UDP frame of exactly `frameBytes` bytes (no FCS), UDP checksum 0 (none). */
 export function udpFrame(o: { frameBytes: number; dstMac: string; srcMac: string; src: string; dst: string; sport: number; dport: number }): Buffer {
   const payload = o.frameBytes - 14 - 20 - 8;
   if (payload < 0) throw new Error(`a UDP frame needs at least 42 bytes, not ${o.frameBytes}`);
-  const eth = Buffer.concat([mac(o.dstMac), mac(o.srcMac), Buffer.from([0x08, 0x00])]);
-  const udp = Buffer.alloc(8);
-  udp.writeUInt16BE(o.sport, 0);
-  udp.writeUInt16BE(o.dport, 2);
-  udp.writeUInt16BE(8 + payload, 4);
-  const body = Buffer.alloc(payload, 0x5a);
-  return Buffer.concat([eth, ipv4Header(20 + 8 + payload, 17, o.src, o.dst), udp, body]);
+  const datagram = udp(o.src, o.dst, o.sport, o.dport, Buffer.alloc(payload, 0x5a), 'none');
+  return ethernet(macBytes(o.dstMac), macBytes(o.srcMac), 0x0800, ipv4(o.src, o.dst, 17, datagram));
 }
 
 /** The guest-to-host frame of a throughput case, with its vnet header: what one write() or one tx chain carries. */
@@ -70,8 +37,7 @@ export function txFrame(frameBytes: number): Buffer {
  */
 export function gsoFrame(): Buffer {
   const payload = 65535 - 40;
-  const eth = Buffer.concat([mac(PEER_MAC), mac(GUEST_MAC), Buffer.from([0x08, 0x00])]);
-  const iph = ipv4Header(65535, 6, '198.18.0.1', '198.18.0.2');
+  const [src, dst] = ['198.18.0.1', '198.18.0.2'];
   const tcp = Buffer.alloc(20);
   tcp.writeUInt16BE(40000, 0);
   tcp.writeUInt16BE(5201, 2);
@@ -80,10 +46,11 @@ export function gsoFrame(): Buffer {
   tcp[12] = 5 << 4;
   tcp[13] = 0x18; // PSH|ACK
   tcp.writeUInt16BE(65535, 14);
-  const pseudo = Buffer.concat([iph.subarray(12, 20), Buffer.from([0, 6]), Buffer.from([(20 + payload) >> 8, (20 + payload) & 0xff])]);
-  tcp.writeUInt16BE(checksum(pseudo), 16); // partial: the device (here the host stack) completes it
+  const pseudo = Buffer.concat([ipBytes(src), ipBytes(dst), Buffer.from([0, 6]), Buffer.from([(20 + payload) >> 8, (20 + payload) & 0xff])]);
+  tcp.writeUInt16BE(onesSum(pseudo), 16); // partial: the device (here the host stack) completes it
   const hdr = vnetHdr({ flags: 1 /* NEEDS_CSUM */, gsoType: 1 /* TCPV4 */, hdrLen: 54, gsoSize: GSO_SIZE, csumStart: 34, csumOffset: 16 });
-  return Buffer.concat([hdr, eth, iph, tcp, Buffer.alloc(payload, 0x6b)]);
+  const segment = Buffer.concat([tcp, Buffer.alloc(payload, 0x6b)]);
+  return Buffer.concat([hdr, ethernet(macBytes(PEER_MAC), macBytes(GUEST_MAC), 0x0800, ipv4(src, dst, 6, segment))]);
 }
 
 /** The ping frame (vnet header + 64-byte frame) to the host's UDP echo; the sequence number goes at `seqOffset`. */
