@@ -165,6 +165,4 @@ export function memoryReport(pid: number): MemoryReport {
   return { rssKb: rss, guestRssKb: guest, guestMappings: mappings };
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
+export { sleep } from '../../test/helpers/system';
