@@ -136,7 +136,11 @@ bool QueuePairWorker::start(std::string* error) {
                  {options_.tapFd, kTagTap, "tap queue fd"}};
   for (auto& w : watches) {
     struct epoll_event ev = {};
-    ev.events = EPOLLIN;
+    // Kicks are edge-triggered: every write to an eventfd queues a new edge, so the
+    // counter need not be read back, which saves a system call per kick (~1 us where
+    // the kernel isolates its page tables, PTI). The counter only overflows after 2^64 kicks.
+    bool kick = w.tag == kTagRxKick || w.tag == kTagTxKick;
+    ev.events = kick ? EPOLLIN | EPOLLET : EPOLLIN;
     ev.data.u32 = w.tag;
     if (epoll_ctl(epoll_, EPOLL_CTL_ADD, w.fd, &ev) < 0) {
       *error = std::string("cannot watch the ") + w.what + ": " + strerror(errno);
@@ -209,7 +213,7 @@ void QueuePairWorker::run() {
         case kTagStop:
           break;
         case kTagRxKick:
-          readKick(options_.rx.kickFd, rxStats);
+          bump(rxStats.kicks);
           rxMore = true;
           if (rxWaitingForBuffers_) {
             rxWaitingForBuffers_ = false;
@@ -217,7 +221,7 @@ void QueuePairWorker::run() {
           }
           break;
         case kTagTxKick:
-          readKick(options_.tx.kickFd, txStats);
+          bump(txStats.kicks);
           txMore = true;
           break;
         case kTagTap:
@@ -246,11 +250,6 @@ void QueuePairWorker::run() {
   giveBackHeldRx();
   if (rx_.flushUsed()) signal(rx_, options_.rx.callFd, rxStats);
   if (tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
-}
-
-void QueuePairWorker::readKick(int fd, QueueStats& stats) {
-  uint64_t value;
-  if (read(fd, &value, sizeof value) == sizeof value) bump(stats.kicks, value);
 }
 
 void QueuePairWorker::signal(SplitQueue& queue, int callFd, QueueStats& stats) {

@@ -24,7 +24,7 @@ namespace vhost_tap {
 struct QueueStats {
   std::atomic<uint64_t> packets{0};
   std::atomic<uint64_t> bytes{0};
-  std::atomic<uint64_t> kicks{0};
+  std::atomic<uint64_t> kicks{0};         // wakeups by a kick (kicks that came together count once)
   std::atomic<uint64_t> calls{0};
   std::atomic<uint64_t> wakeups{0};
   std::atomic<uint64_t> batches{0};        // io_uring submissions (packets / batches = frames per system call)
@@ -115,7 +115,6 @@ class QueuePairWorker {
   enum class Gather { kReady, kWaiting, kBroken };
   Gather gatherRx(uint64_t want);
   void finishRxFrame(uint64_t frameBytes);
-  void readKick(int fd, QueueStats& stats);
   void closeControlFds();
 
   WorkerOptions options_;
