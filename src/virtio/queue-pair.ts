@@ -58,8 +58,11 @@ export interface QueuePairOptions {
 export interface QueueStats {
   packets: number;
   bytes: number;
+  /** Wakeups by the driver's kick (kicks that came while the worker was busy count once). */
   kicks: number;
+  /** Interrupts sent to the driver (call eventfd writes). */
   calls: number;
+  /** Wakeups by the tap (frames to read, or room to write again). */
   wakeups: number;
   /** io_uring submissions: packets / batches is how many frames each system call moved. */
   batches: number;
