@@ -17,6 +17,7 @@ import { until } from '../test/helpers/device';
 import { startTestpmd, type TestpmdBackend } from '../test/e2e/testpmd';
 import { BACKEND_CPU, GUEST_CPU, type Measurement, type PingResult, type ThroughputSpec } from './case';
 import { startFrontend, type Frontend } from './lib/dpdk';
+import { bench } from './lib/native';
 import { GUEST_IP, GUEST_MAC, HOST_IP, PREFIX, udpPayloadFor } from './lib/frames';
 import { contextSwitches, diffCounters, linkCounters, memoryReport, processCpuSeconds, processName, sleep } from './lib/proc';
 import {
@@ -515,7 +516,8 @@ async function main(): Promise<void> {
   };
   const table = renderTable(report);
   process.stdout.write(`\nvhost-tap bench, ${report.startedAt}, ${String(report.machine.cpus)} x ${String(report.machine.cpuModel)}, Linux ${String(report.machine.kernel)}, ` +
-    `${report.elapsedSeconds} s, load average at start ${String(loadAtStart)} (other work on the machine skews every figure)\n\n${table}\n`);
+    `${report.elapsedSeconds} s, load average at start ${String(loadAtStart)} (other work on the machine skews every figure); ` +
+    `a system call costs ${String(report.machine.syscallNs)} ns here (getppid)\n\n${table}\n`);
   fs.writeFileSync(path.join(RESULTS, 'latest.json'), `${JSON.stringify({ ...report, table }, null, 2)}\n`);
   fs.writeFileSync(path.join(RESULTS, 'latest.svg'), renderSvg(report));
   process.stdout.write(`\nwrote ${path.relative(process.cwd(), path.join(RESULTS, 'latest.json'))} and latest.svg\n`);
@@ -560,9 +562,18 @@ function machineInfo(): Record<string, unknown> {
   } catch {
     // not installed
   }
+  let meltdown = '';
+  try {
+    // "Mitigation: PTI": every system call switches page tables, which is what makes a call cost a microsecond on some VMs.
+    meltdown = fs.readFileSync('/sys/devices/system/cpu/vulnerabilities/meltdown', 'utf8').trim();
+  } catch {
+    // not reported by this kernel
+  }
   return {
     hostname: os.hostname(), cpus: os.cpus().length, loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))), cpuModel: os.cpus()[0]?.model, kernel: os.release(),
     memoryGb: Math.round(os.totalmem() / 2 ** 30), node: process.version, dpdk, qemu,
+    // The raw loops pay one system call per frame and the data path one per batch: their ratio follows this.
+    syscallNs: Number(bench.syscallCostNs(BACKEND_CPU).toFixed(0)), meltdown,
   };
 }
 

@@ -116,6 +116,8 @@ export interface BenchGuest {
 }
 
 interface BenchBindings {
+  /** Nanoseconds one system call (getppid) takes on a thread pinned to `cpu`: best of 5 rounds. */
+  syscallCostNs(cpu: number): number;
   BenchLoop: new (options: LoopOptions) => BenchLoop;
   BenchGuest: new (options: GuestOptions) => BenchGuest;
 }

@@ -749,8 +749,9 @@ export function renderSvg(report: Report): string {
   s.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">`);
   s.push(`<rect width="${width}" height="${height}" fill="#ffffff"/>`);
   s.push(`<text x="16" y="24" font-size="16" font-weight="bold">${esc(`vhost-tap bench: ${machine}`)}</text>`);
+  const syscall = typeof m.syscallNs === 'number' ? `; a system call costs ${String(m.syscallNs)} ns here` : '';
   s.push(`<text x="16" y="42" font-size="11" fill="#555">${esc(`${date}, ${report.elapsedSeconds} s; tap counters over the measurement window; ` +
-    'ratios only between rows of this run')}</text>`);
+    `ratios only between rows of this run${syscall}`)}</text>`);
 
   if (cases.length === 0) s.push(`<text x="${chartX}" y="${top + 40}" fill="#999">no throughput cases run</text>`);
   else {
