@@ -520,7 +520,7 @@ async function main(): Promise<void> {
     `a system call costs ${String(report.machine.syscallNs)} ns here (getppid)\n\n${table}\n`);
   fs.writeFileSync(path.join(RESULTS, 'latest.json'), `${JSON.stringify({ ...report, table }, null, 2)}\n`);
   fs.writeFileSync(path.join(RESULTS, 'latest.svg'), renderSvg(report));
-  process.stdout.write(`\nwrote ${path.relative(process.cwd(), path.join(RESULTS, 'latest.json'))} and latest.svg\n`);
+  process.stdout.write(`\nwrote ${path.relative(process.cwd(), path.join(RESULTS, 'latest.json'))} and latest.svg; node dist/bench/readme.js puts the run into README.md\n`);
 }
 
 const NOTES = [

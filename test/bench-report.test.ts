@@ -5,9 +5,10 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import {
-  evaluateTargets, finishRow, renderSvg, renderTable,
+  evaluateTargets, finishRow, renderMarkdown, renderSvg, renderTable,
   type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type Report, type Row,
 } from '../bench/lib/report';
+import { replaceBlock } from '../bench/readme';
 
 function row(backend: Row['backend'], dir: Row['dir'], frame: Row['frame'], queues: number, mpps: number, frameBytes = frame === 'gso' ? 65536 : Number(frame)): Row {
   return finishRow({ backend, dir, frame, queues, packets: mpps * 2e6, bytes: mpps * 2e6 * frameBytes, seconds: 2, cpuSeconds: 1.5 });
@@ -77,6 +78,35 @@ test('the table and the SVG chart render a run with failures, and the SVG is bal
     else stack.push(m[2]!);
   }
   assert.is(stack.length, 0, 'no element left open');
+});
+
+test('the README block gives the machine with its system call cost, the table, and each target but the informational ones', () => {
+  const rows = [row('testpmd', 'g2h', 64, 1, 1.0), row('daemon', 'g2h', 64, 1, 1.1), row('raw', 'g2h', 64, 1, 1.5), row('embedded', 'g2h', 64, 1, 1.2)];
+  const targets = evaluateTargets(rows, latency, idle, memory);
+  const report: Report = {
+    machine: { cpus: 2, cpuModel: 'Some CPU', kernel: '6.18', syscallNs: 950, meltdown: 'Mitigation: PTI' }, startedAt: '2026-12-01T10:28:43.643Z',
+    elapsedSeconds: 300, config: { repeat: 2, seconds: 3 }, rows, latency, idle, memory, guest, targets, notes: ['not in the README'],
+  };
+  const md = renderMarkdown(report);
+  assert.match(md, 'Taken 2026-12-01 10:28 UTC on 2 x Some CPU, Linux 6.18; a system call costs 950 ns here (Mitigation: PTI); 300 s, best of 2 windows of 3 s per case.');
+  assert.match(md, 'g->h 64 B 1q');
+  assert.not.match(md, 'not in the README');
+  assert.not.match(md, 'targets (ratios', 'the terminal\'s target list is replaced by the table');
+  assert.match(md, '| guest->host 64 B 1q: daemon vs testpmd, Mpps | >= 1.25x | 1.10x | NOT met |');
+  assert.match(md, '| guest->host 64 B 1q: embedded vs raw write() loop, Mpps | >= 1.0x | 0.80x | NOT met |');
+  assert.not.match(md, 'daemon vs raw write() loop', 'informational rows are not targets');
+  const counted = targets.filter((t) => !t.informational);
+  assert.match(md, `: ${counted.filter((t) => t.met === true).length} of ${counted.length} met.`);
+  assert.is((md.match(/```/g) ?? []).length, 2, 'one code block');
+});
+
+test('the README block replaces what is between the markers and nothing else', () => {
+  const begin = '<!-- bench:begin (node dist/bench/readme.js writes this block from bench/results/latest.json) -->';
+  const readme = `# title\n\n${begin}\nold results\n<!-- bench:end -->\n\nafter\n`;
+  const once = replaceBlock(readme, 'new results');
+  assert.is(once, `# title\n\n${begin}\nnew results\n<!-- bench:end -->\n\nafter\n`);
+  assert.is(replaceBlock(once, 'new results'), once, 'idempotent');
+  assert.throws(() => replaceBlock('# no markers\n', 'x'), /markers/);
 });
 
 test.run();
