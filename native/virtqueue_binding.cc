@@ -29,6 +29,7 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
                                                    InstanceMethod("enableNotify", &VirtqueueBinding::EnableNotify),
                                                    InstanceMethod("disableNotify", &VirtqueueBinding::DisableNotify),
                                                    InstanceMethod("lastAvailIdx", &VirtqueueBinding::LastAvailIdx),
+                                                   InstanceMethod("release", &VirtqueueBinding::Release),
                                                }));
   }
 
@@ -61,6 +62,7 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
   // (with the reason) if the driver's ring or chain is malformed.
   Napi::Value Pop(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    if (released(env)) return env.Undefined();
     if (pending_) {
       throwCode(env, "EBUSY", "complete the popped chain first");
       return env.Undefined();
@@ -98,6 +100,7 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
   // returns it on the used ring with the written length.
   Napi::Value Complete(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    if (released(env)) return env.Undefined();
     if (!pending_) {
       throwCode(env, "EINVAL", "no chain is popped");
       return env.Undefined();
@@ -117,13 +120,35 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
     return Napi::Number::New(env, static_cast<double>(written));
   }
 
-  Napi::Value NeedsCall(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), queue_.needsCall()); }
-  Napi::Value EnableNotify(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), queue_.enableNotify()); }
+  Napi::Value NeedsCall(const Napi::CallbackInfo& info) {
+    if (released(info.Env())) return info.Env().Undefined();
+    return Napi::Boolean::New(info.Env(), queue_.needsCall());
+  }
+  Napi::Value EnableNotify(const Napi::CallbackInfo& info) {
+    if (released(info.Env())) return info.Env().Undefined();
+    return Napi::Boolean::New(info.Env(), queue_.enableNotify());
+  }
   Napi::Value DisableNotify(const Napi::CallbackInfo& info) {
-    queue_.disableNotify();
+    if (!released(info.Env())) queue_.disableNotify();
     return info.Env().Undefined();
   }
+  // Still valid after release(): where the ring stopped (vhost GET_VRING_BASE).
   Napi::Value LastAvailIdx(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), queue_.lastAvailIdx()); }
+
+  // release(): lets go of guest memory now rather than when the object is collected,
+  // so a stopped control queue does not keep a VM's memory mapped (the VMM may unmap
+  // or free it right after the reset). Only lastAvailIdx() works afterwards.
+  Napi::Value Release(const Napi::CallbackInfo& info) {
+    queue_.releaseMemory();
+    released_ = true;
+    pending_ = false;
+    return info.Env().Undefined();
+  }
+
+  bool released(Napi::Env env) {
+    if (released_) throwCode(env, "EINVAL", "the control queue was stopped and its guest memory released: make a new NativeVirtqueue");
+    return released_;
+  }
 
   SplitQueue queue_;
   std::vector<struct iovec> iov_;
@@ -131,6 +156,7 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
   int iovCount_ = 0;
   uint16_t head_ = 0;
   bool pending_ = false;
+  bool released_ = false;
 };
 
 }  // namespace

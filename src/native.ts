@@ -49,7 +49,10 @@ export interface NativeVirtqueue {
   needsCall(): boolean;
   enableNotify(): boolean;
   disableNotify(): void;
+  /** Valid after release() too. */
   lastAvailIdx(): number;
+  /** Drops the guest memory now (not at garbage collection); only lastAvailIdx() works afterwards. */
+  release(): void;
 }
 
 export interface NativeBindings {

@@ -2,6 +2,7 @@
 // 3.1.1), feature negotiation (5.1.3.1), config space (5.1.4) and the control
 // queue (5.1.6.5), driven by the TS guest over a real tap and guest memory.
 import dgram from 'node:dgram';
+import fs from 'node:fs';
 import os from 'node:os';
 
 import { test } from 'uvu';
@@ -12,13 +13,15 @@ import {
   VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_GUEST_OFFLOADS, VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET,
   VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
   VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR,
-  VIRTIO_NET_OK, handleControlCommand, type ControlCommandHandler,
+  VIRTIO_NET_OK, ControlQueue, handleControlCommand, type ControlCommandHandler,
 } from '../src/virtio/control-queue';
 import {
   STATUS_ACKNOWLEDGE as ACK, STATUS_DEVICE_NEEDS_RESET as NEEDS_RESET, STATUS_DRIVER as DRIVER, STATUS_DRIVER_OK as DRIVER_OK,
   STATUS_FAILED as FAILED, STATUS_FEATURES_OK as FEATURES_OK,
 } from '../src/virtio/device-status';
+import { native } from '../src/native';
 import { hasFeature } from '../src/virtio/features';
+import { GuestMemory } from '../src/virtio/guest-memory';
 import { VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from '../src/virtio/net-config';
 import { VirtioNetDevice } from '../src/virtio/net-device';
 import {
@@ -374,6 +377,36 @@ test('control queue: malformed, unknown and refused commands get ERR or no ack, 
     assert.is(await c.setGuestOffloads(bits(F.VIRTIO_NET_F_GUEST_CSUM)), VIRTIO_NET_OK);
     assert.equal(events.queuePairs, [{ active: 2, previous: 1 }]);
   });
+});
+
+test('control queue: once stopped it lets go of guest memory at once, not when garbage is collected', async () => {
+  // Only a memfd of our own name, mapped by no ArrayBuffer, so the only holders are GuestMemory and the queue.
+  const name = uniqueName('vtcq');
+  const fd = native.memfdCreate(name, 1 << 16);
+  const kickFd = native.eventfdCreate();
+  const mapped = (): boolean => fs.readFileSync('/proc/self/maps', 'utf8').includes(`/memfd:${name} `);
+  try {
+    fs.writeSync(fd, Buffer.from([5, 0]), 0, 2, 4096 + 2); // the available index: 5 chains, all taken before
+    const memory = GuestMemory.fromRegions([{ guestPhysAddr: 0, size: 1 << 16, fd }]);
+    const ring = { size: 16, descAddr: 0, availAddr: 4096, usedAddr: 8192, kickFd, lastAvailIdx: 5 };
+    const refuseAll: ControlCommandHandler = {
+      setRxMode: () => false, setMacTable: () => false, setMac: () => false, announceAck: () => false, setQueuePairs: () => false, setGuestOffloads: () => false,
+    };
+    const control = new ControlQueue(memory, ring, 0n, refuseAll, () => {
+      throw new Error('the queue broke');
+    });
+    control.start();
+    memory.close();
+    assert.ok(mapped(), 'a running control queue keeps guest memory mapped after GuestMemory.close()');
+    await control.stop();
+    assert.not.ok(mapped(), 'the stopped queue released it');
+    assert.is(control.lastAvailIdx, 5, 'where the ring stopped is still known');
+    assert.is(control.drain(), 0, 'a stopped queue answers nothing, and does not break');
+    assert.throws(() => control.start(), (e: Error & { code?: string }) => e.code === 'EINVAL');
+  } finally {
+    native.closeFd(kickFd);
+    native.closeFd(fd);
+  }
 });
 
 test('handleControlCommand: a table of malformed, unknown and unnegotiated requests is ERR and reaches no handler; valid ones decode', () => {

@@ -2,7 +2,7 @@
 // and small. Each chain is a request (class, command, data) followed by a
 // one-byte ack the device writes. The ring itself is walked by the same
 // defensive native code as the data path.
-import { errorCode } from '../errors';
+import { errorCode, makeError } from '../errors';
 import { native, type NativeVirtqueue } from '../native';
 import { EventFd } from './eventfd';
 import {
@@ -104,6 +104,7 @@ export class ControlQueue {
   readonly #kick: EventFd;
   readonly #callFd: number;
   #running = false;
+  #released = false;
   #served: Promise<void> = Promise.resolve();
   /** Commands answered, by ack. */
   readonly counts = { ok: 0, err: 0 };
@@ -124,6 +125,7 @@ export class ControlQueue {
   }
 
   start(): void {
+    if (this.#released) throw makeError('EINVAL', 'a stopped control queue cannot be restarted: make a new ControlQueue');
     if (this.#running) return;
     this.#running = true;
     this.#served = this.#serve();
@@ -134,6 +136,9 @@ export class ControlQueue {
     this.#running = false;
     this.#kick.close(); // wakes the wait; the fd stays the VMM's
     await this.#served;
+    // The VMM may unmap guest memory right after a reset: do not hold it until GC.
+    this.#released = true;
+    this.#queue.release();
   }
 
   get lastAvailIdx(): number {
@@ -142,6 +147,7 @@ export class ControlQueue {
 
   /** Answers every command waiting now; returns how many. */
   drain(): number {
+    if (this.#released) return 0;
     let answered = 0;
     for (;;) {
       let chain: ReturnType<NativeVirtqueue['pop']>;
