@@ -21,8 +21,8 @@ import { bench } from './lib/native';
 import { GUEST_IP, GUEST_MAC, HOST_IP, PREFIX, udpPayloadFor } from './lib/frames';
 import { contextSwitches, diffCounters, linkCounters, memoryReport, processCpuSeconds, processName, sleep } from './lib/proc';
 import {
-  backendLabel, evaluateTargets, finishRow, frameLabel, renderSvg, renderTable,
-  type Backend, type Direction, type FrameKind, type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type Report, type Row,
+  backendLabel, evaluateTargets, finishRow, frameLabel, renderSvg, renderTable, summarizeRtts,
+  type Backend, type Direction, type FrameKind, type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type Report, type Row, type RttSummary,
 } from './lib/report';
 
 /* ---------------------------------------------------------------- options */
@@ -192,12 +192,12 @@ async function startTestpmdBackend(queues: number): Promise<BackendCtx> {
   }
 }
 
-async function startDaemon(queues: number, tap = 'vtd0'): Promise<BackendCtx> {
+async function startDaemon(queues: number, tap = 'vtd0', extraArgs: string[] = []): Promise<BackendCtx> {
   const ns = newNetns();
   try {
     const socket = ns.path('vhu.sock');
     // On the backend's CPU, as testpmd's forwarding lcore is: the frontend polls CPU 0.
-    const daemon = await startServeDaemon(ns, { socket, tap, queues, cpus: String(BACKEND_CPU) });
+    const daemon = await startServeDaemon(ns, { socket, tap, queues, cpus: String(BACKEND_CPU), extraArgs });
     hostSide(ns, tap);
     const ctx: BackendCtx = {
       kind: 'daemon', ns, socket, tap, pid: daemon.servingPid(), queues, log: () => daemon.log(),
@@ -228,13 +228,44 @@ async function withIdleFrontend(ctx: BackendCtx, ringSize: number | undefined, c
 }
 
 /** One measurement through a backend fed by DPDK's virtio_user frontend (and the UDP flood for host-to-guest). */
-async function frontendCase(ctx: BackendCtx, dir: Direction, frame: number, o: Options): Promise<Measurement> {
+async function frontendOf(ctx: BackendCtx): Promise<Frontend> {
   if (!ctx.fe) {
     // Started once per backend (EAL start-up takes seconds), idle until a case sets its mode.
     ctx.fe = startFrontend(ctx.ns, { socket: ctx.socket, queues: ctx.queues, mode: 'io', autoStart: false });
     await ctx.fe.ready();
   }
-  const fe = ctx.fe;
+  return ctx.fe;
+}
+
+/**
+ * Round trips of ICMP echo, one at a time, from the host stack through a backend to
+ * virtio_user answering in icmpecho mode, and back: the latency a guest's peer sees,
+ * with the same frontend for every backend. ping runs every millisecond on CPU 0 with the
+ * frontend's polling lcore, as the host-side sender of the host->guest cases does: the
+ * backend has CPU 1 to itself, whether it polls it (testpmd) or sleeps on it (the daemon).
+ */
+/** The daemon's busy polling for the second ping-pong through it, in microseconds: longer than the 1 ms between pings, so it never sleeps. */
+const BUSY_POLL_US = 2000;
+
+async function frontendPing(ctx: BackendCtx, count: number): Promise<RttSummary> {
+  requireTools('ping'); // Debian: iputils-ping
+  const fe = await frontendOf(ctx);
+  try {
+    await fe.forward('icmpecho');
+    const ping = (n: number): Promise<{ stdout: string; stderr: string }> =>
+      ctx.ns.run('taskset', ['-c', String(GUEST_CPU), 'ping', '-n', '-c', String(n), '-i', '0.001', '-W', '1', GUEST_IP], { timeoutMs: n * 5 + 20_000 });
+    await ping(20); // warm-up: the first echoes pay for cold caches and the frontend's first poll
+    const r = await ping(count);
+    const rtts = [...r.stdout.matchAll(/ time=([\d.]+) ms/g)].map((m) => Number(m[1]) * 1000);
+    if (rtts.length === 0) throw new Error(`no echo came back through ${ctx.kind}: ${tail(r.stdout + r.stderr, 3)}`);
+    return summarizeRtts(rtts, count - rtts.length);
+  } finally {
+    await fe.commands(['stop']).catch(() => {});
+  }
+}
+
+async function frontendCase(ctx: BackendCtx, dir: Direction, frame: number, o: Options): Promise<Measurement> {
+  const fe = await frontendOf(ctx);
   let flood: ChildProcess | undefined;
   try {
     await fe.forward(dir === 'g2h' ? 'txonly' : 'rxonly', dir === 'g2h' ? frame : undefined);
@@ -375,29 +406,52 @@ async function main(): Promise<void> {
       const cases = throughput
         .filter((t) => t.queues === queues && t.frame !== 'gso' && want(label(b, t.dir, t.frame, t.queues)))
         .flatMap((t) => Array.from({ length: o.repeat }, () => t));
-      cases.forEach((t, i) => {
-        stepsList.push({
-          label: label(b, t.dir, t.frame, t.queues),
+      const backend = async (): Promise<BackendCtx> => {
+        if (dpdkMissing) throw new Error(dpdkMissing);
+        return (ctx ??= await (b === 'testpmd' ? startTestpmdBackend(queues) : startDaemon(queues)));
+      };
+      const distrust = async (): Promise<void> => {
+        // A backend that failed once is not trusted for the next case: start a fresh one.
+        await ctx?.stop().catch(() => {});
+        ctx = undefined;
+      };
+      const steps: Step[] = cases.map((t) => ({
+        label: label(b, t.dir, t.frame, t.queues),
+        run: () => record(b, t.dir, t.frame, queues, async () => {
+          const c = await backend();
+          try {
+            return await withTimeout(frontendCase(c, t.dir, t.frame as number, o), caseTimeout, 'frontend case');
+          } catch (error) {
+            await distrust();
+            throw error;
+          }
+        }),
+      }));
+      const pingLabel = `${backendLabel(b, 'g2h')} latency ping-pong through virtio_user icmpecho`;
+      if (queues === 1 && want(pingLabel)) {
+        steps.push({
+          label: pingLabel,
           run: async () => {
-            await record(b, t.dir, t.frame, queues, async () => {
-              if (dpdkMissing) throw new Error(dpdkMissing);
-              ctx ??= await (b === 'testpmd' ? startTestpmdBackend(queues) : startDaemon(queues));
-              try {
-                return await withTimeout(frontendCase(ctx, t.dir, t.frame as number, o), caseTimeout, 'frontend case');
-              } catch (error) {
-                // A backend that failed once is not trusted for the next case: start a fresh one.
-                await ctx.stop().catch(() => {});
-                ctx = undefined;
-                throw error;
-              }
-            });
-            if (i === cases.length - 1 && ctx) {
-              await ctx.stop();
-              ctx = undefined;
+            try {
+              latency[b] = await withTimeout(frontendPing(await backend(), o.quick ? 500 : 2000), caseTimeout, 'ping through the frontend');
+            } catch (error) {
+              latency.errors.push(`${b} ping: ${(error as Error).message}`);
+              await distrust();
             }
           },
         });
-      });
+      }
+      steps.forEach((step, i) => stepsList.push(i < steps.length - 1 ? step : {
+        label: step.label,
+        run: async () => {
+          try {
+            await step.run();
+          } finally {
+            await ctx?.stop();
+            ctx = undefined;
+          }
+        },
+      }));
     }
   }
 
@@ -415,6 +469,28 @@ async function main(): Promise<void> {
           } catch (error) {
             latency.errors.push(`${kind}: ${(error as Error).message}`);
           }
+        }
+      },
+    });
+  }
+
+  // The daemon once more, asked to spin after work (vhost-net's busyloop_timeout) for longer than
+  // the gap between pings: what polling buys a ping-pong, next to testpmd, which always polls.
+  const busyPollLabel = `vhost-tap daemon --busy-poll-us ${BUSY_POLL_US} latency ping-pong through virtio_user icmpecho`;
+  if (want(busyPollLabel)) {
+    stepsList.push({
+      label: busyPollLabel,
+      run: async () => {
+        let ctx: BackendCtx | undefined;
+        try {
+          if (dpdkMissing) throw new Error(dpdkMissing);
+          ctx = await startDaemon(1, 'vtd0', ['--busy-poll-us', String(BUSY_POLL_US)]);
+          latency.daemonBusyPoll = await withTimeout(frontendPing(ctx, o.quick ? 500 : 2000), caseTimeout, 'ping through the frontend');
+          latency.daemonBusyPollUs = BUSY_POLL_US;
+        } catch (error) {
+          latency.errors.push(`daemon --busy-poll-us ${BUSY_POLL_US} ping: ${(error as Error).message}`);
+        } finally {
+          await ctx?.stop().catch(() => {});
         }
       },
     });
@@ -534,6 +610,7 @@ const NOTES = [
   'embedded: the native guest (native/bench_guest.cc) runs split rings of 256 entries with event idx, one descriptor per frame, avail published every 32 chains, kicks only when the device asks; tx: it polls its used ring for completions as DPDK\'s virtio PMD does, so the device never calls; rx: it sleeps on the call eventfd; the QueuePair is configured as VirtioNetDevice does for a VERSION_1 + MRG_RXBUF driver without guest offloads.',
   'ping-pong: a 64 B UDP frame to an echo server (recvfrom/sendto) on the tap\'s host address; the reply comes back through the same tap queue. raw = write() + poll()/read() on the queue fd; embedded = post + kick, wait on the rx call eventfd. The difference of the two p50s is what the data path adds. '
     + 'Both run confined to CPU 0 (guest, worker and echo server alike): across the two vCPUs of this VM every hop pays a wakeup of an idle vCPU, and p50 swung from 30 to 400 us with the threads left to float.',
+  'ping-pong through a frontend: ping (ICMP echo, one every ms) from the tap\'s host side to DPDK virtio_user answering in icmpecho mode, through testpmd and through the daemon (1 pair), ping on CPU 0 with the frontend\'s polling lcore, the backend on CPU 1. testpmd polls its core; the daemon sleeps between pings, and each wakeup of the idle vCPU costs tens of microseconds on a VM (twice per round trip: the request from the tap, the reply\'s kick); the daemon with --busy-poll-us 2000 never sleeps between pings, as testpmd.',
 ];
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {

@@ -5,7 +5,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import {
-  evaluateTargets, finishRow, renderMarkdown, renderSvg, renderTable,
+  evaluateTargets, finishRow, renderMarkdown, renderSvg, renderTable, summarizeRtts,
   type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type Report, type Row,
 } from '../bench/lib/report';
 import { replaceBlock } from '../bench/readme';
@@ -98,6 +98,22 @@ test('the README block gives the machine with its system call cost, the table, a
   const counted = targets.filter((t) => !t.informational);
   assert.match(md, `: ${counted.filter((t) => t.met === true).length} of ${counted.length} met.`);
   assert.is((md.match(/```/g) ?? []).length, 2, 'one code block');
+});
+
+test('summarizeRtts takes nearest-rank percentiles of microseconds and keeps the lost count; the frontend ping-pongs are printed', () => {
+  const rtts = Array.from({ length: 101 }, (_, i) => 100 - i); // 100 .. 0, unsorted
+  const r = summarizeRtts(rtts, 3);
+  assert.equal(r, { count: 101, lost: 3, minUs: 0, p50Us: 50, p90Us: 90, p99Us: 99, maxUs: 100 });
+  assert.equal(summarizeRtts([], 5), { count: 0, lost: 5, minUs: 0, p50Us: 0, p90Us: 0, p99Us: 0, maxUs: 0 });
+  const report: Report = {
+    machine: {}, startedAt: '2026-12-01T00:00:00.000Z', elapsedSeconds: 1, config: {}, rows: [], idle, memory, guest, targets: [], notes: [],
+    latency: { ...latency, testpmd: r, daemon: summarizeRtts([40, 50], 0), daemonBusyPoll: summarizeRtts([20], 0), daemonBusyPollUs: 2000 },
+  };
+  const table = renderTable(report);
+  assert.match(table, /testpmd \(vhost->tap\) p50 +50\.0 us {2}p99 +99\.0 us/);
+  assert.match(table, /vhost-tap daemon +p50 +50\.0 us/);
+  assert.match(table, /daemon, polling +p50 +20\.0 us/);
+  assert.match(table, '--busy-poll-us 2000');
 });
 
 test('the README block replaces what is between the markers and nothing else', () => {

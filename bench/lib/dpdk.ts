@@ -11,8 +11,8 @@ import { sleep } from './proc';
 export interface FrontendOptions {
   socket: string;
   queues: number;
-  /** txonly: guest-to-host; rxonly: host-to-guest; io: nothing to send (idle and memory checks). */
-  mode: 'txonly' | 'rxonly' | 'io';
+  /** txonly: guest-to-host; rxonly: host-to-guest; icmpecho: answers pings (and ARP) as a guest would; io: nothing to send (idle and memory checks). */
+  mode: 'txonly' | 'rxonly' | 'icmpecho' | 'io';
   /** Frame bytes for txonly (testpmd --txpkts). */
   txpkts?: number;
   /** Ring size (net_virtio_user queue_size, testpmd --rxd/--txd); DPDK's default is 256. */

@@ -49,7 +49,20 @@ export interface Row {
 export interface LatencyResult {
   raw?: RttSummary;
   embedded?: RttSummary;
+  /** ICMP echo from the host stack through the backend to virtio_user's icmpecho and back (1 pair). */
+  testpmd?: RttSummary;
+  daemon?: RttSummary;
+  /** The same through a daemon started with --busy-poll-us daemonBusyPollUs. */
+  daemonBusyPoll?: RttSummary;
+  daemonBusyPollUs?: number;
   errors: string[];
+}
+
+/** p50/p99/... of round trips given in microseconds (the same nearest rank as the native loops use). */
+export function summarizeRtts(rttsUs: readonly number[], lost: number): RttSummary {
+  const sorted = [...rttsUs].sort((a, b) => a - b);
+  const pct = (p: number): number => (sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(p * (sorted.length - 1) + 0.5))]!);
+  return { count: sorted.length, lost, minUs: pct(0), p50Us: pct(0.5), p90Us: pct(0.9), p99Us: pct(0.99), maxUs: pct(1) };
 }
 
 export interface IdleResult {
@@ -541,6 +554,14 @@ function latencySection(l: LatencyResult, out: string[]): void {
   out.push(line('raw write()/read()', l.raw), line('vhost-tap embedded', l.embedded));
   if (l.raw && l.embedded) {
     out.push(`  ${'added by vhost-tap'.padEnd(20)} p50 ${(l.embedded.p50Us - l.raw.p50Us).toFixed(1).padStart(7)} us  p99 ${(l.embedded.p99Us - l.raw.p99Us).toFixed(1).padStart(7)} us`);
+  }
+  if (l.testpmd || l.daemon || l.daemonBusyPoll) {
+    out.push('ICMP echo from the host through the backend to DPDK virtio_user in icmpecho mode (1 pair; ping shares CPU 0 with the frontend\'s polling lcore):');
+    out.push(line('testpmd (vhost->tap)', l.testpmd), line('vhost-tap daemon', l.daemon));
+    if (l.daemonBusyPoll) {
+      out.push(line(`daemon, polling`, l.daemonBusyPoll));
+      out.push(`  (the daemon again with --busy-poll-us ${String(l.daemonBusyPollUs ?? '?')}: it spins through the gaps between pings, as testpmd always does)`);
+    }
   }
   for (const e of l.errors) out.push(...wrap(firstLine(e), WIDTH, '  FAILED: ', '    '));
 }

@@ -36,6 +36,7 @@ const TOOL_PACKAGES: Record<string, string> = {
   'qemu-system-x86_64': 'qemu-system-x86',
   'dpdk-testpmd': 'dpdk-dev (plus dpdk librte-net-vhost23 librte-net-tap23)',
   iperf3: 'iperf3',
+  ping: 'iputils-ping',
   ethtool: 'ethtool',
   ip: 'iproute2',
   setpriv: 'util-linux',
