@@ -227,7 +227,7 @@ async function withIdleFrontend(ctx: BackendCtx, ringSize: number | undefined, c
   }
 }
 
-/** One measurement through a backend fed by DPDK's virtio_user frontend (and the UDP flood for host-to-guest). */
+/** The backend's virtio_user frontend, started on first use. */
 async function frontendOf(ctx: BackendCtx): Promise<Frontend> {
   if (!ctx.fe) {
     // Started once per backend (EAL start-up takes seconds), idle until a case sets its mode.
@@ -237,6 +237,9 @@ async function frontendOf(ctx: BackendCtx): Promise<Frontend> {
   return ctx.fe;
 }
 
+/** The daemon's busy polling for the second ping-pong through it, in microseconds: longer than the 1 ms between pings, so it never sleeps. */
+const BUSY_POLL_US = 2000;
+
 /**
  * Round trips of ICMP echo, one at a time, from the host stack through a backend to
  * virtio_user answering in icmpecho mode, and back: the latency a guest's peer sees,
@@ -244,9 +247,6 @@ async function frontendOf(ctx: BackendCtx): Promise<Frontend> {
  * frontend's polling lcore, as the host-side sender of the host->guest cases does: the
  * backend has CPU 1 to itself, whether it polls it (testpmd) or sleeps on it (the daemon).
  */
-/** The daemon's busy polling for the second ping-pong through it, in microseconds: longer than the 1 ms between pings, so it never sleeps. */
-const BUSY_POLL_US = 2000;
-
 async function frontendPing(ctx: BackendCtx, count: number): Promise<RttSummary> {
   requireTools('ping'); // Debian: iputils-ping
   const fe = await frontendOf(ctx);
@@ -264,6 +264,7 @@ async function frontendPing(ctx: BackendCtx, count: number): Promise<RttSummary>
   }
 }
 
+/** One measurement through a backend fed by DPDK's virtio_user frontend (and the UDP flood for host-to-guest). */
 async function frontendCase(ctx: BackendCtx, dir: Direction, frame: number, o: Options): Promise<Measurement> {
   const fe = await frontendOf(ctx);
   let flood: ChildProcess | undefined;
