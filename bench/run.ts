@@ -475,75 +475,60 @@ async function main(): Promise<void> {
     });
   }
 
+  // A step with a daemon of its own, stopped after it; what went wrong goes to `failed`.
+  const withOwnDaemon = async (start: () => Promise<BackendCtx>, use: (daemon: BackendCtx) => Promise<void>, failed: (message: string) => void): Promise<void> => {
+    let ctx: BackendCtx | undefined;
+    try {
+      if (dpdkMissing) throw new Error(dpdkMissing);
+      ctx = await start();
+      await use(ctx);
+    } catch (error) {
+      failed((error as Error).message);
+    } finally {
+      await ctx?.stop();
+    }
+  };
+
   // The daemon once more, asked to spin after work (vhost-net's busyloop_timeout) for longer than
   // the gap between pings: what polling buys a ping-pong, next to testpmd, which always polls.
   const busyPollLabel = `vhost-tap daemon --busy-poll-us ${BUSY_POLL_US} latency ping-pong through virtio_user icmpecho`;
   if (want(busyPollLabel)) {
     stepsList.push({
       label: busyPollLabel,
-      run: async () => {
-        let ctx: BackendCtx | undefined;
-        try {
-          if (dpdkMissing) throw new Error(dpdkMissing);
-          ctx = await startDaemon(1, 'vtd0', ['--busy-poll-us', String(BUSY_POLL_US)]);
-          latency.daemonBusyPoll = await withTimeout(frontendPing(ctx, o.quick ? 500 : 2000), caseTimeout, 'ping through the frontend');
-          latency.daemonBusyPollUs = BUSY_POLL_US;
-        } catch (error) {
-          latency.errors.push(`daemon --busy-poll-us ${BUSY_POLL_US} ping: ${(error as Error).message}`);
-        } finally {
-          await ctx?.stop().catch(() => {});
-        }
-      },
+      run: () => withOwnDaemon(() => startDaemon(1, 'vtd0', ['--busy-poll-us', String(BUSY_POLL_US)]), async (ctx) => {
+        latency.daemonBusyPoll = await withTimeout(frontendPing(ctx, o.quick ? 500 : 2000), caseTimeout, 'ping through the frontend');
+        latency.daemonBusyPollUs = BUSY_POLL_US;
+      }, (message) => latency.errors.push(`daemon --busy-poll-us ${BUSY_POLL_US} ping: ${message}`)),
     });
   }
 
   if (want('idle')) {
     stepsList.push({
       label: 'idle: vhost-tap daemon connected, no traffic',
-      run: async () => {
-        let ctx: BackendCtx | undefined;
-        try {
-          if (dpdkMissing) throw new Error(dpdkMissing);
-          const daemon = (ctx = await startDaemon(1));
-          await withIdleFrontend(daemon, undefined, async () => {
-            await sleep(1000);
-            const a = processCpuSeconds(daemon.pid);
-            await sleep(idle.seconds * 1000);
-            idle.cpuSeconds = processCpuSeconds(daemon.pid) - a;
-          });
-        } catch (error) {
-          idle.error = (error as Error).message;
-        } finally {
-          await ctx?.stop();
-        }
-      },
+      run: () => withOwnDaemon(() => startDaemon(1), (daemon) => withIdleFrontend(daemon, undefined, async () => {
+        await sleep(1000);
+        const a = processCpuSeconds(daemon.pid);
+        await sleep(idle.seconds * 1000);
+        idle.cpuSeconds = processCpuSeconds(daemon.pid) - a;
+      }), (message) => (idle.error = message)),
     });
   }
 
   if (want('memory')) {
     stepsList.push({
       label: 'memory: vhost-tap daemon with 8 pairs x 1024 entries',
-      run: async () => {
-        let ctx: BackendCtx | undefined;
-        try {
-          if (dpdkMissing) throw new Error(dpdkMissing);
-          const daemon = (ctx = await startDaemon(memory.queuePairs, 'vtm0'));
-          await sleep(500);
-          memory.baselineRssMb = memoryReport(daemon.pid).rssKb / 1024;
-          await withIdleFrontend(daemon, memory.ringSize, async () => {
-            await sleep(1500);
-            const m = memoryReport(daemon.pid);
-            memory.rssMb = m.rssKb / 1024;
-            memory.guestMb = m.guestRssKb / 1024;
-            memory.netMb = (m.rssKb - m.guestRssKb) / 1024;
-            memory.mappings = m.guestMappings;
-          });
-        } catch (error) {
-          memory.error = (error as Error).message;
-        } finally {
-          await ctx?.stop();
-        }
-      },
+      run: () => withOwnDaemon(() => startDaemon(memory.queuePairs, 'vtm0'), async (daemon) => {
+        await sleep(500);
+        memory.baselineRssMb = memoryReport(daemon.pid).rssKb / 1024;
+        await withIdleFrontend(daemon, memory.ringSize, async () => {
+          await sleep(1500);
+          const m = memoryReport(daemon.pid);
+          memory.rssMb = m.rssKb / 1024;
+          memory.guestMb = m.guestRssKb / 1024;
+          memory.netMb = (m.rssKb - m.guestRssKb) / 1024;
+          memory.mappings = m.guestMappings;
+        });
+      }, (message) => (memory.error = message)),
     });
   }
 
