@@ -19,7 +19,6 @@
 //         for the rx frame that carries it back: a round trip.
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -44,6 +43,7 @@ namespace vhost_tap {
 namespace bench {
 uint64_t nowNs();
 void sleepNs(uint64_t ns);
+void pinThisThread(int cpu);
 Napi::Object rttSummary(Napi::Env env, std::vector<uint64_t> rtts, uint64_t lost);
 }  // namespace bench
 
@@ -305,13 +305,8 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
       p->alive = true;
       p->thread = std::thread([this, p] {
         p->tid = static_cast<int>(syscall(SYS_gettid));
-        if (cpu_ >= 0) {
-          // The guest's vCPU: pinned, so the device thread has the other core, as with a real VMM.
-          cpu_set_t set;
-          CPU_ZERO(&set);
-          CPU_SET(cpu_, &set);
-          pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-        }
+        // The guest's vCPU: pinned, so the device thread has the other core, as with a real VMM.
+        bench::pinThisThread(cpu_);
         // A vCPU that gets its core when it needs it, even beside a busy host process.
         if (nice_ != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(p->tid.load()), nice_);
         if (mode_ == Mode::kTx) runTx(*p);

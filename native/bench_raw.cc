@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -48,6 +49,15 @@ void sleepNs(uint64_t ns) {
   struct timespec ts = {static_cast<time_t>(ns / 1000000000ull), static_cast<long>(ns % 1000000000ull)};
   while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
   }
+}
+
+// Pins the calling thread to `cpu` (nothing when cpu < 0).
+void pinThisThread(int cpu) {
+  if (cpu < 0 || cpu >= CPU_SETSIZE) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 }
 
 // p50/p99/... of round trips in nanoseconds, as a JS object (microseconds).
@@ -448,12 +458,7 @@ Napi::Value SyscallCostNs(const Napi::CallbackInfo& info) {
   int cpu = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : -1;
   double best = 0;
   std::thread probe([&] {
-    if (cpu >= 0 && cpu < CPU_SETSIZE) {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      CPU_SET(cpu, &set);
-      pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-    }
+    bench::pinThisThread(cpu);
     constexpr int kCalls = 200000;
     for (int round = 0; round < 5; round++) {
       uint64_t start = bench::nowNs();

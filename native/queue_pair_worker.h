@@ -101,8 +101,6 @@ class QueuePairWorker {
   // Writes chains txBatch_[0..count) to the tap and returns them on the used ring;
   // false if the tap would block (the unwritten chains were given back).
   bool transmitBatch(int count);
-  // Reads up to `budget` frames with one io_uring_enter, one whole-frame chain each;
-  // -1 when that cannot be done now (the single readv path copes).
   // Reads frames straight into up to `budget` chains with one io_uring_enter. Returns
   // the frames read, 0 when the tap was empty or the queue broke, -1 when this batch
   // cannot be used (the single path takes over); *drained: a read found the tap empty.
