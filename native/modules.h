@@ -10,5 +10,8 @@ void registerEventfd(Napi::Env env, Napi::Object exports);
 void registerQueuePair(Napi::Env env, Napi::Object exports);
 void registerVirtqueue(Napi::Env env, Napi::Object exports);
 void registerMessageIo(Napi::Env env, Napi::Object exports);
-void registerBench(Napi::Env env, Napi::Object exports);  // bench_raw.cc + bench_guest.cc: npm run bench only
+#ifdef VHOST_TAP_BENCH
+// bench/native/: npm run bench only, built in a checkout of the repository, never shipped in the package.
+void registerBench(Napi::Env env, Napi::Object exports);
+#endif
 }  // namespace vhost_tap

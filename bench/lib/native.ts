@@ -1,4 +1,4 @@
-// The addon's benchmark-only bindings (native/bench_raw.cc, native/bench_guest.cc), typed.
+// The addon's benchmark-only bindings (bench/native/raw_loops.cc, bench/native/guest_generator.cc), typed.
 import { native } from '../../src/native';
 // Round trips of a ping-pong, in microseconds: declared with the report, which must not load the addon.
 import type { RttSummary } from './report';
@@ -55,7 +55,7 @@ export interface BenchLoop {
   stop(): LoopStats & { rtt?: RttSummary };
 }
 
-/** One split ring as bench_guest.cc reads it: guest physical addresses inside `memory`, `size` buffers of `bufSize` bytes from `bufAddr` (one per descriptor), and its eventfds. */
+/** One split ring as guest_generator.cc reads it: guest physical addresses inside `memory`, `size` buffers of `bufSize` bytes from `bufAddr` (one per descriptor), and its eventfds. */
 export interface GuestRing {
   size: number;
   descAddr: number;
@@ -124,5 +124,5 @@ interface BenchBindings {
 
 export const bench = native as unknown as BenchBindings;
 if (typeof bench.BenchLoop !== 'function' || typeof bench.BenchGuest !== 'function') {
-  throw new Error('the addon has no bench bindings: rebuild it (npx cmake-js compile) with native/bench_raw.cc and native/bench_guest.cc');
+  throw new Error('the addon has no bench bindings: it is built only in a checkout of the repository, where bench/native/ exists (npx cmake-js compile): an installed package carries no bench code');
 }

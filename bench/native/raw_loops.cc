@@ -34,7 +34,7 @@
 
 namespace vhost_tap {
 
-void registerBenchGuest(Napi::Env env, Napi::Object exports);  // bench_guest.cc
+void registerBenchGuest(Napi::Env env, Napi::Object exports);  // guest_generator.cc
 
 namespace bench {
 
