@@ -1,7 +1,10 @@
 /**
  * vhost-tap: a vhost-style virtio-net backend for userspace VMMs.
  *
- * This is the package's one public entry point.
+ * This is the package's one public entry point: everything a VMM author uses is
+ * exported here, and nothing else is part of the API (the README's "Public API"
+ * says what is in and what stays internal, and why). Examples and the CLI import
+ * only from here; test/package.test.ts checks that they do.
  */
 
 // Tap queues
@@ -15,6 +18,21 @@ export { readTapLinkInfo } from './tap/link-info';
 export type { TapLinkInfo } from './tap/link-info';
 export { MAX_TAP_QUEUES, MAX_IFNAME_BYTES } from './tap/constants';
 
+// The device a VMM embeds: status, features, config space, queues, control queue
+export { VirtioNetDevice } from './virtio/net-device';
+export type {
+  VirtioNetDeviceOptions, VirtioNetDeviceEvents, DeviceStats, DeviceQueueError, QueuePairsChange,
+} from './virtio/net-device';
+export {
+  STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_DEVICE_NEEDS_RESET, STATUS_FAILED,
+  describeStatus,
+} from './virtio/device-status';
+
+// The vhost-user backend, in-process (what `vhost-tap serve` runs)
+export { VhostUserServer } from './vhost-user/server';
+export type { VhostUserServerOptions, VhostUserServerEvents } from './vhost-user/server';
+export type { Logger } from './vhost-user/session';
+
 // Data path: guest memory, virtqueue signals, native queue-pair workers
 export { GuestMemory } from './virtio/guest-memory';
 export type { GuestMemoryRegion } from './virtio/guest-memory';
@@ -27,10 +45,13 @@ export * as features from './virtio/features';
 export { featureBit, hasFeature, netHdrSize } from './virtio/features';
 export { tapOffloadsForGuest } from './virtio/offloads';
 
-// The guest side, for tests, examples and harnesses that play the guest
+// The guest side, for a VMM's own tests and harnesses that play the guest
 export { VirtioNetDriver, MAX_GSO_FRAME } from './virtio/driver/net-driver';
 export type { VirtioNetDriverOptions, VirtioNetFeatures, DeviceQueueConfig, ReceivedFrame, OutgoingFrame, NetQueueStats } from './virtio/driver/net-driver';
 export { SplitQueueDriver } from './virtio/driver/split-queue-driver';
+export { ControlQueueDriver } from './virtio/driver/control-queue-driver';
+export { VirtioNetGuest } from './virtio/driver/guest';
+export type { GuestBringUpOptions } from './virtio/driver/guest';
 export { GuestAllocator } from './virtio/driver/guest-allocator';
 export { encodeNetHdr, decodeNetHdr } from './virtio/driver/net-header';
 export type { VirtioNetHdr } from './virtio/driver/net-header';

@@ -2,10 +2,9 @@
 // through the MMIO registers only (virtio 1.x 3.1.1), then running its rings
 // with the TS driver. In a real VM this is the guest kernel's virtio_net.
 import {
-  GuestAllocator, GuestMemory, VirtioNetDriver, features as F, hasFeature,
+  ControlQueueDriver, GuestAllocator, GuestMemory, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+  VirtioNetDriver, features as F, hasFeature,
 } from '../../src';
-import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../../src/virtio/device-status';
-import { ControlQueueDriver } from '../../src/virtio/driver/control-queue-driver';
 import { MmioTransport, REG, type QueueSignals } from './mmio-transport';
 
 export interface MmioGuest {

@@ -2,7 +2,7 @@
 // registers) in front of a VirtioNetDevice: how a VMM written in TypeScript
 // turns the guest's register reads and writes into device calls. Kicks and
 // interrupts are eventfds, as KVM's ioeventfd and irqfd would carry them.
-import type { VirtioNetDevice } from '../../src/virtio/net-device';
+import type { VirtioNetDevice } from '../../src';
 
 const MAGIC = 0x74726976; // "virt"
 const DEVICE_ID_NET = 1;

@@ -8,8 +8,7 @@ import { spawn } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 
-import { GuestMemory, Tap, readTapLinkInfo } from '../../src';
-import { VirtioNetDevice } from '../../src/virtio/net-device';
+import { GuestMemory, Tap, VirtioNetDevice, readTapLinkInfo } from '../../src';
 import { enterPrivateNetns } from '../private-netns';
 import { GuestSignals, initialiseOverMmio } from './guest-over-mmio';
 import { MmioTransport } from './mmio-transport';

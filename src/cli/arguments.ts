@@ -1,4 +1,4 @@
-import { makeError } from '../errors';
+import { makeError } from '..';
 
 export interface ServeOptions {
   socket?: string;

@@ -4,11 +4,8 @@
 // --print-capabilities); structured log lines (JSON) go to stderr.
 import { spawn } from 'node:child_process';
 
-import { makeError } from '../errors';
-import { readTapLinkInfo } from '../tap/link-info';
-import { Tap } from '../tap/tap';
-import { VirtioNetDevice } from '../virtio/net-device';
-import { VhostUserServer } from '../vhost-user/server';
+// The daemon is a consumer of the public API like any VMM: only the package root.
+import { Tap, VhostUserServer, VirtioNetDevice, makeError, readTapLinkInfo } from '..';
 import { parseServeArguments, usage, type ServeOptions } from './arguments';
 
 const NETNS_MARK = 'VHOST_TAP_IN_NETNS';

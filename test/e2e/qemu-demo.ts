@@ -7,8 +7,8 @@
 // host's iperf3 server. Needs root, qemu-system-x86 and iperf3.
 import { spawnSync } from 'node:child_process';
 
-import { startDaemon } from '../test/e2e/daemon';
-import { Netns, ensureGuest, parseIperf3, requireTools, startGuest } from '../test/e2e/guest';
+import { startDaemon } from './daemon';
+import { Netns, ensureGuest, parseIperf3, requireTools, startGuest } from './guest';
 
 const MARK = 'VHOST_TAP_EXAMPLE_QEMU';
 
