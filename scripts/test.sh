@@ -16,6 +16,16 @@ if command -v qemu-system-x86_64 >/dev/null 2>&1; then
   sh scripts/build-guest.sh || echo "scripts/build-guest.sh failed: the end-to-end guest tests will fail" >&2
 fi
 
+# test/consumer.test.ts installs the packed tarball into an empty project with --offline
+# (inside the namespace there is no network): resolve the package's dependencies here once, as
+# that install will, so npm's cache holds them. --prefer-offline: no registry round trip once cached.
+deps=$(node -p "Object.entries(require('./package.json').dependencies).map(([n, v]) => n + '@' + v).join(' ')")
+scratch=$(mktemp -d)
+# shellcheck disable=SC2086  # one word per dependency
+npm install --prefix "$scratch" --prefer-offline --no-save --no-package-lock --ignore-scripts --no-audit --no-fund $deps >/dev/null 2>&1 ||
+  echo "could not fill npm's cache with $deps: test/consumer.test.ts will fail" >&2
+rm -rf "$scratch"
+
 export VHOST_TAP_HOST_NETNS
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

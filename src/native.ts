@@ -113,7 +113,10 @@ function findAddon(): string {
       dir = path.dirname(dir);
     }
   }
-  throw Object.assign(new Error('vhost_tap.node is not built: run `npm install` (or `npm run build`) in the vhost-tap package'), { code: 'ENOENT' });
+  throw Object.assign(new Error(
+    'vhost_tap.node is not built: its install script did not run (npm --ignore-scripts, or an unapproved script). ' +
+    'Approve it and build it: `npm install-scripts approve vhost-tap && npm rebuild vhost-tap` ' +
+    '(it needs cmake, make and g++); in a checkout of vhost-tap itself, `npm install`.'), { code: 'ENOENT' });
 }
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
