@@ -1,5 +1,6 @@
 #include "queue_pair_worker.h"
 
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/uio.h>
@@ -65,32 +66,91 @@ void QueuePairWorker::closeControlFds() {
   epoll_ = stopFd_ = -1;
 }
 
+void QueuePairWorker::closeAdoptedFds() {
+  for (int* fd : {&options_.rx.kickFd, &options_.tx.kickFd, &options_.rx.callFd, &options_.tx.callFd}) {
+    if (fdsAdopted_ && *fd >= 0) close(*fd);
+    *fd = -1;
+  }
+}
+
+bool QueuePairWorker::adoptFds(std::string* error, const char** code) {
+  *code = "EINVAL";
+  if (fdsAdopted_) {
+    *error = "the worker already holds its fds";
+    return false;
+  }
+  struct {
+    int* fd;
+    bool required;
+    const char* what;
+  } fds[] = {{&options_.rx.kickFd, true, "receive kick"},
+             {&options_.tx.kickFd, true, "transmit kick"},
+             {&options_.rx.callFd, false, "receive call"},
+             {&options_.tx.callFd, false, "transmit call"}};
+  // Copies first, then checks: the check looks at the very file the worker will use.
+  int copies[4] = {-1, -1, -1, -1};
+  std::string problem;
+  for (int i = 0; i < 4 && problem.empty(); i++) {
+    int given = *fds[i].fd;
+    if (given < 0) {
+      if (fds[i].required) problem = std::string("a ") + fds[i].what + " eventfd is required";
+      continue;
+    }
+    copies[i] = fcntl(given, F_DUPFD_CLOEXEC, 0);
+    std::string kind;
+    if (copies[i] < 0) {
+      if (errno == EBADF) *code = "EBADF";
+      problem = std::string("the ") + fds[i].what + " fd " + std::to_string(given) + ": " + strerror(errno);
+    } else if (!isEventfd(copies[i], &kind)) {
+      problem = std::string("the ") + fds[i].what + " fd " + std::to_string(given) + " is not an eventfd (it is " + kind +
+                "): kicks and calls must be eventfds";
+    }
+  }
+  if (!problem.empty()) {
+    for (int copy : copies) {
+      if (copy >= 0) close(copy);
+    }
+    *error = problem;
+    return false;
+  }
+  for (int i = 0; i < 4; i++) *fds[i].fd = copies[i];
+  fdsAdopted_ = true;
+  return true;
+}
+
+void QueuePairWorker::release() {
+  closeControlFds();
+  uring_.reset();
+  callNotifier_.close();
+  closeAdoptedFds();
+  // A stopped worker keeps no guest memory mapped: the VM may be gone.
+  rx_.releaseMemory();
+  tx_.releaseMemory();
+  options_.memory.reset();
+}
+
 bool QueuePairWorker::start(std::string* error) {
   if (running()) {
     *error = "the worker is already running";
     return false;
   }
-  if (!options_.memory) {
-    *error = "a stopped queue pair cannot be restarted (its guest memory was released): create a new one";
+  if (!options_.memory || !fdsAdopted_) {
+    *error = !options_.memory ? "a stopped queue pair cannot be restarted (its guest memory was released): create a new one"
+                              : "the worker does not hold its kick and call fds (adoptFds)";
     return false;
   }
-  if (options_.hdrSize != 10 && options_.hdrSize != 12) {
-    *error = "vnet header size must be 10 or 12";
+  // Whatever fails from here releases everything, as stop() would: a failed start leaks nothing.
+  auto fail = [&](std::string message) {
+    *error = std::move(message);
+    release();
     return false;
-  }
-  if (options_.tapFd < 0 || options_.rx.kickFd < 0 || options_.tx.kickFd < 0) {
-    *error = "a tap fd and a kick eventfd for each queue are required";
-    return false;
-  }
+  };
+  if (options_.hdrSize != 10 && options_.hdrSize != 12) return fail("vnet header size must be 10 or 12");
+  if (options_.tapFd < 0) return fail("a tap fd is required");
   std::string e;
-  if (!rx_.setup(options_.memory, options_.rx, &e)) {
-    *error = "receive queue: " + e;
-    return false;
-  }
-  if (!tx_.setup(options_.memory, options_.tx, &e)) {
-    *error = "transmit queue: " + e;
-    return false;
-  }
+  if (!rx_.setup(options_.memory, options_.rx, &e)) return fail("receive queue: " + e);
+  if (!tx_.setup(options_.memory, options_.tx, &e)) return fail("transmit queue: " + e);
+  if ((options_.rx.callFd >= 0 || options_.tx.callFd >= 0) && !callNotifier_.open(&e)) return fail(e);
   txIov_.assign(kTxIovCapacity, {});
   txBatch_.assign(kTxBatch, {});
   txCqes_.assign(kTxBatch, {});
@@ -109,6 +169,7 @@ bool QueuePairWorker::start(std::string* error) {
   heldBytes_ = 0;
   spillFrameBytes_ = 0;
   usedSinceSignal_ = 0;
+  rxCallPending_ = txCallPending_ = false;
   overflow_.assign(kOverflowBytes, 0);
   rxBroken_ = false;
   txBroken_ = false;
@@ -120,12 +181,7 @@ bool QueuePairWorker::start(std::string* error) {
   // Fresh per run, closed by stop(): a stopped worker holds no fd.
   epoll_ = epoll_create1(EPOLL_CLOEXEC);
   stopFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (epoll_ < 0 || stopFd_ < 0) {
-    *error = std::string("epoll/eventfd: ") + strerror(errno);
-    closeControlFds();
-    uring_.reset();
-    return false;
-  }
+  if (epoll_ < 0 || stopFd_ < 0) return fail(std::string("epoll/eventfd: ") + strerror(errno));
   struct {
     int fd;
     EpollTag tag;
@@ -142,12 +198,7 @@ bool QueuePairWorker::start(std::string* error) {
     bool kick = w.tag == kTagRxKick || w.tag == kTagTxKick;
     ev.events = kick ? EPOLLIN | EPOLLET : EPOLLIN;
     ev.data.u32 = w.tag;
-    if (epoll_ctl(epoll_, EPOLL_CTL_ADD, w.fd, &ev) < 0) {
-      *error = std::string("cannot watch the ") + w.what + ": " + strerror(errno);
-      closeControlFds();
-      uring_.reset();
-      return false;
-    }
+    if (epoll_ctl(epoll_, EPOLL_CTL_ADD, w.fd, &ev) < 0) return fail(std::string("cannot watch the ") + w.what + ": " + strerror(errno));
   }
   tapEvents_ = EPOLLIN;
   thread_ = std::thread([this] { run(); });
@@ -155,18 +206,14 @@ bool QueuePairWorker::start(std::string* error) {
 }
 
 void QueuePairWorker::stop() {
-  if (!thread_.joinable()) return;
-  stopping_.store(true, std::memory_order_release);
-  uint64_t one = 1;
-  ssize_t ignored = write(stopFd_, &one, sizeof one);
-  (void)ignored;
-  thread_.join();
-  closeControlFds();
-  uring_.reset();
-  // A stopped worker keeps no guest memory mapped: the VM may be gone.
-  rx_.releaseMemory();
-  tx_.releaseMemory();
-  options_.memory.reset();
+  if (thread_.joinable()) {
+    stopping_.store(true, std::memory_order_release);
+    uint64_t one = 1;
+    ssize_t ignored = write(stopFd_, &one, sizeof one);  // our own non-blocking eventfd
+    (void)ignored;
+    thread_.join();
+  }
+  release();
 }
 
 int QueuePairWorker::waitForWork(struct epoll_event* events, int max, bool idle, bool* txMore, bool* rxMore) {
@@ -191,7 +238,8 @@ int QueuePairWorker::waitForWork(struct epoll_event* events, int max, bool idle,
       if (n != 0) return n;
     } while (monotonicNs() < end && !stopping_.load(std::memory_order_acquire));
   }
-  return epoll_wait(epoll_, events, max, -1);
+  // A call that could not be made is retried in a millisecond, never waited for.
+  return epoll_wait(epoll_, events, max, rxCallPending_ || txCallPending_ ? 1 : -1);
 }
 
 void QueuePairWorker::run() {
@@ -202,6 +250,8 @@ void QueuePairWorker::run() {
   while (!stopping_.load(std::memory_order_acquire)) {
     if (txMore) txMore = handleTx();
     if (rxMore) rxMore = handleRx();
+    if (rxCallPending_) signal(true);
+    if (txCallPending_) signal(false);
     int n = waitForWork(events, 8, !(txMore || rxMore), &txMore, &rxMore);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -248,14 +298,28 @@ void QueuePairWorker::run() {
     spillFrameBytes_ = 0;
   }
   giveBackHeldRx();
-  if (rx_.flushUsed()) signal(rx_, options_.rx.callFd, rxStats);
-  if (tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+  if (rx_.flushUsed() || rxCallPending_) signal(true);
+  if (tx_.flushUsed() || txCallPending_) signal(false);
 }
 
-void QueuePairWorker::signal(SplitQueue& queue, int callFd, QueueStats& stats) {
-  if (callFd < 0 || !queue.needsCall()) return;
-  uint64_t one = 1;
-  if (write(callFd, &one, sizeof one) == sizeof one) bump(stats.calls);
+void QueuePairWorker::signal(bool rx) {
+  const int callFd = rx ? options_.rx.callFd : options_.tx.callFd;
+  if (callFd < 0) return;
+  bool& pending = rx ? rxCallPending_ : txCallPending_;
+  // needsCall() first, always: with event idx it moves our view of what was signalled.
+  if (!(rx ? rx_ : tx_).needsCall() && !pending) return;
+  QueueStats& stats = rx ? rxStats : txStats;
+  // Never write(): see CallNotifier for why no write to a frontend's eventfd is safe.
+  int err = callNotifier_.notify(callFd);
+  if (err == 0) {
+    bump(stats.calls);
+    pending = false;
+    return;
+  }
+  bump(stats.callsFailed);
+  // No room or memory for a moment: try again soon, since the driver may wait for this
+  // very interrupt and event idx would not ask for it again. Anything else stays broken.
+  pending = err == EAGAIN || err == ENOMEM;
 }
 
 void QueuePairWorker::setTapInterest() {
@@ -318,14 +382,14 @@ bool QueuePairWorker::handleTx() {
     }
     bool written = batch == 0 || transmitBatch(batch);
     done += batch;
-    if (done / kUsedBatch != (done - batch) / kUsedBatch && tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+    if (done / kUsedBatch != (done - batch) / kUsedBatch && tx_.flushUsed()) signal(false);
     if (broken) {
       breakQueue(false);
       break;
     }
     if (empty || !written) break;
   }
-  if (tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+  if (tx_.flushUsed()) signal(false);
   return more;
 }
 
@@ -462,7 +526,7 @@ void QueuePairWorker::finishRxFrame(uint64_t frameBytes) {
   heldBytes_ -= usedBytes;
   if (++usedSinceSignal_ >= kUsedBatch) {
     usedSinceSignal_ = 0;
-    if (rx_.flushUsed()) signal(rx_, options_.rx.callFd, rxStats);
+    if (rx_.flushUsed()) signal(true);
   }
 }
 
@@ -571,7 +635,7 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
     usedSinceSignal_ += frames;
     if (usedSinceSignal_ >= kUsedBatch) {
       usedSinceSignal_ = 0;
-      if (rx_.flushUsed()) signal(rx_, options_.rx.callFd, rxStats);
+      if (rx_.flushUsed()) signal(true);
     }
   }
   return frames;
@@ -660,7 +724,7 @@ bool QueuePairWorker::handleRx() {
   }
   if (rx_.flushUsed()) {
     usedSinceSignal_ = 0;
-    signal(rx_, options_.rx.callFd, rxStats);
+    signal(true);
   }
   return more;
 }
