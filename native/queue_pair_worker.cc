@@ -653,10 +653,13 @@ bool QueuePairWorker::handleRx() {
   if (rxBroken_ || tapFailed_ || rxWaitingForBuffers_) return false;
   const uint64_t reserve = options_.mergeableRx ? std::max<uint64_t>(options_.rxReserveBytes, options_.hdrSize) : 1;
   rx_.disableNotify();
-  int frames = 0;
+  // Every frame taken from the tap counts, delivered or dropped: a flood of frames
+  // that are all dropped (too big for the buffers) must not keep the worker here,
+  // away from tx and from a stop.
+  int taken = 0;
   bool more = false;
   for (;;) {
-    if (frames >= kBudget) {
+    if (taken >= kBudget) {
       more = true;
       break;
     }
@@ -681,15 +684,14 @@ bool QueuePairWorker::handleRx() {
                 overflow_.data(), spillFrameBytes_ - spillStart_);
       uint64_t frameBytes = spillFrameBytes_;
       spillFrameBytes_ = 0;
-      finishRxFrame(frameBytes);
-      frames++;
+      finishRxFrame(frameBytes);  // counted when it was read
       continue;
     }
     if (heldCount_ == 0 && uring_ && options_.rxMaxFrameBytes > 0 && !rxBatchOff_) {
       bool drained = false;
-      int got = receiveBatch(kBudget - frames, &drained);
+      int got = receiveBatch(kBudget - taken, &drained);
       if (got > 0) {
-        frames += got;
+        taken += got;
         if (drained) break;  // the tap is empty now: call the driver, do not ask again
         continue;
       }
@@ -707,10 +709,10 @@ bool QueuePairWorker::handleRx() {
       }
       break;
     }
+    taken++;
     uint64_t frameBytes = static_cast<uint64_t>(n);
     if (frameBytes <= heldBytes_) {
       finishRxFrame(frameBytes);
-      frames++;
       continue;
     }
     if (!options_.mergeableRx || frameBytes > heldBytes_ + overflow_.size()) {

@@ -83,10 +83,10 @@ class QueuePairWorker {
 
  private:
   static constexpr int kMaxIov = 1024;  // IOV_MAX: one readv/writev
-  static constexpr int kBudget = 256;   // frames per queue before looking at the other one
+  static constexpr int kBudget = 256;   // frames per queue (rx: taken from the tap, delivered or dropped) before the other
   static constexpr int kUsedBatch = 64; // publish used entries at least this often
   static constexpr size_t kOverflowBytes = 65536 + 1024;
-  static constexpr int kStopDrainTurns = 4;  // at most 4 x kBudget frames read on the way out
+  static constexpr int kStopDrainTurns = 4;  // at most 4 x kBudget frames taken from the tap on the way out
   static constexpr int kTxBatch = 32;        // chains written with one io_uring_enter
   static constexpr int kTxIovCapacity = 2 * kMaxIov;
   static constexpr int kRxBatch = 32;        // frames read with one io_uring_enter
