@@ -146,6 +146,11 @@ bool QueuePairWorker::start(std::string* error) {
     return false;
   };
   if (options_.hdrSize != 10 && options_.hdrSize != 12) return fail("vnet header size must be 10 or 12");
+  if (options_.rxMaxFrameBytes != 0 && options_.rxMaxFrameBytes < options_.hdrSize + 14) {
+    // The batched reads take any chain that holds rxMaxFrameBytes: it must hold a header and an Ethernet header.
+    return fail("rxMaxFrameBytes must be 0 (unknown) or at least the vnet header plus 14 (" +
+                std::to_string(options_.hdrSize + 14) + ")");
+  }
   if (options_.tapFd < 0) return fail("a tap fd is required");
   std::string e;
   if (!rx_.setup(options_.memory, options_.rx, &e)) return fail("receive queue: " + e);
@@ -603,7 +608,13 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
       continue;  // empty then; a later read may still have caught a frame that came in meanwhile
     }
     const TxChain& target = rxBatch_[frames];
-    if (static_cast<uint64_t>(res) > rxBatch_[i].bytes) {
+    const uint64_t frameBytes = static_cast<uint64_t>(res);
+    // A frame read after an earlier read found the tap empty (it arrived in between) is
+    // moved down into the first chain still unused, so frames keep their order and the
+    // unused chains are the last popped: through the spare buffer, so it must fit that
+    // and the chain it goes to as well as the one it was read into.
+    const bool moved = i != frames;
+    if (frameBytes > rxBatch_[i].bytes || (moved && (frameBytes > target.bytes || frameBytes > overflow_.size()))) {
       // Larger than the tap's frames were said to be (its MTU grew): this one is lost, counted, and
       // the guest gets a runt it drops; from now on every frame goes the single way, with room to spare.
       bump(rxStats.dropTooBig);
@@ -612,21 +623,18 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
       frames++;
       continue;
     }
-    if (i != frames) {
-      // A frame read after an earlier read found the tap empty (it arrived in between):
-      // move it down into the first chain still unused, so frames keep their order and the
-      // unused chains are the last popped. Rare, so a copy through the spare buffer is fine.
+    if (moved) {
       const TxChain& from = rxBatch_[i];
-      copyFromIov(rxBatchIov_.data() + from.iovStart, from.iovCount, overflow_.data(), static_cast<uint64_t>(res));
-      copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 0, overflow_.data(), static_cast<uint64_t>(res));
+      copyFromIov(rxBatchIov_.data() + from.iovStart, from.iovCount, overflow_.data(), frameBytes);
+      copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 0, overflow_.data(), frameBytes);
     }
     if (hdr == 12) {
       uint16_t one = 1;
       copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 10, reinterpret_cast<uint8_t*>(&one), 2);
     }
-    rx_.pushUsed(target.head, static_cast<uint32_t>(res));
+    rx_.pushUsed(target.head, static_cast<uint32_t>(frameBytes));
     bump(rxStats.packets);
-    bump(rxStats.bytes, static_cast<uint64_t>(res) - hdr);
+    bump(rxStats.bytes, frameBytes - hdr);
     frames++;
   }
   if (frames < sets) rx_.unpop(static_cast<uint16_t>(sets - frames));
@@ -680,8 +688,11 @@ bool QueuePairWorker::handleRx() {
       const HeldChain& first = held_[spillChain_];
       uint64_t startInChain = 0;
       for (size_t i = 0; i < spillChain_; i++) startInChain += held_[i].bytes;
+      // What the read put in the overflow buffer, and never more than the buffer holds,
+      // whatever the lengths the guest's descriptors gave make of the arithmetic above.
+      const uint64_t spilled = std::min<uint64_t>(spillFrameBytes_ - spillStart_, overflow_.size());
       copyToIov(rxIov_.data() + first.iovStart, heldIov_ - first.iovStart, spillStart_ - startInChain,
-                overflow_.data(), spillFrameBytes_ - spillStart_);
+                overflow_.data(), spilled);
       uint64_t frameBytes = spillFrameBytes_;
       spillFrameBytes_ = 0;
       finishRxFrame(frameBytes);  // counted when it was read

@@ -302,6 +302,19 @@ test('rx flooded with frames too big for the buffers (no MRG_RXBUF): every frame
   });
 });
 
+test('rxMaxFrameBytes smaller than a vnet header and an Ethernet header is refused', async () => {
+  const { QueuePair } = await import('../src/virtio/queue-pair');
+  await withDataPath({}, async (dp) => {
+    const { rx, tx } = dp.driver.queueConfig(0);
+    const pair = new QueuePair({ memory: dp.memory, tapQueue: dp.tap.queues[0]!, hdrSize: 12, mergeableRx: false, rx, tx, rxMaxFrameBytes: 20 });
+    try {
+      assert.throws(() => pair.start(), (e: NodeJS.ErrnoException) => e.code === 'EINVAL' && /rxMaxFrameBytes must be 0 \(unknown\) or at least .* \(26\)/.test(e.message));
+    } finally {
+      pair.stop();
+    }
+  });
+});
+
 test('rx with no buffers posted waits for the driver and loses nothing of its own', async () => {
   await withDataPath({ queueSize: 8, features: { mergeableRx: true }, rxBufferSize: 2048 }, async (dp) => {
     const sender = dgram.createSocket('udp4');
