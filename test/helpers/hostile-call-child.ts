@@ -11,7 +11,7 @@ import { GuestMemory } from '../../src/virtio/guest-memory';
 import { QueuePair, type QueuePairStats } from '../../src/virtio/queue-pair';
 import { VirtioNetDriver } from '../../src/virtio/driver/net-driver';
 import { ethernet, GUEST_MAC } from './packets';
-import { sleep, uniqueName } from './system';
+import { fdCount, sleep, threadCount, uniqueName } from './system';
 
 const HOSTILE_FD = 3;
 
@@ -24,17 +24,6 @@ export interface HostileCallReport {
   fds: { before: number; after: number };
   threads: { before: number; after: number };
 }
-
-const fdCount = (): number => fs.readdirSync('/proc/self/fd').length;
-// io_uring's kernel workers (iou-wrk-*) show up as threads of the process and linger idle a while: not ours.
-const threadCount = (): number =>
-  fs.readdirSync('/proc/self/task').filter((t) => {
-    try {
-      return !fs.readFileSync(`/proc/self/task/${t}/comm`, 'utf8').startsWith('iou-');
-    } catch {
-      return false;  // exited while we looked
-    }
-  }).length;
 
 async function main(): Promise<void> {
   const options = { queuePairs: 1, queueSize: 64, features: { version1: true, mergeableRx: false, eventIdx: true, indirectDesc: false } };
