@@ -9,11 +9,12 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { GuestAllocator } from '../src/virtio/driver/guest-allocator';
+import type { GuestMemory } from '../src/virtio/guest-memory';
 import { VirtioNetDriver, type VirtioNetFeatures } from '../src/virtio/driver/net-driver';
 import { QueuePair, type QueueErrorEvent } from '../src/virtio/queue-pair';
 import { GUEST_IP, HOST_IP, withDataPath, type DataPath } from './helpers/datapath';
 import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
-import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, RawRing, writeDescs } from './helpers/raw-ring';
+import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, RawRing, writeDescs, type RawDesc } from './helpers/raw-ring';
 import { assertPrivateNetns, sleep } from './helpers/system';
 
 assertPrivateNetns();
@@ -140,6 +141,15 @@ const rxChain = (descs: (s: Scratch) => Parameters<RawRing['writeDescs']>[1]) =>
   ring.fillSlots(RX_HEAD - d.length + 1);
 };
 
+/** Writes an indirect table of `n` chained descriptors at `gpa`; returns the descriptor that refers to it. */
+function indirectTable(memory: GuestMemory, gpa: number, n: number, desc: (i: number) => { addr: number; len: number; flags?: number }): RawDesc {
+  writeDescs(memory, gpa, Array.from({ length: n }, (_, i) => {
+    const d = desc(i);
+    return { ...d, flags: (d.flags ?? 0) | (i < n - 1 ? DESC_F_NEXT : 0), next: i + 1 };
+  }));
+  return { addr: gpa, len: DESC_SIZE * n, flags: DESC_F_INDIRECT };
+}
+
 const cases: Case[] = [
   {
     name: 'tx: a descriptor address outside guest memory',
@@ -231,13 +241,7 @@ const cases: Case[] = [
     features: { indirectDesc: true },
     queueSize: 2048,
     message: /^transmit chain has more than 1024 segments$/,
-    write: (ring, s) => {
-      const n = 1025;
-      writeDescs(ring.memory, s.scratch, Array.from({ length: n }, (_, i) => ({
-        addr: s.scratch + 32768 + 16 * i, len: 16, flags: i < n - 1 ? DESC_F_NEXT : 0, next: i + 1,
-      })));
-      txChain([{ addr: s.scratch, len: 16 * n, flags: DESC_F_INDIRECT }])(ring);
-    },
+    write: (ring, s) => txChain([indirectTable(ring.memory, s.scratch, 1025, (i) => ({ addr: s.scratch + 32768 + 16 * i, len: 16 }))])(ring),
   },
   {
     // virtio 1.2 2.7.5.3.1. Zero-length descriptors take no iovec, so only the table's
@@ -246,13 +250,7 @@ const cases: Case[] = [
     queue: 'tx',
     features: { indirectDesc: true },
     message: new RegExp(`^indirect table of ${QUEUE_SIZE + 1} descriptors is larger than the queue size ${QUEUE_SIZE}$`),
-    write: (ring, s) => {
-      const n = QUEUE_SIZE + 1;
-      writeDescs(ring.memory, s.scratch, Array.from({ length: n }, (_, i) => ({
-        addr: s.scratch, len: i < n - 1 ? 0 : 64, flags: i < n - 1 ? DESC_F_NEXT : 0, next: i + 1,
-      })));
-      txChain([{ addr: s.scratch, len: 16 * n, flags: DESC_F_INDIRECT }])(ring);
-    },
+    write: (ring, s) => txChain([indirectTable(ring.memory, s.scratch, QUEUE_SIZE + 1, (i) => ({ addr: s.scratch, len: i < QUEUE_SIZE ? 0 : 64 }))])(ring),
   },
   {
     // virtio 1.2 2.7.5.1; a used element's len is 32 bits. Each descriptor is inside
@@ -303,13 +301,7 @@ const cases: Case[] = [
     queue: 'rx',
     features: { indirectDesc: true },
     message: new RegExp(`^indirect table of ${QUEUE_SIZE + 1} descriptors is larger than the queue size ${QUEUE_SIZE}$`),
-    write: (ring, s) => {
-      const n = QUEUE_SIZE + 1;
-      writeDescs(ring.memory, s.scratch, Array.from({ length: n }, (_, i) => ({
-        addr: s.scratch + 4096 + 64 * i, len: 64, flags: DESC_F_WRITE | (i < n - 1 ? DESC_F_NEXT : 0), next: i + 1,
-      })));
-      rxChain(() => [{ addr: s.scratch, len: 16 * n, flags: DESC_F_INDIRECT }])(ring, s);
-    },
+    write: (ring, s) => rxChain(() => [indirectTable(ring.memory, s.scratch, QUEUE_SIZE + 1, (i) => ({ addr: s.scratch + 4096 + 64 * i, len: 64, flags: DESC_F_WRITE }))])(ring, s),
   },
   {
     name: 'rx: a read-only descriptor in a receive chain',
