@@ -106,6 +106,12 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
       });
       if (!sent) delete event;
     });
+    std::string error;
+    const char* code = "EINVAL";
+    if (!worker_->adoptFds(&error, &code)) {
+      throwCode(env, code, error);
+      return;
+    }
     // A worker still running when the environment goes away must stop before it does.
     cleanupHook_ = std::make_unique<CleanupHook>(env.AddCleanupHook(stopAtExit, this));
   }
@@ -147,6 +153,7 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     put("bytes", s.bytes);
     put("kicks", s.kicks);
     put("calls", s.calls);
+    put("callsFailed", s.callsFailed);
     put("wakeups", s.wakeups);
     put("batches", s.batches);
     put("errors", s.errors);

@@ -1,5 +1,6 @@
 #include "queue_pair_worker.h"
 
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/uio.h>
@@ -65,32 +66,96 @@ void QueuePairWorker::closeControlFds() {
   epoll_ = stopFd_ = -1;
 }
 
+void QueuePairWorker::closeAdoptedFds() {
+  for (int* fd : {&options_.rx.kickFd, &options_.tx.kickFd, &options_.rx.callFd, &options_.tx.callFd}) {
+    if (fdsAdopted_ && *fd >= 0) close(*fd);
+    *fd = -1;
+  }
+}
+
+bool QueuePairWorker::adoptFds(std::string* error, const char** code) {
+  *code = "EINVAL";
+  if (fdsAdopted_) {
+    *error = "the worker already holds its fds";
+    return false;
+  }
+  struct {
+    int* fd;
+    bool required;
+    const char* what;
+  } fds[] = {{&options_.rx.kickFd, true, "receive kick"},
+             {&options_.tx.kickFd, true, "transmit kick"},
+             {&options_.rx.callFd, false, "receive call"},
+             {&options_.tx.callFd, false, "transmit call"}};
+  // Copies first, then checks: the check looks at the very file the worker will use.
+  int copies[4] = {-1, -1, -1, -1};
+  std::string problem;
+  for (int i = 0; i < 4 && problem.empty(); i++) {
+    int given = *fds[i].fd;
+    if (given < 0) {
+      if (fds[i].required) problem = std::string("a ") + fds[i].what + " eventfd is required";
+      continue;
+    }
+    copies[i] = fcntl(given, F_DUPFD_CLOEXEC, 0);
+    std::string kind;
+    if (copies[i] < 0) {
+      if (errno == EBADF) *code = "EBADF";
+      problem = std::string("the ") + fds[i].what + " fd " + std::to_string(given) + ": " + strerror(errno);
+    } else if (!isEventfd(copies[i], &kind)) {
+      problem = std::string("the ") + fds[i].what + " fd " + std::to_string(given) + " is not an eventfd (it is " + kind +
+                "): kicks and calls must be eventfds";
+    }
+  }
+  if (!problem.empty()) {
+    for (int copy : copies) {
+      if (copy >= 0) close(copy);
+    }
+    *error = problem;
+    return false;
+  }
+  for (int i = 0; i < 4; i++) *fds[i].fd = copies[i];
+  fdsAdopted_ = true;
+  return true;
+}
+
+void QueuePairWorker::release() {
+  closeControlFds();
+  uring_.reset();
+  callNotifier_.close();
+  closeAdoptedFds();
+  // A stopped worker keeps no guest memory mapped: the VM may be gone.
+  rx_.releaseMemory();
+  tx_.releaseMemory();
+  options_.memory.reset();
+}
+
 bool QueuePairWorker::start(std::string* error) {
   if (running()) {
     *error = "the worker is already running";
     return false;
   }
-  if (!options_.memory) {
-    *error = "a stopped queue pair cannot be restarted (its guest memory was released): create a new one";
+  if (!options_.memory || !fdsAdopted_) {
+    *error = !options_.memory ? "a stopped queue pair cannot be restarted (its guest memory was released): create a new one"
+                              : "the worker does not hold its kick and call fds (adoptFds)";
     return false;
   }
-  if (options_.hdrSize != 10 && options_.hdrSize != 12) {
-    *error = "vnet header size must be 10 or 12";
+  // Whatever fails from here releases everything, as stop() would: a failed start leaks nothing.
+  auto fail = [&](std::string message) {
+    *error = std::move(message);
+    release();
     return false;
+  };
+  if (options_.hdrSize != 10 && options_.hdrSize != 12) return fail("vnet header size must be 10 or 12");
+  if (options_.rxMaxFrameBytes != 0 && options_.rxMaxFrameBytes < options_.hdrSize + 14) {
+    // The batched reads take any chain that holds rxMaxFrameBytes: it must hold a header and an Ethernet header.
+    return fail("rxMaxFrameBytes must be 0 (unknown) or at least the vnet header plus 14 (" +
+                std::to_string(options_.hdrSize + 14) + ")");
   }
-  if (options_.tapFd < 0 || options_.rx.kickFd < 0 || options_.tx.kickFd < 0) {
-    *error = "a tap fd and a kick eventfd for each queue are required";
-    return false;
-  }
+  if (options_.tapFd < 0) return fail("a tap fd is required");
   std::string e;
-  if (!rx_.setup(options_.memory, options_.rx, &e)) {
-    *error = "receive queue: " + e;
-    return false;
-  }
-  if (!tx_.setup(options_.memory, options_.tx, &e)) {
-    *error = "transmit queue: " + e;
-    return false;
-  }
+  if (!rx_.setup(options_.memory, options_.rx, &e)) return fail("receive queue: " + e);
+  if (!tx_.setup(options_.memory, options_.tx, &e)) return fail("transmit queue: " + e);
+  if ((options_.rx.callFd >= 0 || options_.tx.callFd >= 0) && !callNotifier_.open(&e)) return fail(e);
   txIov_.assign(kTxIovCapacity, {});
   txBatch_.assign(kTxBatch, {});
   txCqes_.assign(kTxBatch, {});
@@ -109,6 +174,7 @@ bool QueuePairWorker::start(std::string* error) {
   heldBytes_ = 0;
   spillFrameBytes_ = 0;
   usedSinceSignal_ = 0;
+  rxCallPending_ = txCallPending_ = false;
   overflow_.assign(kOverflowBytes, 0);
   rxBroken_ = false;
   txBroken_ = false;
@@ -120,12 +186,7 @@ bool QueuePairWorker::start(std::string* error) {
   // Fresh per run, closed by stop(): a stopped worker holds no fd.
   epoll_ = epoll_create1(EPOLL_CLOEXEC);
   stopFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (epoll_ < 0 || stopFd_ < 0) {
-    *error = std::string("epoll/eventfd: ") + strerror(errno);
-    closeControlFds();
-    uring_.reset();
-    return false;
-  }
+  if (epoll_ < 0 || stopFd_ < 0) return fail(std::string("epoll/eventfd: ") + strerror(errno));
   struct {
     int fd;
     EpollTag tag;
@@ -142,12 +203,7 @@ bool QueuePairWorker::start(std::string* error) {
     bool kick = w.tag == kTagRxKick || w.tag == kTagTxKick;
     ev.events = kick ? EPOLLIN | EPOLLET : EPOLLIN;
     ev.data.u32 = w.tag;
-    if (epoll_ctl(epoll_, EPOLL_CTL_ADD, w.fd, &ev) < 0) {
-      *error = std::string("cannot watch the ") + w.what + ": " + strerror(errno);
-      closeControlFds();
-      uring_.reset();
-      return false;
-    }
+    if (epoll_ctl(epoll_, EPOLL_CTL_ADD, w.fd, &ev) < 0) return fail(std::string("cannot watch the ") + w.what + ": " + strerror(errno));
   }
   tapEvents_ = EPOLLIN;
   thread_ = std::thread([this] { run(); });
@@ -155,18 +211,14 @@ bool QueuePairWorker::start(std::string* error) {
 }
 
 void QueuePairWorker::stop() {
-  if (!thread_.joinable()) return;
-  stopping_.store(true, std::memory_order_release);
-  uint64_t one = 1;
-  ssize_t ignored = write(stopFd_, &one, sizeof one);
-  (void)ignored;
-  thread_.join();
-  closeControlFds();
-  uring_.reset();
-  // A stopped worker keeps no guest memory mapped: the VM may be gone.
-  rx_.releaseMemory();
-  tx_.releaseMemory();
-  options_.memory.reset();
+  if (thread_.joinable()) {
+    stopping_.store(true, std::memory_order_release);
+    uint64_t one = 1;
+    ssize_t ignored = write(stopFd_, &one, sizeof one);  // our own non-blocking eventfd
+    (void)ignored;
+    thread_.join();
+  }
+  release();
 }
 
 int QueuePairWorker::waitForWork(struct epoll_event* events, int max, bool idle, bool* txMore, bool* rxMore) {
@@ -191,7 +243,8 @@ int QueuePairWorker::waitForWork(struct epoll_event* events, int max, bool idle,
       if (n != 0) return n;
     } while (monotonicNs() < end && !stopping_.load(std::memory_order_acquire));
   }
-  return epoll_wait(epoll_, events, max, -1);
+  // A call that could not be made is retried in a millisecond, never waited for.
+  return epoll_wait(epoll_, events, max, rxCallPending_ || txCallPending_ ? 1 : -1);
 }
 
 void QueuePairWorker::run() {
@@ -202,6 +255,8 @@ void QueuePairWorker::run() {
   while (!stopping_.load(std::memory_order_acquire)) {
     if (txMore) txMore = handleTx();
     if (rxMore) rxMore = handleRx();
+    if (rxCallPending_) signal(true);
+    if (txCallPending_) signal(false);
     int n = waitForWork(events, 8, !(txMore || rxMore), &txMore, &rxMore);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -248,14 +303,28 @@ void QueuePairWorker::run() {
     spillFrameBytes_ = 0;
   }
   giveBackHeldRx();
-  if (rx_.flushUsed()) signal(rx_, options_.rx.callFd, rxStats);
-  if (tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+  if (rx_.flushUsed() || rxCallPending_) signal(true);
+  if (tx_.flushUsed() || txCallPending_) signal(false);
 }
 
-void QueuePairWorker::signal(SplitQueue& queue, int callFd, QueueStats& stats) {
-  if (callFd < 0 || !queue.needsCall()) return;
-  uint64_t one = 1;
-  if (write(callFd, &one, sizeof one) == sizeof one) bump(stats.calls);
+void QueuePairWorker::signal(bool rx) {
+  const int callFd = rx ? options_.rx.callFd : options_.tx.callFd;
+  if (callFd < 0) return;
+  bool& pending = rx ? rxCallPending_ : txCallPending_;
+  // needsCall() first, always: with event idx it moves our view of what was signalled.
+  if (!(rx ? rx_ : tx_).needsCall() && !pending) return;
+  QueueStats& stats = rx ? rxStats : txStats;
+  // Never write(): see CallNotifier for why no write to a frontend's eventfd is safe.
+  int err = callNotifier_.notify(callFd);
+  if (err == 0) {
+    bump(stats.calls);
+    pending = false;
+    return;
+  }
+  bump(stats.callsFailed);
+  // No room or memory for a moment: try again soon, since the driver may wait for this
+  // very interrupt and event idx would not ask for it again. Anything else stays broken.
+  pending = err == EAGAIN || err == ENOMEM;
 }
 
 void QueuePairWorker::setTapInterest() {
@@ -318,14 +387,14 @@ bool QueuePairWorker::handleTx() {
     }
     bool written = batch == 0 || transmitBatch(batch);
     done += batch;
-    if (done / kUsedBatch != (done - batch) / kUsedBatch && tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+    if (done / kUsedBatch != (done - batch) / kUsedBatch && tx_.flushUsed()) signal(false);
     if (broken) {
       breakQueue(false);
       break;
     }
     if (empty || !written) break;
   }
-  if (tx_.flushUsed()) signal(tx_, options_.tx.callFd, txStats);
+  if (tx_.flushUsed()) signal(false);
   return more;
 }
 
@@ -462,7 +531,7 @@ void QueuePairWorker::finishRxFrame(uint64_t frameBytes) {
   heldBytes_ -= usedBytes;
   if (++usedSinceSignal_ >= kUsedBatch) {
     usedSinceSignal_ = 0;
-    if (rx_.flushUsed()) signal(rx_, options_.rx.callFd, rxStats);
+    if (rx_.flushUsed()) signal(true);
   }
 }
 
@@ -539,7 +608,13 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
       continue;  // empty then; a later read may still have caught a frame that came in meanwhile
     }
     const TxChain& target = rxBatch_[frames];
-    if (static_cast<uint64_t>(res) > rxBatch_[i].bytes) {
+    const uint64_t frameBytes = static_cast<uint64_t>(res);
+    // A frame read after an earlier read found the tap empty (it arrived in between) is
+    // moved down into the first chain still unused, so frames keep their order and the
+    // unused chains are the last popped: through the spare buffer, so it must fit that
+    // and the chain it goes to as well as the one it was read into.
+    const bool moved = i != frames;
+    if (frameBytes > rxBatch_[i].bytes || (moved && (frameBytes > target.bytes || frameBytes > overflow_.size()))) {
       // Larger than the tap's frames were said to be (its MTU grew): this one is lost, counted, and
       // the guest gets a runt it drops; from now on every frame goes the single way, with room to spare.
       bump(rxStats.dropTooBig);
@@ -548,21 +623,18 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
       frames++;
       continue;
     }
-    if (i != frames) {
-      // A frame read after an earlier read found the tap empty (it arrived in between):
-      // move it down into the first chain still unused, so frames keep their order and the
-      // unused chains are the last popped. Rare, so a copy through the spare buffer is fine.
+    if (moved) {
       const TxChain& from = rxBatch_[i];
-      copyFromIov(rxBatchIov_.data() + from.iovStart, from.iovCount, overflow_.data(), static_cast<uint64_t>(res));
-      copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 0, overflow_.data(), static_cast<uint64_t>(res));
+      copyFromIov(rxBatchIov_.data() + from.iovStart, from.iovCount, overflow_.data(), frameBytes);
+      copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 0, overflow_.data(), frameBytes);
     }
     if (hdr == 12) {
       uint16_t one = 1;
       copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 10, reinterpret_cast<uint8_t*>(&one), 2);
     }
-    rx_.pushUsed(target.head, static_cast<uint32_t>(res));
+    rx_.pushUsed(target.head, static_cast<uint32_t>(frameBytes));
     bump(rxStats.packets);
-    bump(rxStats.bytes, static_cast<uint64_t>(res) - hdr);
+    bump(rxStats.bytes, frameBytes - hdr);
     frames++;
   }
   if (frames < sets) rx_.unpop(static_cast<uint16_t>(sets - frames));
@@ -571,7 +643,7 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
     usedSinceSignal_ += frames;
     if (usedSinceSignal_ >= kUsedBatch) {
       usedSinceSignal_ = 0;
-      if (rx_.flushUsed()) signal(rx_, options_.rx.callFd, rxStats);
+      if (rx_.flushUsed()) signal(true);
     }
   }
   return frames;
@@ -589,10 +661,13 @@ bool QueuePairWorker::handleRx() {
   if (rxBroken_ || tapFailed_ || rxWaitingForBuffers_) return false;
   const uint64_t reserve = options_.mergeableRx ? std::max<uint64_t>(options_.rxReserveBytes, options_.hdrSize) : 1;
   rx_.disableNotify();
-  int frames = 0;
+  // Every frame taken from the tap counts, delivered or dropped: a flood of frames
+  // that are all dropped (too big for the buffers) must not keep the worker here,
+  // away from tx and from a stop.
+  int taken = 0;
   bool more = false;
   for (;;) {
-    if (frames >= kBudget) {
+    if (taken >= kBudget) {
       more = true;
       break;
     }
@@ -613,19 +688,21 @@ bool QueuePairWorker::handleRx() {
       const HeldChain& first = held_[spillChain_];
       uint64_t startInChain = 0;
       for (size_t i = 0; i < spillChain_; i++) startInChain += held_[i].bytes;
+      // What the read put in the overflow buffer, and never more than the buffer holds,
+      // whatever the lengths the guest's descriptors gave make of the arithmetic above.
+      const uint64_t spilled = std::min<uint64_t>(spillFrameBytes_ - spillStart_, overflow_.size());
       copyToIov(rxIov_.data() + first.iovStart, heldIov_ - first.iovStart, spillStart_ - startInChain,
-                overflow_.data(), spillFrameBytes_ - spillStart_);
+                overflow_.data(), spilled);
       uint64_t frameBytes = spillFrameBytes_;
       spillFrameBytes_ = 0;
-      finishRxFrame(frameBytes);
-      frames++;
+      finishRxFrame(frameBytes);  // counted when it was read
       continue;
     }
     if (heldCount_ == 0 && uring_ && options_.rxMaxFrameBytes > 0 && !rxBatchOff_) {
       bool drained = false;
-      int got = receiveBatch(kBudget - frames, &drained);
+      int got = receiveBatch(kBudget - taken, &drained);
       if (got > 0) {
-        frames += got;
+        taken += got;
         if (drained) break;  // the tap is empty now: call the driver, do not ask again
         continue;
       }
@@ -643,10 +720,10 @@ bool QueuePairWorker::handleRx() {
       }
       break;
     }
+    taken++;
     uint64_t frameBytes = static_cast<uint64_t>(n);
     if (frameBytes <= heldBytes_) {
       finishRxFrame(frameBytes);
-      frames++;
       continue;
     }
     if (!options_.mergeableRx || frameBytes > heldBytes_ + overflow_.size()) {
@@ -660,7 +737,7 @@ bool QueuePairWorker::handleRx() {
   }
   if (rx_.flushUsed()) {
     usedSinceSignal_ = 0;
-    signal(rx_, options_.rx.callFd, rxStats);
+    signal(true);
   }
   return more;
 }

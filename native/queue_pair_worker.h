@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "call_notifier.h"
 #include "guest_memory.h"
 #include "split_queue.h"
 #include "uring.h"
@@ -26,6 +27,7 @@ struct QueueStats {
   std::atomic<uint64_t> bytes{0};
   std::atomic<uint64_t> kicks{0};         // wakeups by a kick (kicks that came together count once)
   std::atomic<uint64_t> calls{0};
+  std::atomic<uint64_t> callsFailed{0};   // calls the kernel would not take at once (retried if it may take them later)
   std::atomic<uint64_t> wakeups{0};
   std::atomic<uint64_t> batches{0};        // io_uring submissions (packets / batches = frames per system call)
   std::atomic<uint64_t> dropTooBig{0};     // rx: the frame did not fit the buffers the driver posted
@@ -57,8 +59,16 @@ class QueuePairWorker {
   QueuePairWorker(const QueuePairWorker&) = delete;
   QueuePairWorker& operator=(const QueuePairWorker&) = delete;
 
+  // Takes the worker's own copies (F_DUPFD_CLOEXEC) of the kick and call fds, which
+  // must be eventfds: from here on the caller may close its numbers, and a number
+  // it closed and the process reused is never written. Call once, before start().
+  // *code: "EBADF" (a number is not open) or "EINVAL".
+  bool adoptFds(std::string* error, const char** code);
+  // A failed start() releases what the worker holds, as stop() does.
   bool start(std::string* error);
-  // Stops and joins the thread. Every chain it popped is completed or given back.
+  // Stops and joins the thread, then closes every fd the worker holds and lets go
+  // of guest memory. Every chain it popped is completed or given back. Nothing the
+  // worker does waits on a frontend's fd, so this returns promptly.
   void stop();
   bool running() const { return thread_.joinable(); }
 
@@ -73,10 +83,10 @@ class QueuePairWorker {
 
  private:
   static constexpr int kMaxIov = 1024;  // IOV_MAX: one readv/writev
-  static constexpr int kBudget = 256;   // frames per queue before looking at the other one
+  static constexpr int kBudget = 256;   // frames per queue (rx: taken from the tap, delivered or dropped) before the other
   static constexpr int kUsedBatch = 64; // publish used entries at least this often
   static constexpr size_t kOverflowBytes = 65536 + 1024;
-  static constexpr int kStopDrainTurns = 4;  // at most 4 x kBudget frames read on the way out
+  static constexpr int kStopDrainTurns = 4;  // at most 4 x kBudget frames taken from the tap on the way out
   static constexpr int kTxBatch = 32;        // chains written with one io_uring_enter
   static constexpr int kTxIovCapacity = 2 * kMaxIov;
   static constexpr int kRxBatch = 32;        // frames read with one io_uring_enter
@@ -106,7 +116,10 @@ class QueuePairWorker {
   // cannot be used (the single path takes over); *drained: a read found the tap empty.
   int receiveBatch(int budget, bool* drained);
   bool handleRx();
-  void signal(SplitQueue& queue, int callFd, QueueStats& stats);
+  // Calls the driver of the rx (or tx) queue if it asks for it, or if an earlier call failed.
+  void signal(bool rx);
+  void release();
+  void closeAdoptedFds();
   void setTapInterest();
   void breakQueue(bool rx);
   void giveBackHeldRx();
@@ -120,6 +133,8 @@ class QueuePairWorker {
   SplitQueue rx_;
   SplitQueue tx_;
   std::thread thread_;
+  bool fdsAdopted_ = false;
+  CallNotifier callNotifier_;
   int epoll_ = -1;
   int stopFd_ = -1;
   std::atomic<bool> stopping_{false};
@@ -150,6 +165,8 @@ class QueuePairWorker {
   uint64_t spillStart_ = 0;          // frame offset where the overflow begins
   size_t spillChain_ = 0;            // first held chain the overflow goes into
   int usedSinceSignal_ = 0;
+  bool rxCallPending_ = false;       // a call failed for a moment: retry it
+  bool txCallPending_ = false;
   bool gatherOutOfIov_ = false;      // the last gather stopped because the iovec array was full
 };
 

@@ -49,6 +49,30 @@ PopResult SplitQueue::fail(std::string reason) {
   return PopResult::kBroken;
 }
 
+namespace {
+
+// The driver may rewrite a descriptor while we look at it: read it once, with
+// loads the compiler may neither repeat nor defer, and check only the copy. A
+// memcpy into a local is one read in today's code generation, but nothing keeps
+// an optimiser from fetching a field again from guest memory after its check.
+VringDesc readDescriptor(const VringDesc* desc) {
+  const uint64_t* words = reinterpret_cast<const uint64_t*>(desc);
+  uint64_t addr = __atomic_load_n(&words[0], __ATOMIC_RELAXED);
+  uint64_t rest = __atomic_load_n(&words[1], __ATOMIC_RELAXED);
+  VringDesc d;
+  d.addr = addr;
+  d.len = static_cast<uint32_t>(rest);
+  d.flags = static_cast<uint16_t>(rest >> 32);
+  d.next = static_cast<uint16_t>(rest >> 48);
+  return d;
+}
+
+// virtio 1.2 2.7.5.1: "Drivers MUST NOT add a descriptor chain longer than 2^32
+// bytes in total" (a used element's len is 32 bits).
+constexpr uint64_t kMaxChainBytes = 1ull << 32;
+
+}  // namespace
+
 PopResult SplitQueue::walk(Direction direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov) {
   if (!broken_.empty()) return PopResult::kBroken;
   uint16_t availIdx = __atomic_load_n(availIdx_, __ATOMIC_ACQUIRE);
@@ -58,7 +82,7 @@ PopResult SplitQueue::walk(Direction direction, struct iovec* iov, int maxIov, C
     return fail("available index jumped by " + std::to_string(pending) + ", more than the queue size " +
                 std::to_string(size_));
   }
-  uint16_t head = availRing_[lastAvail_ & (size_ - 1)];
+  uint16_t head = __atomic_load_n(&availRing_[lastAvail_ & (size_ - 1)], __ATOMIC_RELAXED);
   if (head >= size_) return fail("available ring names descriptor " + std::to_string(head) + " of " + std::to_string(size_));
 
   const VringDesc* table = desc_;
@@ -70,16 +94,26 @@ PopResult SplitQueue::walk(Direction direction, struct iovec* iov, int maxIov, C
   int readableCount = 0;
   bool seenWritable = false;
   uint64_t bytes = 0;
+  // The walk's time to live, as rust-vmm's virtio-queue keeps one: at most the
+  // table's size of descriptors in each table (the ring's, then one indirect one),
+  // so a chain costs at most twice the queue size of steps, loops included.
   for (;;) {
     if (++visited > tableSize) return fail("descriptor chain is longer than its table or loops");
-    VringDesc d;
-    memcpy(&d, &table[index], sizeof d);  // one read: the driver may rewrite it under us
+    const VringDesc d = readDescriptor(&table[index]);
     if (d.flags & VRING_DESC_F_INDIRECT) {
       if (!indirect_) return fail("indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC");
       if (inIndirect) return fail("indirect descriptor inside an indirect table");
       if (d.flags & VRING_DESC_F_NEXT) return fail("indirect descriptor with the NEXT flag");
-      if (d.len == 0 || d.len % sizeof(VringDesc) != 0 || d.len / sizeof(VringDesc) > 65536) {
-        return fail("indirect table length " + std::to_string(d.len) + " is not a multiple of 16 up to 1 MiB");
+      if (d.len == 0 || d.len % sizeof(VringDesc) != 0) {
+        return fail("indirect table length " + std::to_string(d.len) + " is not a multiple of 16");
+      }
+      // virtio 1.2 2.7.5.3.1: "A driver MUST NOT create a descriptor chain longer than
+      // the Queue Size of the device." A larger table would let one chain cost the
+      // worker up to 65536 steps (zero-length descriptors consume no iovec), and the
+      // same table can back every head in the ring.
+      if (d.len / sizeof(VringDesc) > size_) {
+        return fail("indirect table of " + std::to_string(d.len / sizeof(VringDesc)) +
+                    " descriptors is larger than the queue size " + std::to_string(size_));
       }
       if (d.addr & 15) return fail("indirect table is not 16-byte aligned");
       const uint8_t* t = memory_->translate(d.addr, d.len);
@@ -98,6 +132,8 @@ PopResult SplitQueue::walk(Direction direction, struct iovec* iov, int maxIov, C
       return fail("read-only descriptor after a write-only one");
     }
     seenWritable = seenWritable || writable;
+    // At most 2 x 32768 lengths of 32 bits are summed: the uint64 cannot overflow.
+    if (bytes + d.len > kMaxChainBytes) return fail("descriptor chain is longer than 2^32 bytes");
     int n = memory_->translateIov(d.addr, d.len, iov + iovCount, maxIov - iovCount);
     if (n == -2) return PopResult::kNoRoom;
     if (n < 0) {

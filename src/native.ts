@@ -27,7 +27,7 @@ export interface NativeQueueRing {
 }
 
 export interface NativeQueueStats {
-  packets: number; bytes: number; kicks: number; calls: number; wakeups: number; batches: number; errors: number;
+  packets: number; bytes: number; kicks: number; calls: number; callsFailed: number; wakeups: number; batches: number; errors: number;
   drops: { tooBig: number; badHeader: number; tapError: number; stopped: number };
 }
 

@@ -198,7 +198,9 @@ test('after stop() and close() the tap is gone at once, though its worker used i
     name = dp.tap.name;
     const host = await hostSocket(5003);
     try {
-      for (let i = 0; i < 40; i++) await dp.driver.send(0, guestUdp(dp, 4000, 5003, Buffer.alloc(16, i)));
+      // One batch, published at once: the worker pops up to 32 chains and writes them through io_uring
+      // (frames sent one by one go one writev each whenever the worker keeps up with them).
+      await dp.driver.sendBatch(0, Array.from({ length: 40 }, (_, i) => ({ frame: guestUdp(dp, 4000, 5003, Buffer.alloc(16, i)) })));
       await until('the datagrams', () => host.received.length === 40);
       assert.ok(dp.pairs[0]!.stats().tx.batches > 0, 'tx went through io_uring');
     } finally {
@@ -223,6 +225,94 @@ test('rx without MRG_RXBUF: a frame larger than the buffer is dropped and counte
       assert.is(dp.errors.length, 0);
     } finally {
       sender.close();
+    }
+  });
+});
+
+// A flood faster than a worker drops frames, even on a 2-core machine: a host
+// process sends 60000-byte datagrams (41 IP fragments each) out of a veth whose
+// egress mirrors every fragment 16 times into the tap (tc mirred: clones, no
+// copies), and the tap's queue is deep enough (txqueuelen) that the worker never
+// finds it empty while the flood lasts.
+const FLOOD = `
+const dgram = require('node:dgram');
+const [ip, port, ms] = process.argv.slice(1);
+const socket = dgram.createSocket('udp4');
+const payload = Buffer.alloc(60000, 7);
+const end = Date.now() + Number(ms);
+let inFlight = 0;
+const pump = () => {
+  while (inFlight < 64 && Date.now() < end) {
+    inFlight++;
+    socket.send(payload, Number(port), ip, () => { inFlight--; pump(); });
+  }
+  if (Date.now() >= end && inFlight === 0) socket.close();
+};
+pump();
+`;
+
+async function withMirroredFlood(dp: DataPath, body: (flood: { running(): boolean }) => Promise<void>): Promise<void> {
+  const { spawn } = await import('node:child_process');
+  const { run, uniqueName } = await import('./helpers/system');
+  const veth = uniqueName('vfl');
+  run('ip', ['link', 'add', veth, 'type', 'veth', 'peer', 'name', `${veth}p`]);
+  let flood: ReturnType<typeof spawn> | undefined;
+  let exited: Promise<void> | undefined;
+  try {
+    run('ip', ['link', 'set', `${veth}p`, 'up']);
+    run('ip', ['link', 'set', veth, 'up']);
+    run('ip', ['addr', 'add', '10.6.1.1/24', 'dev', veth]);
+    run('ip', ['neigh', 'replace', '10.6.1.2', 'lladdr', '52:54:00:12:34:56', 'dev', veth, 'nud', 'permanent']);
+    run('ip', ['link', 'set', 'dev', dp.tap.name, 'txqueuelen', '100000']);
+    run('tc', ['qdisc', 'add', 'dev', veth, 'clsact']);
+    const mirrors = Array.from({ length: 16 }, () => ['action', 'mirred', 'egress', 'mirror', 'dev', dp.tap.name]).flat();
+    run('tc', ['filter', 'add', 'dev', veth, 'egress', 'u32', 'match', 'u32', '0', '0', ...mirrors]);
+    flood = spawn(process.execPath, ['-e', FLOOD, '10.6.1.2', '6003', '30000'], { stdio: 'ignore' });
+    const child = flood;
+    exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+    await body({ running: () => child.exitCode === null && child.signalCode === null });
+  } finally {
+    flood?.kill('SIGKILL');
+    await exited;
+    run('ip', ['link', 'del', veth]);
+  }
+}
+
+test('rx flooded with frames too big for the buffers (no MRG_RXBUF): every frame taken counts, tx goes on, stop() returns', async () => {
+  await withDataPath({ rxBufferSize: 256 }, async (dp) => {
+    const host = await hostSocket(5004);
+    try {
+      await withMirroredFlood(dp, async (flood) => {
+        // Until the tap's queue is deep: the flood outruns the worker by then.
+        await until('the flood to reach the worker', () => dp.pairs[0]!.stats().rx.drops.tooBig > 1000, 10_000);
+        await sleep(500);
+        // The worker is in its rx loop, dropping every frame: tx must still get its turns.
+        const payloads = Array.from({ length: 20 }, (_, i) => pattern(100, i));
+        for (const p of payloads) await dp.driver.send(0, guestUdp(dp, 4000, 5004, p));
+        await until('the datagrams sent during the flood', () => host.received.length === payloads.length, 3000);
+        assert.ok(flood.running(), 'the flood is still on');
+        const start = performance.now();
+        dp.pairs[0]!.stop();
+        const stopMs = performance.now() - start;
+        assert.ok(stopMs < 1000, `stop() during the flood took ${stopMs.toFixed(0)} ms`);
+        assert.ok(flood.running(), 'the flood was still on when stop() returned');
+        assert.is(dp.errors.length, 0);
+      });
+    } finally {
+      host.close();
+    }
+  });
+});
+
+test('rxMaxFrameBytes smaller than a vnet header and an Ethernet header is refused', async () => {
+  const { QueuePair } = await import('../src/virtio/queue-pair');
+  await withDataPath({}, async (dp) => {
+    const { rx, tx } = dp.driver.queueConfig(0);
+    const pair = new QueuePair({ memory: dp.memory, tapQueue: dp.tap.queues[0]!, hdrSize: 12, mergeableRx: false, rx, tx, rxMaxFrameBytes: 20 });
+    try {
+      assert.throws(() => pair.start(), (e: NodeJS.ErrnoException) => e.code === 'EINVAL' && /rxMaxFrameBytes must be 0 \(unknown\) or at least .* \(26\)/.test(e.message));
+    } finally {
+      pair.stop();
     }
   });
 });

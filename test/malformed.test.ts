@@ -9,11 +9,12 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { GuestAllocator } from '../src/virtio/driver/guest-allocator';
+import type { GuestMemory } from '../src/virtio/guest-memory';
 import { VirtioNetDriver, type VirtioNetFeatures } from '../src/virtio/driver/net-driver';
 import { QueuePair, type QueueErrorEvent } from '../src/virtio/queue-pair';
 import { GUEST_IP, HOST_IP, withDataPath, type DataPath } from './helpers/datapath';
 import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
-import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, RawRing, writeDescs } from './helpers/raw-ring';
+import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, RawRing, writeDescs, type RawDesc } from './helpers/raw-ring';
 import { assertPrivateNetns, sleep } from './helpers/system';
 
 assertPrivateNetns();
@@ -114,6 +115,8 @@ interface Case {
   queue: 'tx' | 'rx';
   features?: Partial<VirtioNetFeatures>;
   rxBufferSize?: number;
+  /** Default QUEUE_SIZE. */
+  queueSize?: number;
   message: RegExp;
   /** Writes the malformed input on pair 0's `queue` (for tx: and makes it available). */
   write(ring: RawRing, s: Scratch): void;
@@ -123,8 +126,9 @@ interface Case {
 // driver never used, and the head is made available and kicked.
 const TOP = QUEUE_SIZE - 1;
 const txChain = (descs: Parameters<RawRing['writeDescs']>[1]) => (ring: RawRing): void => {
-  ring.writeDescs(TOP - descs.length + 1, descs);
-  ring.push(TOP - descs.length + 1);
+  const first = ring.size - descs.length;
+  ring.writeDescs(first, descs);
+  ring.push(first);
 };
 
 // Rx: the driver posted every descriptor; the worker holds one chain already.
@@ -136,6 +140,15 @@ const rxChain = (descs: (s: Scratch) => Parameters<RawRing['writeDescs']>[1]) =>
   ring.writeDescs(RX_HEAD - d.length + 1, d);
   ring.fillSlots(RX_HEAD - d.length + 1);
 };
+
+/** Writes an indirect table of `n` chained descriptors at `gpa`; returns the descriptor that refers to it. */
+function indirectTable(memory: GuestMemory, gpa: number, n: number, desc: (i: number) => { addr: number; len: number; flags?: number }): RawDesc {
+  writeDescs(memory, gpa, Array.from({ length: n }, (_, i) => {
+    const d = desc(i);
+    return { ...d, flags: (d.flags ?? 0) | (i < n - 1 ? DESC_F_NEXT : 0), next: i + 1 };
+  }));
+  return { addr: gpa, len: DESC_SIZE * n, flags: DESC_F_INDIRECT };
+}
 
 const cases: Case[] = [
   {
@@ -226,13 +239,33 @@ const cases: Case[] = [
     name: 'tx: a chain of more segments than one writev takes (an indirect table of 1025)',
     queue: 'tx',
     features: { indirectDesc: true },
+    queueSize: 2048,
     message: /^transmit chain has more than 1024 segments$/,
+    write: (ring, s) => txChain([indirectTable(ring.memory, s.scratch, 1025, (i) => ({ addr: s.scratch + 32768 + 16 * i, len: 16 }))])(ring),
+  },
+  {
+    // virtio 1.2 2.7.5.3.1. Zero-length descriptors take no iovec, so only the table's
+    // size bounds the walk: 65536 of them cost ~0.5 ms of worker CPU per chain.
+    name: 'tx: an indirect table of more descriptors than the queue size (zero-length ones)',
+    queue: 'tx',
+    features: { indirectDesc: true },
+    message: new RegExp(`^indirect table of ${QUEUE_SIZE + 1} descriptors is larger than the queue size ${QUEUE_SIZE}$`),
+    write: (ring, s) => txChain([indirectTable(ring.memory, s.scratch, QUEUE_SIZE + 1, (i) => ({ addr: s.scratch, len: i < QUEUE_SIZE ? 0 : 64 }))])(ring),
+  },
+  {
+    // virtio 1.2 2.7.5.1; a used element's len is 32 bits. Each descriptor is inside
+    // guest memory (they overlap), the chain's total is not.
+    name: 'tx: a chain longer than 2^32 bytes in total',
+    queue: 'tx',
+    queueSize: 2048,
+    message: /^descriptor chain is longer than 2\^32 bytes$/,
     write: (ring, s) => {
-      const n = 1025;
-      writeDescs(ring.memory, s.scratch, Array.from({ length: n }, (_, i) => ({
-        addr: s.scratch + 32768 + 16 * i, len: 16, flags: i < n - 1 ? DESC_F_NEXT : 0, next: i + 1,
-      })));
-      txChain([{ addr: s.scratch, len: 16 * n, flags: DESC_F_INDIRECT }])(ring);
+      const len = 1 << 23;
+      assert.ok(s.memSize >= len, `guest memory of ${s.memSize} bytes holds an 8 MiB descriptor`);
+      const n = Math.floor(2 ** 32 / len) + 1;
+      txChain(Array.from({ length: n }, (_, i) => ({
+        addr: 0, len, flags: i < n - 1 ? DESC_F_NEXT : 0, next: ring.size - n + i + 1,
+      })))(ring);
     },
   },
   {
@@ -262,6 +295,13 @@ const cases: Case[] = [
     queue: 'rx',
     message: /^descriptor buffer 0x[0-9a-f]+\+2048 is outside guest memory$/,
     write: rxChain((s) => [{ addr: s.memSize + 0x200000, len: RX_BUFFER, flags: DESC_F_WRITE }]),
+  },
+  {
+    name: 'rx: an indirect table of more descriptors than the queue size',
+    queue: 'rx',
+    features: { indirectDesc: true },
+    message: new RegExp(`^indirect table of ${QUEUE_SIZE + 1} descriptors is larger than the queue size ${QUEUE_SIZE}$`),
+    write: (ring, s) => rxChain(() => [indirectTable(ring.memory, s.scratch, QUEUE_SIZE + 1, (i) => ({ addr: s.scratch + 4096 + 64 * i, len: 64, flags: DESC_F_WRITE }))])(ring, s),
   },
   {
     name: 'rx: a read-only descriptor in a receive chain',
@@ -366,16 +406,16 @@ function timedStop(pair: QueuePair): number {
   return performance.now() - start;
 }
 
-const dataPathOptions = (features?: Partial<VirtioNetFeatures>, rxBufferSize = RX_BUFFER) => ({
+const dataPathOptions = (features?: Partial<VirtioNetFeatures>, rxBufferSize = RX_BUFFER, queueSize = QUEUE_SIZE) => ({
   pairs: 2,
-  queueSize: QUEUE_SIZE,
+  queueSize,
   rxBufferSize,
   ...(features ? { features } : {}),
 });
 
 for (const c of cases) {
   test(c.name, async () => {
-    await withDataPath(dataPathOptions(c.features, c.rxBufferSize), async (dp) => {
+    await withDataPath(dataPathOptions(c.features, c.rxBufferSize, c.queueSize), async (dp) => {
       const [pair0, pair1] = dp.pairs as [QueuePair, QueuePair];
       const events0 = listen(pair0);
       const events1 = listen(pair1);

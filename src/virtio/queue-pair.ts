@@ -13,9 +13,13 @@ export interface VirtqueueConfig {
   descAddr: number;
   availAddr: number;
   usedAddr: number;
-  /** Eventfd the driver signals when it adds buffers (KVM ioeventfd). */
+  /**
+   * Eventfd the driver signals when it adds buffers (KVM ioeventfd). The queue pair
+   * takes its own copy when it is constructed (and closes it at stop()): the caller
+   * may close this fd at any time after.
+   */
   kickFd: number;
-  /** Eventfd the device signals to interrupt the driver (KVM irqfd); omit to never interrupt. */
+  /** Eventfd the device signals to interrupt the driver (KVM irqfd); omit to never interrupt. Copied like kickFd. */
   callFd?: number;
   /** VIRTIO_RING_F_EVENT_IDX negotiated. */
   eventIdx?: boolean;
@@ -60,8 +64,10 @@ export interface QueueStats {
   bytes: number;
   /** Wakeups by the driver's kick (kicks that came while the worker was busy count once). */
   kicks: number;
-  /** Interrupts sent to the driver (call eventfd writes). */
+  /** Interrupts sent to the driver (the call eventfd signalled). */
   calls: number;
+  /** Interrupts that could not be sent at once and were dropped: the worker never waits on a call eventfd. */
+  callsFailed: number;
   /** Wakeups by the tap (frames to read, or room to write again). */
   wakeups: number;
   /** io_uring submissions: packets / batches is how many frames each system call moved. */
@@ -127,7 +133,11 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
     }
   }
 
-  /** Starts the worker thread. Throws EINVAL if the rings are not inside guest memory or misaligned. */
+  /**
+   * Starts the worker thread. Throws EINVAL if the rings are not inside guest memory or
+   * misaligned; a failed start releases what the pair holds (its fds, guest memory), as
+   * stop() does: make a new QueuePair to try again.
+   */
   start(): void {
     try {
       this.#native.start();
@@ -136,7 +146,11 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
     }
   }
 
-  /** Stops and joins the worker; every chain it took is completed or given back. Returns where each ring stopped. */
+  /**
+   * Stops and joins the worker (promptly: it never waits on the guest's or frontend's fds);
+   * every chain it took is completed or given back, and its fds and guest memory are
+   * released. Returns where each ring stopped.
+   */
   stop(): QueuePairPosition {
     const { rxLastAvailIdx, txLastAvailIdx } = this.#native.stop();
     return { rxLastAvailIdx, txLastAvailIdx };

@@ -27,6 +27,17 @@ export function fdCount(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }
 
+/** Threads of this process, without io_uring's kernel workers (iou-wrk-*, iou-sqp-*): they linger idle a while, and are not ours. */
+export function threadCount(): number {
+  return fs.readdirSync('/proc/self/task').filter((tid) => {
+    try {
+      return !fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').startsWith('iou-');
+    } catch {
+      return false; // exited while we looked
+    }
+  }).length;
+}
+
 export function run(cmd: string, args: string[]): string {
   return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
