@@ -437,6 +437,7 @@ void QueuePairWorker::finishRxFrame(uint64_t frameBytes) {
     // num_buffers: the tap leaves the last two header bytes alone.
     uint16_t numBuffers = static_cast<uint16_t>(used);
     copyToIov(rxIov_.data() + held_[0].iovStart, held_[0].iovCount, 10, reinterpret_cast<uint8_t*>(&numBuffers), 2);
+    rx_.logWrite(rxIov_.data() + held_[0].iovStart, held_[0].iovCount, 10, 2);
   }
   uint64_t left = frameBytes;
   uint64_t usedBytes = 0;
@@ -539,6 +540,9 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
       continue;  // empty then; a later read may still have caught a frame that came in meanwhile
     }
     const TxChain& target = rxBatch_[frames];
+    const TxChain& readInto = rxBatch_[i];
+    rx_.logWrite(rxBatchIov_.data() + readInto.iovStart, readInto.iovCount, 0,
+                 std::min<uint64_t>(static_cast<uint64_t>(res), readInto.bytes));
     if (static_cast<uint64_t>(res) > rxBatch_[i].bytes) {
       // Larger than the tap's frames were said to be (its MTU grew): this one is lost, counted, and
       // the guest gets a runt it drops; from now on every frame goes the single way, with room to spare.
@@ -555,10 +559,12 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
       const TxChain& from = rxBatch_[i];
       copyFromIov(rxBatchIov_.data() + from.iovStart, from.iovCount, overflow_.data(), static_cast<uint64_t>(res));
       copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 0, overflow_.data(), static_cast<uint64_t>(res));
+      rx_.logWrite(rxBatchIov_.data() + target.iovStart, target.iovCount, 0, static_cast<uint64_t>(res));
     }
     if (hdr == 12) {
       uint16_t one = 1;
       copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 10, reinterpret_cast<uint8_t*>(&one), 2);
+      rx_.logWrite(rxBatchIov_.data() + target.iovStart, target.iovCount, 10, 2);
     }
     rx_.pushUsed(target.head, static_cast<uint32_t>(res));
     bump(rxStats.packets);
@@ -615,6 +621,8 @@ bool QueuePairWorker::handleRx() {
       for (size_t i = 0; i < spillChain_; i++) startInChain += held_[i].bytes;
       copyToIov(rxIov_.data() + first.iovStart, heldIov_ - first.iovStart, spillStart_ - startInChain,
                 overflow_.data(), spillFrameBytes_ - spillStart_);
+      rx_.logWrite(rxIov_.data() + first.iovStart, heldIov_ - first.iovStart, spillStart_ - startInChain,
+                   spillFrameBytes_ - spillStart_);
       uint64_t frameBytes = spillFrameBytes_;
       spillFrameBytes_ = 0;
       finishRxFrame(frameBytes);
@@ -644,6 +652,8 @@ bool QueuePairWorker::handleRx() {
       break;
     }
     uint64_t frameBytes = static_cast<uint64_t>(n);
+    // What the kernel wrote into the guest's buffers (the overflow buffer is ours).
+    rx_.logWrite(rxIov_.data(), heldIov_, 0, std::min<uint64_t>(frameBytes, heldBytes_));
     if (frameBytes <= heldBytes_) {
       finishRxFrame(frameBytes);
       frames++;
