@@ -13,18 +13,7 @@ Napi::FunctionReference* logConstructor = nullptr;
 Napi::FunctionReference* slotConstructor = nullptr;
 
 bool argUint64(const Napi::CallbackInfo& info, size_t i, const char* what, uint64_t* out) {
-  Napi::Value v = info.Length() > i ? info[i] : info.Env().Undefined();
-  if (v.IsBigInt()) {
-    bool lossless = false;
-    *out = v.As<Napi::BigInt>().Uint64Value(&lossless);
-    if (lossless) return true;
-  } else if (v.IsNumber()) {
-    double d = v.As<Napi::Number>().DoubleValue();
-    if (d >= 0 && d <= 9007199254740991.0 && d == static_cast<double>(static_cast<uint64_t>(d))) {
-      *out = static_cast<uint64_t>(d);
-      return true;
-    }
-  }
+  if (info.Length() > i && toUint64(info[i], out)) return true;
   throwCode(info.Env(), "EINVAL", std::string(what) + " must be a non-negative integer");
   return false;
 }

@@ -2,7 +2,6 @@
 // data path writes into guest memory marks its 4 KiB page. Checked the strict
 // way: a copy of guest memory taken when logging starts, and after traffic every
 // page whose bytes differ must have its bit set.
-import dgram from 'node:dgram';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,6 +13,7 @@ import { native } from '../src/native';
 import { DIRTY_LOG_PAGE_SIZE, DirtyLog, DirtyLogSlot, dirtyLogBytes } from '../src/virtio/dirty-log';
 import { GUEST_IP, HOST_IP, withDataPath, type DataPath, type DataPathOptions } from './helpers/datapath';
 import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
+import { sendDatagrams } from './helpers/udp';
 import { assertPrivateNetns, run, sleep } from './helpers/system';
 
 assertPrivateNetns();
@@ -27,21 +27,7 @@ async function until(what: string, condition: () => boolean, timeoutMs = 5000): 
 }
 
 function sendToGuest(port: number, payloads: Buffer[]): Promise<void> {
-  const socket = dgram.createSocket('udp4');
-  return new Promise<void>((resolve, reject) => {
-    socket.bind(0, HOST_IP, () => {
-      let left = payloads.length;
-      for (const p of payloads) {
-        socket.send(p, port, GUEST_IP, (error) => {
-          if (error) reject(error);
-          else if (--left === 0) {
-            socket.close();
-            resolve();
-          }
-        });
-      }
-    });
-  });
+  return sendDatagrams(HOST_IP, GUEST_IP, port, payloads);
 }
 
 /** Used index the device published on a ring (u16 at usedAddr + 2). */

@@ -2,7 +2,6 @@
 // SET_LOG_BASE with the log region's fd, SET_FEATURES with VHOST_F_LOG_ALL,
 // SET_VRING_ADDR with VHOST_VRING_F_LOG for the running rings, and SEND_RARP on
 // the destination. A TS frontend plays QEMU; the guest is the TS driver.
-import dgram from 'node:dgram';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,6 +17,7 @@ import { featureBit } from '../src/virtio/features';
 import { ProtocolFeature, Request, VHOST_F_LOG_ALL, VHOST_VRING_F_LOG, encodeU64 } from '../src/vhost-user/protocol';
 import { GUEST_IP, HOST_IP } from './helpers/datapath';
 import { parseUdp, pattern } from './helpers/packets';
+import { sendDatagrams } from './helpers/udp';
 import { assertPrivateNetns, fdCount, run, sleep, uniqueName } from './helpers/system';
 import {
   PROTOCOL_PROTOCOL_FEATURES, VhostUserFrontend, WANTED_PROTOCOL_FEATURES, encodeVringAddr, pf, type VhostUserGuest,
@@ -104,21 +104,7 @@ async function startLogging(fe: VhostUserFrontend, guest: VhostUserGuest, featur
 }
 
 function sendToGuest(port: number, payloads: Buffer[]): Promise<void> {
-  const socket = dgram.createSocket('udp4');
-  return new Promise<void>((resolve, reject) => {
-    socket.bind(0, HOST_IP, () => {
-      let left = payloads.length;
-      for (const p of payloads) {
-        socket.send(p, port, GUEST_IP, (error) => {
-          if (error) reject(error);
-          else if (--left === 0) {
-            socket.close();
-            resolve();
-          }
-        });
-      }
-    });
-  });
+  return sendDatagrams(HOST_IP, GUEST_IP, port, payloads);
 }
 
 async function receiveAll(guest: VhostUserGuest, port: number, count: number): Promise<Buffer[]> {
