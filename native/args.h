@@ -23,6 +23,20 @@ inline bool argInt(const Napi::CallbackInfo& info, size_t i, int64_t* out) {
   return true;
 }
 
+// A JS number (a safe integer) or BigInt as a uint64_t; false if it is neither or does not fit.
+inline bool toUint64(Napi::Value v, uint64_t* out) {
+  if (v.IsBigInt()) {
+    bool lossless = false;
+    *out = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    return lossless;
+  }
+  if (!v.IsNumber()) return false;
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<uint64_t>(d))) return false;
+  *out = static_cast<uint64_t>(d);
+  return true;
+}
+
 inline bool argFd(const Napi::CallbackInfo& info, size_t i, int* out) {
   int64_t v;
   if (!argInt(info, i, &v)) return false;

@@ -49,6 +49,19 @@ class GuestMemoryMap {
   // than maxIov entries would be needed.
   int translateIov(uint64_t gpa, uint64_t len, struct iovec* iov, int maxIov) const;
 
+  // The guest-physical address of a host pointer into one of the regions (the
+  // reverse of translate(), for the dirty log of writes made through iovecs).
+  bool guestAddress(const void* host, uint64_t* gpa) const {
+    const uint8_t* p = static_cast<const uint8_t*>(host);
+    for (const MappedRegion& r : regions_) {
+      if (p >= r.host && static_cast<uint64_t>(p - r.host) < r.size) {
+        *gpa = r.guestPhysAddr + static_cast<uint64_t>(p - r.host);
+        return true;
+      }
+    }
+    return false;
+  }
+
   size_t regionCount() const { return regions_.size(); }
   const MappedRegion& region(size_t i) const { return regions_[i]; }
 

@@ -21,17 +21,7 @@ bool readUint64(Napi::Env env, Napi::Object obj, const char* key, uint64_t* out,
     *out = 0;
     return true;
   }
-  if (v.IsBigInt()) {
-    bool lossless = false;
-    *out = v.As<Napi::BigInt>().Uint64Value(&lossless);
-    if (lossless) return true;
-  } else if (v.IsNumber()) {
-    double d = v.As<Napi::Number>().DoubleValue();
-    if (d >= 0 && d <= 9007199254740991.0 && d == static_cast<double>(static_cast<uint64_t>(d))) {
-      *out = static_cast<uint64_t>(d);
-      return true;
-    }
-  }
+  if (toUint64(v, out)) return true;
   throwCode(env, "EINVAL", std::string("region.") + key + " must be a non-negative integer");
   return false;
 }

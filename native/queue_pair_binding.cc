@@ -7,6 +7,7 @@
 
 #include "args.h"
 #include "errors.h"
+#include "dirty_log_binding.h"
 #include "guest_memory_binding.h"
 #include "js_callback.h"
 #include "modules.h"
@@ -53,6 +54,11 @@ bool readQueue(Napi::Env env, Napi::Value value, const char* which, QueueConfig*
   q->callFd = static_cast<int>(call);
   q->eventIdx = o.Get("eventIdx").ToBoolean().Value();
   q->indirectDesc = o.Get("indirectDesc").ToBoolean().Value();
+  if (!o.Get("usedLogAddr").IsUndefined()) {
+    double usedLog;
+    if (!readNumber(env, o, "usedLogAddr", 0, 9007199254740991.0, &usedLog)) return false;
+    q->usedLogAddr = static_cast<uint64_t>(usedLog);
+  }
   return true;
 }
 
@@ -96,6 +102,13 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     options.rxReserveBytes = static_cast<uint32_t>(reserve);
     options.mergeableRx = c.Get("mergeableRx").ToBoolean().Value();
     if (!readQueue(env, c.Get("rx"), "rx", &options.rx) || !readQueue(env, c.Get("tx"), "tx", &options.tx)) return;
+    if (!c.Get("dirtyLog").IsUndefined()) {
+      // Live migration: both rings log their writes to the device's slot.
+      std::shared_ptr<DirtyLogSlot> slot = DirtyLogSlotOf(env, c.Get("dirtyLog"));
+      if (!slot) return;
+      options.rx.dirtyLog = slot;
+      options.tx.dirtyLog = slot;
+    }
 
     events_.create(env, info[1].As<Napi::Function>(), "vhost-tap queue pair events");
     worker_ = std::make_unique<QueuePairWorker>(std::move(options), [this](const char* where, const std::string& message) {

@@ -506,6 +506,7 @@ void QueuePairWorker::finishRxFrame(uint64_t frameBytes) {
     // num_buffers: the tap leaves the last two header bytes alone.
     uint16_t numBuffers = static_cast<uint16_t>(used);
     copyToIov(rxIov_.data() + held_[0].iovStart, held_[0].iovCount, 10, reinterpret_cast<uint8_t*>(&numBuffers), 2);
+    rx_.logWrite(rxIov_.data() + held_[0].iovStart, held_[0].iovCount, 10, 2);
   }
   uint64_t left = frameBytes;
   uint64_t usedBytes = 0;
@@ -609,6 +610,9 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
     }
     const TxChain& target = rxBatch_[frames];
     const uint64_t frameBytes = static_cast<uint64_t>(res);
+    // What the kernel wrote into the chain it read into, for the dirty log.
+    const TxChain& readInto = rxBatch_[i];
+    rx_.logWrite(rxBatchIov_.data() + readInto.iovStart, readInto.iovCount, 0, std::min<uint64_t>(frameBytes, readInto.bytes));
     // A frame read after an earlier read found the tap empty (it arrived in between) is
     // moved down into the first chain still unused, so frames keep their order and the
     // unused chains are the last popped: through the spare buffer, so it must fit that
@@ -627,10 +631,12 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
       const TxChain& from = rxBatch_[i];
       copyFromIov(rxBatchIov_.data() + from.iovStart, from.iovCount, overflow_.data(), frameBytes);
       copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 0, overflow_.data(), frameBytes);
+      rx_.logWrite(rxBatchIov_.data() + target.iovStart, target.iovCount, 0, frameBytes);
     }
     if (hdr == 12) {
       uint16_t one = 1;
       copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 10, reinterpret_cast<uint8_t*>(&one), 2);
+      rx_.logWrite(rxBatchIov_.data() + target.iovStart, target.iovCount, 10, 2);
     }
     rx_.pushUsed(target.head, static_cast<uint32_t>(frameBytes));
     bump(rxStats.packets);
@@ -693,6 +699,7 @@ bool QueuePairWorker::handleRx() {
       const uint64_t spilled = std::min<uint64_t>(spillFrameBytes_ - spillStart_, overflow_.size());
       copyToIov(rxIov_.data() + first.iovStart, heldIov_ - first.iovStart, spillStart_ - startInChain,
                 overflow_.data(), spilled);
+      rx_.logWrite(rxIov_.data() + first.iovStart, heldIov_ - first.iovStart, spillStart_ - startInChain, spilled);
       uint64_t frameBytes = spillFrameBytes_;
       spillFrameBytes_ = 0;
       finishRxFrame(frameBytes);  // counted when it was read
@@ -722,6 +729,8 @@ bool QueuePairWorker::handleRx() {
     }
     taken++;
     uint64_t frameBytes = static_cast<uint64_t>(n);
+    // What the kernel wrote into the guest's buffers (the overflow buffer is ours).
+    rx_.logWrite(rxIov_.data(), heldIov_, 0, std::min<uint64_t>(frameBytes, heldBytes_));
     if (frameBytes <= heldBytes_) {
       finishRxFrame(frameBytes);
       continue;

@@ -1,5 +1,6 @@
 #include "split_queue.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -41,7 +42,26 @@ bool SplitQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig
   pendingUsed_ = 0;
   signalledUsedValid_ = false;
   broken_.clear();
+  if (c.dirtyLog) log_.attach(c.dirtyLog);
+  else log_.detach();
+  usedLogAddr_ = c.usedLogAddr == QueueConfig::kLogAtUsedAddr ? c.usedAddr : c.usedLogAddr;
   return true;
+}
+
+void SplitQueue::logWrite(const struct iovec* iov, int count, uint64_t offset, uint64_t len) {
+  if (!log_.attached()) return;
+  for (int i = 0; i < count && len > 0; i++) {
+    if (offset >= iov[i].iov_len) {
+      offset -= iov[i].iov_len;
+      continue;
+    }
+    uint64_t n = std::min<uint64_t>(len, iov[i].iov_len - offset);
+    uint64_t gpa;
+    // Every iovec came from translateIov() over this memory, within one region.
+    if (memory_->guestAddress(static_cast<const uint8_t*>(iov[i].iov_base) + offset, &gpa)) log_.mark(gpa, n);
+    len -= n;
+    offset = 0;
+  }
 }
 
 PopResult SplitQueue::fail(std::string reason) {
@@ -158,9 +178,19 @@ PopResult SplitQueue::walk(Direction direction, struct iovec* iov, int maxIov, C
 
 bool SplitQueue::flushUsed() {
   if (pendingUsed_ == 0) return false;
+  const uint16_t first = usedIdx_;
+  const uint16_t count = pendingUsed_;
   usedIdx_ = static_cast<uint16_t>(usedIdx_ + pendingUsed_);
   pendingUsed_ = 0;
   __atomic_store_n(usedIdxPtr_, usedIdx_, __ATOMIC_RELEASE);
+  if (log_.attached()) {
+    // The entries written since the last flush (they may wrap around the ring), then flags and idx.
+    const uint32_t start = first & (size_ - 1);
+    const uint32_t run = std::min<uint32_t>(count, size_ - start);
+    logUsed(4 + 8ull * start, 8ull * run);
+    if (run < count) logUsed(4, 8ull * (count - run));
+    logUsed(0, 4);
+  }
   return true;
 }
 
@@ -178,15 +208,20 @@ bool SplitQueue::needsCall() {
 }
 
 void SplitQueue::disableNotify() {
-  if (!eventIdx_) __atomic_store_n(usedFlags_, static_cast<uint16_t>(VRING_USED_F_NO_NOTIFY), __ATOMIC_RELAXED);
+  if (!eventIdx_) {
+    __atomic_store_n(usedFlags_, static_cast<uint16_t>(VRING_USED_F_NO_NOTIFY), __ATOMIC_RELAXED);
+    logUsed(0, 2);
+  }
   // With event idx, not moving avail_event forward is what suppresses kicks.
 }
 
 bool SplitQueue::enableNotify() {
   if (eventIdx_) {
     __atomic_store_n(availEvent_, lastAvail_, __ATOMIC_RELAXED);
+    logUsed(4 + 8ull * size_, 2);
   } else {
     __atomic_store_n(usedFlags_, static_cast<uint16_t>(0), __ATOMIC_RELAXED);
+    logUsed(0, 2);
   }
   // Our request must be visible before we look at the index again, or a kick could be lost.
   __atomic_thread_fence(__ATOMIC_SEQ_CST);

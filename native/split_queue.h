@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "dirty_log.h"
 #include "guest_memory.h"
 #include "vring.h"
 
@@ -24,6 +25,12 @@ struct QueueConfig {
   uint16_t lastAvailIdx = 0;  // where to resume (vhost SET_VRING_BASE)
   int kickFd = -1;
   int callFd = -1;
+  // Live migration: where the device's writes are logged (none: not logging), and
+  // the guest-physical address the used ring's writes are logged at (vhost-user's
+  // log_guest_addr; the used ring's own address unless the frontend says otherwise).
+  static constexpr uint64_t kLogAtUsedAddr = ~0ull;
+  std::shared_ptr<DirtyLogSlot> dirtyLog;
+  uint64_t usedLogAddr = kLogAtUsedAddr;
 };
 
 // A chain popped from the available ring, as iovecs into guest memory.
@@ -67,6 +74,11 @@ class SplitQueue {
   }
   // Publishes the pushed used entries; false if there were none.
   bool flushUsed();
+
+  // Marks in the dirty log (if one is current) the `len` bytes the device wrote
+  // through iov[0..count), `offset` bytes in: call it once the write is complete,
+  // before the used entry that hands the buffer to the driver.
+  void logWrite(const struct iovec* iov, int count, uint64_t offset, uint64_t len);
   // Whether the driver wants an interrupt for what flushUsed() published since the last call.
   bool needsCall();
 
@@ -85,6 +97,7 @@ class SplitQueue {
   // Lets go of guest memory (a stopped queue must not keep a departed VM's RAM
   // mapped until JS collects it). The indexes stay readable; setup() again to use it.
   void releaseMemory() {
+    log_.detach();
     memory_.reset();
     desc_ = nullptr;
     availFlags_ = availIdx_ = availRing_ = usedEvent_ = usedFlags_ = usedIdxPtr_ = availEvent_ = nullptr;
@@ -94,6 +107,8 @@ class SplitQueue {
  private:
   PopResult fail(std::string reason);
   PopResult walk(Direction direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov);
+  // Marks bytes [offset, offset + len) of the used ring in the dirty log.
+  void logUsed(uint64_t offset, uint64_t len) { log_.mark(usedLogAddr_ + offset, len); }
 
   std::shared_ptr<GuestMemoryMap> memory_;
   uint32_t size_ = 0;
@@ -114,6 +129,8 @@ class SplitQueue {
   uint16_t signalledUsed_ = 0;
   bool signalledUsedValid_ = false;
   std::string broken_;
+  DirtyLogCursor log_;
+  uint64_t usedLogAddr_ = 0;
 };
 
 }  // namespace vhost_tap

@@ -8,6 +8,7 @@
 
 #include "args.h"
 #include "errors.h"
+#include "dirty_log_binding.h"
 #include "guest_memory_binding.h"
 #include "modules.h"
 #include "split_queue.h"
@@ -52,6 +53,11 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
     c.lastAvailIdx = static_cast<uint16_t>(num("lastAvailIdx"));
     c.eventIdx = o.Get("eventIdx").ToBoolean().Value();
     c.indirectDesc = o.Get("indirectDesc").ToBoolean().Value();
+    if (!o.Get("dirtyLog").IsUndefined()) {
+      c.dirtyLog = DirtyLogSlotOf(env, o.Get("dirtyLog"));
+      if (!c.dirtyLog) return;
+    }
+    if (!o.Get("usedLogAddr").IsUndefined()) c.usedLogAddr = static_cast<uint64_t>(num("usedLogAddr"));
     std::string error;
     if (!queue_.setup(std::move(memory), c, &error)) throwCode(env, "EINVAL", error);
     iov_.resize(kMaxIov);
@@ -113,6 +119,7 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
         memcpy(iov_[i].iov_base, data.Data() + written, n);
         written += n;
       }
+      queue_.logWrite(iov_.data() + readableIov_, iovCount_ - readableIov_, 0, written);
     }
     queue_.pushUsed(head_, static_cast<uint32_t>(written));
     queue_.flushUsed();

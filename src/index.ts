@@ -21,8 +21,10 @@ export { MAX_TAP_QUEUES, MAX_IFNAME_BYTES } from './tap/constants';
 // The device a VMM embeds: status, features, config space, queues, control queue
 export { VirtioNetDevice } from './virtio/net-device';
 export type {
-  VirtioNetDeviceOptions, VirtioNetDeviceEvents, DeviceStats, DeviceQueueError, QueuePairsChange,
+  VirtioNetDeviceOptions, VirtioNetDeviceEvents, DeviceStats, DeviceQueueError, QueuePairsChange, VirtioNetDeviceState,
 } from './virtio/net-device';
+export { DEVICE_STATE_VERSION } from './virtio/net-device';
+export { DirtyLog, DirtyLogSlot, DIRTY_LOG_PAGE_SIZE, dirtyLogBytes } from './virtio/dirty-log';
 export {
   STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_DEVICE_NEEDS_RESET, STATUS_FAILED,
   describeStatus,

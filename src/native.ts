@@ -24,6 +24,19 @@ export interface NativeFdPoller {
 export interface NativeQueueRing {
   size: number; descAddr: number; availAddr: number; usedAddr: number;
   lastAvailIdx: number; kickFd: number; callFd: number; eventIdx: boolean; indirectDesc: boolean;
+  /** Where the used ring's writes are logged; default usedAddr. */
+  usedLogAddr?: number;
+}
+
+export interface NativeDirtyLog {
+  bytes(): number;
+  collect(clear: boolean): Buffer;
+  outOfRange(): number;
+  close(): void;
+}
+
+export interface NativeDirtyLogSlot {
+  set(log: NativeDirtyLog | null): void;
 }
 
 export interface NativeQueueStats {
@@ -40,7 +53,7 @@ export interface NativeQueuePair {
 
 export interface NativeQueuePairConfig {
   memory: NativeGuestMemory; tapFd: number; hdrSize: number; mergeableRx: boolean; rxReserveBytes: number; rxMaxFrameBytes: number; busyPollUs: number;
-  rx: NativeQueueRing; tx: NativeQueueRing;
+  rx: NativeQueueRing; tx: NativeQueueRing; dirtyLog?: NativeDirtyLogSlot;
 }
 
 export interface NativeVirtqueue {
@@ -56,7 +69,9 @@ export interface NativeVirtqueue {
 }
 
 export interface NativeBindings {
-  NativeVirtqueue: new (memory: NativeGuestMemory, config: Omit<NativeQueueRing, 'kickFd' | 'callFd'>) => NativeVirtqueue;
+  NativeVirtqueue: new (memory: NativeGuestMemory, config: Omit<NativeQueueRing, 'kickFd' | 'callFd'> & { dirtyLog?: NativeDirtyLogSlot }) => NativeVirtqueue;
+  NativeDirtyLog: new (fd: number, size: number | bigint, offset: number | bigint) => NativeDirtyLog;
+  NativeDirtyLogSlot: new () => NativeDirtyLogSlot;
   NativeQueuePair: new (config: NativeQueuePairConfig, onEvent: (where: string, message: string) => void) => NativeQueuePair;
   NativeGuestMemory: new (regions: NativeRegionSpec[]) => NativeGuestMemory;
   memfdCreate(name: string, size: number): number;

@@ -201,3 +201,26 @@ export function vringFdIndex(payload: Buffer, request: number): { index: number;
   const value = u64(payload, request);
   return { index: Number(value & 0xffn), noFd: (value & 0x100n) !== 0n };
 }
+
+/** VHOST_F_LOG_ALL: a feature bit of vhost's own: log every write to guest memory (live migration). */
+export const VHOST_F_LOG_ALL = 26;
+
+/** VHOST_VRING_F_LOG in SET_VRING_ADDR's flags: log_guest_addr is valid, log the used ring's writes there. */
+export const VHOST_VRING_F_LOG = 1 << 0;
+
+export interface LogDescription {
+  mmapSize: bigint;
+  mmapOffset: bigint;
+}
+
+/** SET_LOG_BASE with LOG_SHMFD: the log region's size and offset in the fd that comes with it. */
+export function logDescription(payload: Buffer, request: number): LogDescription {
+  if (payload.length !== 16) throw malformed(request, `payload is ${payload.length} bytes, not 16 (mmap size, mmap offset)`);
+  return { mmapSize: payload.readBigUInt64LE(0), mmapOffset: payload.readBigUInt64LE(8) };
+}
+
+/** SEND_RARP: a u64 whose first 6 bytes are the guest's MAC address. */
+export function rarpMac(payload: Buffer, request: number): string {
+  if (payload.length !== 8) throw malformed(request, `payload is ${payload.length} bytes, not 8`);
+  return Array.from(payload.subarray(0, 6), (b) => b.toString(16).padStart(2, '0')).join(':');
+}

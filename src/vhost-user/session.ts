@@ -10,14 +10,15 @@ import { featureBit } from '../virtio/features';
 import { GuestMemory } from '../virtio/guest-memory';
 import type { VirtioNetDevice } from '../virtio/net-device';
 import {
-  MAX_MEM_REGIONS, MAX_MEM_SLOTS, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, configAccess, encodeConfig,
-  encodeU64, encodeVringState, memoryTable, requestName, singleRegion, u64, vringAddress, vringFdIndex, vringState,
-  type MemoryRegionDescriptor,
+  MAX_MEM_REGIONS, MAX_MEM_SLOTS, ProtocolFeature, Request, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG,
+  configAccess, encodeConfig, encodeU64, encodeVringState, logDescription, memoryTable, rarpMac, requestName, singleRegion, u64,
+  vringAddress, vringFdIndex, vringState, type MemoryRegionDescriptor,
 } from './protocol';
+import { MigrationLog } from './migration';
 
 export const SUPPORTED_PROTOCOL_FEATURES = [
   ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.RESET_DEVICE,
-  ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS,
+  ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS, ProtocolFeature.LOG_SHMFD, ProtocolFeature.RARP,
 ].reduce((mask, bit) => mask | (1n << BigInt(bit)), 0n);
 
 export interface Message {
@@ -40,6 +41,8 @@ interface Ring {
   started: boolean;
   enabled: boolean;
   configured: { num: boolean; addr: boolean };
+  /** The ring's guest-physical addresses as last set, to recognise a repeated SET_VRING_ADDR. */
+  addresses?: { descAddr: number; availAddr: number; usedAddr: number };
 }
 
 interface Region extends MemoryRegionDescriptor {
@@ -54,6 +57,8 @@ function expectedFds(request: number, payload: Buffer): number | undefined {
     case Request.SET_MEM_TABLE:
       return payload.length >= 4 ? payload.readUInt32LE(0) : undefined;
     case Request.ADD_MEM_REG:
+    case Request.SET_LOG_BASE:
+    case Request.SET_LOG_FD:
       return 1;
     case Request.REM_MEM_REG:
       return undefined; // some frontends send the fd again: accept 0 or 1
@@ -75,9 +80,11 @@ export class VhostUserSession {
   #memory: GuestMemory | undefined;
   #frontendStatus = 0;
   #closed = false;
+  readonly #migration: MigrationLog;
 
   constructor(private readonly device: VirtioNetDevice, private readonly log: Logger) {
     this.#rings = Array.from({ length: 2 * device.maxQueuePairs }, () => newRing());
+    this.#migration = new MigrationLog(device);
   }
 
   /** Whether the frontend asked for a reply-ack on this message. */
@@ -183,8 +190,46 @@ export class VhostUserSession {
       case Request.SET_VRING_ADDR: {
         const a = vringAddress(payload, request);
         const index = this.#ringIndex(a.index);
-        this.device.setQueueAddresses(index, { descAddr: this.#toGuest(a.desc, 'descriptor table'), availAddr: this.#toGuest(a.avail, 'available ring'), usedAddr: this.#toGuest(a.used, 'used ring') });
-        this.#rings[index]!.configured.addr = true;
+        const addresses = { descAddr: this.#toGuest(a.desc, 'descriptor table'), availAddr: this.#toGuest(a.avail, 'available ring'), usedAddr: this.#toGuest(a.used, 'used ring') };
+        const logAddr = a.flags & VHOST_VRING_F_LOG ? safeAddress(a.log, 'log_guest_addr') : undefined;
+        const ring = this.#rings[index]!;
+        // QEMU sends it again for running rings when a migration starts (to add
+        // VHOST_VRING_F_LOG): the same addresses need no stop.
+        if (!(this.device.isPairRunning(index >> 1) && sameAddresses(ring.addresses, addresses))) {
+          if (this.device.isPairRunning(index >> 1)) this.device.getQueueBase(index);
+          this.device.setQueueAddresses(index, addresses);
+        }
+        this.device.setQueueLogAddress(index, logAddr);
+        ring.addresses = addresses;
+        ring.configured.addr = true;
+        this.#reconcile();
+        return {};
+      }
+      case Request.SET_LOG_BASE: {
+        if (!(this.#protocolFeatures & (1n << BigInt(ProtocolFeature.LOG_SHMFD)))) throw makeError('EPROTO', 'SET_LOG_BASE without the LOG_SHMFD protocol feature');
+        const description = logDescription(payload, request);
+        // The frontend waits for this reply (with no payload, as QEMU and DPDK do) whatever
+        // happens, and it cannot carry a failure: a region we cannot use is reported, the
+        // log in use stays, and SET_FEATURES with VHOST_F_LOG_ALL is then refused (QEMU
+        // asks for an ack on it), which fails the migration and leaves the guest running.
+        try {
+          this.#migration.setBase(description, fds[0]!, this.#guestExtent());
+          this.log('log-base', { bytes: this.#migration.logBytes, logging: this.#migration.logging });
+        } catch (error) {
+          this.log('request-failed', { request: requestName(request), code: errorCode(error), error: (error as Error).message });
+        } finally {
+          closeFds(fds); // mapped, or refused: the fd is not needed any more
+        }
+        return { reply: Buffer.alloc(0) };
+      }
+      case Request.SET_LOG_FD: {
+        this.#migration.setFd(fds[0]);
+        return {};
+      }
+      case Request.SEND_RARP: {
+        const mac = rarpMac(payload, request);
+        this.device.sendRarp(mac);
+        this.log('rarp', { mac });
         return {};
       }
       case Request.SET_VRING_BASE: {
@@ -272,6 +317,7 @@ export class VhostUserSession {
     } catch (error) {
       this.log('reset-failed', { error: (error as Error).message });
     }
+    this.#migration.close();
     for (const ring of this.#rings) closeFds([ring.kickFd, ring.callFd, ring.errFd]);
     this.#rings = [];
     closeFds(this.#regions.map((r) => r.fd));
@@ -291,7 +337,7 @@ export class VhostUserSession {
   }
 
   #offeredFeatures(): bigint {
-    return this.device.offeredFeatures | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+    return this.device.offeredFeatures | featureBit(VHOST_USER_F_PROTOCOL_FEATURES) | featureBit(VHOST_F_LOG_ALL);
   }
 
   #hasProtocolFeatures(): boolean {
@@ -315,12 +361,19 @@ export class VhostUserSession {
    * again change nothing.
    */
   #setFeatures(features: bigint): void {
+    // VHOST_F_LOG_ALL turns dirty logging on and off while the rings run: not a device feature, no renegotiation.
+    const logAll = (features & featureBit(VHOST_F_LOG_ALL)) !== 0n;
+    if (logAll && !this.#migration.hasBase) {
+      throw makeError('EINVAL', 'VHOST_F_LOG_ALL without a usable log region (SET_LOG_BASE missing or refused): migration cannot be logged');
+    }
+    features &= ~featureBit(VHOST_F_LOG_ALL);
     const virtio = features & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
     if (virtio & ~this.device.offeredFeatures) {
       throw makeError('EINVAL', `features 0x${(virtio & ~this.device.offeredFeatures).toString(16)} were not offered`);
     }
     if (this.#featuresSet && virtio === (this.#features & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES))) {
       this.#features = features;
+      this.#migration.setLogAll(logAll);
       return;
     }
     if (this.#featuresSet) {
@@ -336,6 +389,7 @@ export class VhostUserSession {
     if (this.#memory) this.device.setMemory(this.#memory);
     this.#features = features;
     this.#featuresSet = true;
+    this.#migration.setLogAll(logAll);
     this.log('features', { features: `0x${virtio.toString(16)}`, protocolFeatures: this.#hasProtocolFeatures() });
   }
 
@@ -370,6 +424,11 @@ export class VhostUserSession {
     if (closeOld) closeFds(old.map((r) => r.fd).filter((fd) => !regions.some((r) => r.fd === fd)));
     this.log('memory', { regions: regions.length, bytes: regions.reduce((sum, r) => sum + Number(r.size), 0) });
     if (running) this.#reconcile();
+  }
+
+  /** The end of the highest region of guest-physical memory: what a dirty log must cover. */
+  #guestExtent(): number {
+    return this.#regions.reduce((end, r) => Math.max(end, Number(r.guestPhysAddr + r.size)), 0);
   }
 
   /** Translates a frontend virtual address (ring addresses in SET_VRING_ADDR) to guest-physical. */
@@ -407,6 +466,7 @@ export class VhostUserSession {
   }
 
   #reset(): void {
+    this.#migration.close();
     this.device.reset();
     this.#featuresSet = false;
     this.#features = 0n;
@@ -416,6 +476,15 @@ export class VhostUserSession {
     }
     this.log('reset');
   }
+}
+
+function sameAddresses(a: Ring['addresses'], b: NonNullable<Ring['addresses']>): boolean {
+  return a !== undefined && a.descAddr === b.descAddr && a.availAddr === b.availAddr && a.usedAddr === b.usedAddr;
+}
+
+function safeAddress(value: bigint, what: string): number {
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw makeError('EINVAL', `${what} 0x${value.toString(16)} lies beyond 2^53`);
+  return Number(value);
 }
 
 function sameRegion(a: MemoryRegionDescriptor, b: MemoryRegionDescriptor): boolean {

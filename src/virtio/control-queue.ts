@@ -4,6 +4,7 @@
 // defensive native code as the data path.
 import { errorCode, makeError } from '../errors';
 import { native, type NativeVirtqueue } from '../native';
+import type { DirtyLogSlot } from './dirty-log';
 import { EventFd } from './eventfd';
 import {
   VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_GUEST_ANNOUNCE,
@@ -111,7 +112,7 @@ export class ControlQueue {
 
   constructor(
     memory: GuestMemory,
-    ring: VirtqueueConfig,
+    ring: VirtqueueConfig & { dirtyLog?: DirtyLogSlot },
     private readonly features: bigint,
     private readonly handler: ControlCommandHandler,
     private readonly onBroken: (message: string) => void,
@@ -119,6 +120,8 @@ export class ControlQueue {
     this.#queue = new native.NativeVirtqueue(memory.native, {
       size: ring.size, descAddr: ring.descAddr, availAddr: ring.availAddr, usedAddr: ring.usedAddr,
       lastAvailIdx: ring.lastAvailIdx ?? 0, eventIdx: ring.eventIdx ?? false, indirectDesc: ring.indirectDesc ?? false,
+      ...(ring.dirtyLog ? { dirtyLog: ring.dirtyLog.native } : {}),
+      ...(ring.usedLogAddr !== undefined ? { usedLogAddr: ring.usedLogAddr } : {}),
     });
     this.#kick = EventFd.borrow(ring.kickFd);
     this.#callFd = ring.callFd ?? -1;

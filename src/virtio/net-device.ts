@@ -1,13 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
 
 import { errorCode, makeError } from '../errors';
 import type { Tap, TapOffloads } from '../tap/tap';
 import { parseMac } from '../tap/names';
+import { rarpFrame } from './announce';
 import { ControlQueue, type ControlCommandHandler } from './control-queue';
 import {
   STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, describeStatus, statusTransitionError,
 } from './device-status';
+import { DirtyLog, DirtyLogSlot } from './dirty-log';
 import * as F from './features';
 import { featureBit, hasFeature, netHdrSize } from './features';
 import type { GuestMemory } from './guest-memory';
@@ -96,6 +99,35 @@ interface VirtqueueState {
   kickFd?: number;
   callFd?: number;
   enabled: boolean;
+  /** Live migration: where the used ring's writes are logged (vhost's log_guest_addr); default usedAddr. */
+  usedLogAddr?: number;
+}
+
+/** The format of saveState()'s record; restoreState() takes this version only. */
+export const DEVICE_STATE_VERSION = 1;
+
+/**
+ * Everything a destination device needs to carry on where the source stopped
+ * (saveState() / restoreState()): plain JSON, bigints as hex strings. Process-local
+ * things (the tap, guest memory, kick and call eventfds) are the VMM's to give again.
+ */
+export interface VirtioNetDeviceState {
+  kind: 'vhost-tap/virtio-net';
+  version: number;
+  maxQueuePairs: number;
+  /** Hex. */
+  driverFeatures: string;
+  status: number;
+  mac: string;
+  linkUp: boolean;
+  /** VIRTIO_NET_S_ANNOUNCE was pending. */
+  announcing: boolean;
+  activeQueuePairs: number;
+  /** Hex: the guest offloads in force (CTRL_GUEST_OFFLOADS_SET may have narrowed them). */
+  guestOffloads: string;
+  rxMode: { promisc: boolean; allmulti: boolean };
+  macTable: { unicast: string[]; multicast: string[] };
+  queues: { size: number; descAddr?: number; availAddr?: number; usedAddr?: number; lastAvailIdx: number; enabled: boolean }[];
 }
 
 export interface DeviceQueueError {
@@ -157,6 +189,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   #rxMode = { promisc: true, allmulti: true };
   #macTable: { unicast: Buffer[]; multicast: Buffer[] } = { unicast: [], multicast: [] };
   #closed = false;
+  /** Which dirty log the queues write to (live migration); none unless startDirtyLog(). */
+  readonly #dirtyLog = new DirtyLogSlot();
 
   constructor(options: VirtioNetDeviceOptions) {
     super();
@@ -310,6 +344,24 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     Object.assign(q, { descAddr: addresses.descAddr, availAddr: addresses.availAddr, usedAddr: addresses.usedAddr });
   }
 
+  /**
+   * Live migration: the guest-physical address the used ring's writes are logged
+   * at (vhost-user's log_guest_addr with VHOST_VRING_F_LOG); undefined: its own.
+   * Allowed while the ring runs: a pair restarts (from where it was) only if the
+   * address changes what it logs.
+   */
+  setQueueLogAddress(index: number, usedLogAddr: number | undefined): void {
+    const q = this.#queue(index, false);
+    if (usedLogAddr !== undefined && (!Number.isSafeInteger(usedLogAddr) || usedLogAddr < 0)) throw makeError('EINVAL', 'the used ring log address must be a guest-physical address');
+    const before = q.usedLogAddr ?? q.usedAddr;
+    q.usedLogAddr = usedLogAddr;
+    const pair = index >> 1;
+    if (index < 2 * this.maxQueuePairs && this.#workers[pair] && (usedLogAddr ?? q.usedAddr) !== before) {
+      this.#stopPair(pair);
+      this.#startPair(pair);
+    }
+  }
+
   /** Where the device resumes in the available ring (vhost SET_VRING_BASE). */
   setQueueBase(index: number, lastAvailIdx: number): void {
     if (!Number.isInteger(lastAvailIdx) || lastAvailIdx < 0 || lastAvailIdx > 0xffff) throw makeError('EINVAL', 'the ring base is a 16-bit index');
@@ -428,6 +480,184 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     };
   }
 
+  // ---- live migration ----
+
+  /**
+   * From now on, every byte the device writes into guest memory (received frames
+   * and their headers, used rings, the control queue's acks) marks its 4 KiB page
+   * in `log`, while the queues run. The log is the VMM's: it collects and clears
+   * it (DirtyLog.takeDirtyPages) between passes. Replacing a log needs no stop.
+   */
+  startDirtyLog(log: DirtyLog): void {
+    this.#assertOpen();
+    if (!(log instanceof DirtyLog)) throw makeError('EINVAL', 'startDirtyLog takes a DirtyLog (DirtyLog.allocate or DirtyLog.fromFd)');
+    this.#dirtyLog.set(log);
+  }
+
+  /** Stops logging; writes from now on mark nothing. */
+  stopDirtyLog(): void {
+    this.#dirtyLog.set(undefined);
+  }
+
+  /** The log in use, if logging. */
+  get dirtyLog(): DirtyLog | undefined {
+    return this.#dirtyLog.current;
+  }
+
+  /**
+   * Stops every worker and the control queue, keeping where each ring stopped:
+   * every chain a worker took is completed. The VMM does this with the guest
+   * paused, before the last pass over the dirty log; resume() undoes it.
+   */
+  quiesce(): void {
+    this.stopQueues();
+    if (this.#control) {
+      this.#queues[this.#controlIndex()]!.lastAvailIdx = this.#control.lastAvailIdx;
+      void this.#stopControl();
+    }
+  }
+
+  /** After quiesce(), when the guest goes on here after all (the migration failed): the queues run again. */
+  resume(): void {
+    this.#assertOpen();
+    if (!(this.#status & STATUS_DRIVER_OK)) return;
+    if (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_CTRL_VQ) && !this.#control) this.#startControl();
+    this.setActiveQueuePairs(this.#active);
+  }
+
+  /** Quiesces the device and returns its state (a plain, versioned record) for restoreState() on the destination. */
+  saveState(): VirtioNetDeviceState {
+    this.#assertOpen();
+    this.quiesce();
+    const hex = (b: Buffer): string => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(':');
+    return {
+      kind: 'vhost-tap/virtio-net',
+      version: DEVICE_STATE_VERSION,
+      maxQueuePairs: this.maxQueuePairs,
+      driverFeatures: `0x${this.#driverFeatures.toString(16)}`,
+      status: this.#status & ~STATUS_DEVICE_NEEDS_RESET,
+      mac: this.mac,
+      linkUp: this.linkUp,
+      announcing: (this.#config.status & VIRTIO_NET_S_ANNOUNCE) !== 0,
+      activeQueuePairs: this.#active,
+      guestOffloads: `0x${this.#guestOffloads.toString(16)}`,
+      rxMode: { ...this.#rxMode },
+      macTable: { unicast: this.#macTable.unicast.map(hex), multicast: this.#macTable.multicast.map(hex) },
+      queues: this.#queues.map((q) => ({
+        size: q.size, lastAvailIdx: q.lastAvailIdx, enabled: q.enabled,
+        ...(q.descAddr !== undefined ? { descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr } : {}),
+      })),
+    };
+  }
+
+  /**
+   * On a fresh device on the destination (status 0, guest memory set, each
+   * queue's kick and call eventfds given): takes the source's state and, if the
+   * driver was running, starts the queues where the source stopped, then
+   * announces the guest (VIRTIO_NET_S_ANNOUNCE when negotiated, else a RARP from
+   * the device into the tap). A state that is malformed, of another version or
+   * does not fit this device is refused with EINVAL, and nothing changes.
+   */
+  restoreState(state: VirtioNetDeviceState): void {
+    this.#assertOpen();
+    const plan = this.#checkState(state);
+    if (this.#status !== 0) throw makeError('EBUSY', 'restoreState needs a device that was not started: reset it first');
+    try {
+      this.#driverFeatures = plan.features;
+      if (!this.#acceptFeatures()) throw makeError('EINVAL', 'the saved features cannot be backed by this tap');
+      this.#guestOffloads = plan.guestOffloads;
+      this.tap.setOffload(tapOffloadsForGuest(this.#guestOffloads));
+      state.queues.forEach((q, i) => {
+        Object.assign(this.#queues[i]!, {
+          size: q.size, lastAvailIdx: q.lastAvailIdx, enabled: q.enabled,
+          ...(q.descAddr !== undefined ? { descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr } : {}),
+        });
+      });
+      this.#config.mac = parseMac(state.mac);
+      this.#config.setStatus((state.linkUp ? VIRTIO_NET_S_LINK_UP : 0) | (state.announcing ? VIRTIO_NET_S_ANNOUNCE : 0));
+      this.#rxMode = { ...state.rxMode };
+      this.#macTable = { unicast: state.macTable.unicast.map((m) => parseMac(m)), multicast: state.macTable.multicast.map((m) => parseMac(m)) };
+      this.#active = state.activeQueuePairs;
+      this.#status = state.status & ~STATUS_DRIVER_OK;
+      if (state.status & STATUS_DRIVER_OK) {
+        this.#status = state.status;
+        if (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_CTRL_VQ)) this.#startControl();
+        const wanted = this.#active;
+        this.#active = 1;
+        this.setActiveQueuePairs(wanted);
+      }
+    } catch (error) {
+      this.reset();
+      throw makeError(errorCode(error) ?? 'EINVAL', `cannot restore the device state: ${(error as Error).message}`, error);
+    }
+    this.emit('status', this.#status);
+    if (this.#status & STATUS_DRIVER_OK) this.announceMove();
+  }
+
+  /**
+   * Tells the network the guest is here now: the guest announces itself if it
+   * negotiated GUEST_ANNOUNCE (5.1.6.5.4), else the device sends a RARP broadcast
+   * from the guest's MAC into the tap, as QEMU does after a migration.
+   */
+  announceMove(mac?: string): void {
+    if (mac === undefined && hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_GUEST_ANNOUNCE)) {
+      this.announce();
+      return;
+    }
+    this.sendRarp(mac ?? this.mac);
+  }
+
+  /** Writes a RARP broadcast from `mac` into tap queue 0, as if the guest had sent it (vhost-user SEND_RARP). */
+  sendRarp(mac: string): void {
+    const frame = rarpFrame(parseMac(mac));
+    const header = Buffer.alloc(this.tap.vnetHdrSize()); // no offloads: all zero (VIRTIO_NET_HDR_GSO_NONE)
+    try {
+      fs.writeSync(this.tap.queues[0]!.fd, Buffer.concat([header, frame]));
+    } catch (error) {
+      throw makeError(errorCode(error) ?? 'EIO', `could not send the RARP announcement into ${this.tap.name}: ${(error as Error).message} (is the link up?)`, error);
+    }
+  }
+
+  /** Checks a saved state completely before restoreState() touches anything. */
+  #checkState(state: VirtioNetDeviceState): { features: bigint; guestOffloads: bigint } {
+    const bad = (why: string): never => {
+      throw makeError('EINVAL', `not a device state this device can restore: ${why}`);
+    };
+    if (!state || typeof state !== 'object' || state.kind !== 'vhost-tap/virtio-net') bad('kind is not vhost-tap/virtio-net');
+    if (state.version !== DEVICE_STATE_VERSION) bad(`version ${String(state.version)}, this device reads version ${DEVICE_STATE_VERSION}`);
+    if (state.maxQueuePairs !== this.maxQueuePairs) bad(`it has ${String(state.maxQueuePairs)} queue pairs, this device ${this.maxQueuePairs} (migration needs the same device options on both sides)`);
+    const bigHex = (v: unknown, what: string): bigint => {
+      if (typeof v !== 'string' || !/^0x[0-9a-f]{1,16}$/.test(v)) bad(`${what} is not a hex string`);
+      return BigInt(v as string);
+    };
+    const features = bigHex(state.driverFeatures, 'driverFeatures');
+    const guestOffloads = bigHex(state.guestOffloads, 'guestOffloads');
+    if (features & ~this.offeredFeatures) bad(`features 0x${(features & ~this.offeredFeatures).toString(16)} are not offered here`);
+    if (guestOffloads & ~features) bad('guest offloads beyond the features');
+    if (!Number.isInteger(state.status) || state.status < 0 || state.status > 0xff || state.status & 0x80) bad('status is not a live device status');
+    if (state.status & STATUS_DRIVER_OK && !(state.status & STATUS_FEATURES_OK)) bad('DRIVER_OK without FEATURES_OK');
+    try {
+      parseMac(state.mac);
+      for (const m of [...(state.macTable?.unicast ?? []), ...(state.macTable?.multicast ?? [])]) parseMac(m);
+    } catch {
+      bad('a MAC address is malformed');
+    }
+    if (!Array.isArray(state.macTable?.unicast) || !Array.isArray(state.macTable?.multicast)) bad('macTable is malformed');
+    if (typeof state.linkUp !== 'boolean' || typeof state.announcing !== 'boolean') bad('link state is malformed');
+    if (!state.rxMode || typeof state.rxMode.promisc !== 'boolean' || typeof state.rxMode.allmulti !== 'boolean') bad('rxMode is malformed');
+    if (!Number.isInteger(state.activeQueuePairs) || state.activeQueuePairs < 1 || state.activeQueuePairs > this.maxQueuePairs) bad('activeQueuePairs is out of range');
+    if (!Array.isArray(state.queues) || state.queues.length !== this.numQueues) bad(`it has ${String(state.queues?.length)} virtqueues, this device ${this.numQueues}`);
+    state.queues.forEach((q, i) => {
+      if (!q || !Number.isInteger(q.size) || q.size < 1 || q.size > 32768 || (q.size & (q.size - 1)) !== 0) bad(`queue ${i}: size`);
+      if (!Number.isInteger(q.lastAvailIdx) || q.lastAvailIdx < 0 || q.lastAvailIdx > 0xffff) bad(`queue ${i}: lastAvailIdx`);
+      if (typeof q.enabled !== 'boolean') bad(`queue ${i}: enabled`);
+      for (const key of ['descAddr', 'availAddr', 'usedAddr'] as const) {
+        if (q[key] !== undefined && (!Number.isSafeInteger(q[key]) || q[key]! < 0)) bad(`queue ${i}: ${key}`);
+      }
+    });
+    return { features, guestOffloads };
+  }
+
   /** Resets the device and lets go of the tap (which stays the caller's). */
   close(): void {
     if (this.#closed) return;
@@ -537,9 +767,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
         eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX),
         indirectDesc: hasFeature(features, F.VIRTIO_RING_F_INDIRECT_DESC),
         lastAvailIdx: q.lastAvailIdx,
+        ...(q.usedLogAddr !== undefined ? { usedLogAddr: q.usedLogAddr } : {}),
       };
     };
     const worker = new QueuePair({
+      dirtyLog: this.#dirtyLog,
       memory: this.#memory,
       tapQueue: this.tap.queues[pair]!,
       hdrSize: netHdrSize(this.#driverFeatures),
@@ -624,6 +856,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX),
       indirectDesc: hasFeature(features, F.VIRTIO_RING_F_INDIRECT_DESC),
       lastAvailIdx: q.lastAvailIdx,
+      ...(q.usedLogAddr !== undefined ? { usedLogAddr: q.usedLogAddr } : {}),
+      dirtyLog: this.#dirtyLog,
     }, features, handler, (message) => this.#needsReset({ pair: 'ctrl', queue: 'ctrl', message }));
     this.#control.start();
   }

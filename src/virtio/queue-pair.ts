@@ -3,6 +3,7 @@ import { EventEmitter } from 'node:events';
 import { errorCode, makeError } from '../errors';
 import { native, type NativeQueuePair, type NativeQueueStats } from '../native';
 import type { TapQueue } from '../tap/tap';
+import type { DirtyLogSlot } from './dirty-log';
 import type { GuestMemory } from './guest-memory';
 
 /** Where one virtqueue lives and how it signals: what vhost's SET_VRING_* messages carry. */
@@ -27,6 +28,8 @@ export interface VirtqueueConfig {
   indirectDesc?: boolean;
   /** Where to resume in the available ring (vhost SET_VRING_BASE). Default 0. */
   lastAvailIdx?: number;
+  /** Live migration: the guest-physical address the used ring's writes are logged at (vhost's log_guest_addr). Default usedAddr. */
+  usedLogAddr?: number;
 }
 
 export interface QueuePairOptions {
@@ -53,6 +56,12 @@ export interface QueuePairOptions {
    * traffic is sparse. Default 0: never spin; at idle the worker never spins.
    */
   busyPollUs?: number;
+  /**
+   * Live migration: the worker marks every byte it writes into guest memory in
+   * the slot's current log (none: nothing is logged). The slot can be switched
+   * while the worker runs.
+   */
+  dirtyLog?: DirtyLogSlot;
   /** Virtqueue 2i. */
   rx: VirtqueueConfig;
   /** Virtqueue 2i+1. */
@@ -121,11 +130,12 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
         size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr,
         lastAvailIdx: q.lastAvailIdx ?? 0, kickFd: q.kickFd, callFd: q.callFd ?? -1,
         eventIdx: q.eventIdx ?? false, indirectDesc: q.indirectDesc ?? false,
+        ...(q.usedLogAddr !== undefined ? { usedLogAddr: q.usedLogAddr } : {}),
       };
     };
     try {
       this.#native = new native.NativeQueuePair(
-        { memory: memory.native, tapFd, hdrSize, mergeableRx, rxReserveBytes, rxMaxFrameBytes: options.rxMaxFrameBytes ?? 0, busyPollUs: options.busyPollUs ?? 0, rx: ring(rx, 'rx'), tx: ring(tx, 'tx') },
+        { memory: memory.native, tapFd, hdrSize, mergeableRx, rxReserveBytes, rxMaxFrameBytes: options.rxMaxFrameBytes ?? 0, busyPollUs: options.busyPollUs ?? 0, rx: ring(rx, 'rx'), tx: ring(tx, 'tx'), ...(options.dirtyLog ? { dirtyLog: options.dirtyLog.native } : {}) },
         (where, message) => this.emit('queue-error', { queue: where as QueueErrorEvent['queue'], message }),
       );
     } catch (error) {

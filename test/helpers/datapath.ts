@@ -1,6 +1,7 @@
 // A tap in this namespace, guest memory, the TS driver playing the guest, and
 // one native QueuePair per queue pair between them: the whole data path, real.
 import { Tap, type TapOffloads } from '../../src';
+import type { DirtyLogSlot } from '../../src/virtio/dirty-log';
 import { GuestMemory } from '../../src/virtio/guest-memory';
 import { QueuePair, type QueueErrorEvent } from '../../src/virtio/queue-pair';
 import { VirtioNetDriver, type VirtioNetDriverOptions, type VirtioNetFeatures } from '../../src/virtio/driver/net-driver';
@@ -27,6 +28,8 @@ export interface DataPathOptions {
   address?: boolean;
   /** Post rx buffers when the pairs start. Default true; false lets frames queue in the tap first. */
   fillRx?: boolean;
+  /** Passed to each QueuePair: the log its writes into guest memory are marked in. */
+  dirtyLog?: DirtyLogSlot;
 }
 
 export interface DataPath {
@@ -69,6 +72,7 @@ export async function withDataPath(options: DataPathOptions, body: (dp: DataPath
         memory, tapQueue: tap.queues[i]!, hdrSize, mergeableRx: features.mergeableRx, rx, tx,
         ...(options.rxMaxFrameBytes !== undefined ? { rxMaxFrameBytes: options.rxMaxFrameBytes } : {}),
         ...(options.busyPollUs !== undefined ? { busyPollUs: options.busyPollUs } : {}),
+        ...(options.dirtyLog ? { dirtyLog: options.dirtyLog } : {}),
       });
       pair.on('queue-error', (e) => errors.push(e));
       pair.start();

@@ -20,3 +20,16 @@ export async function sendFlows(peer: string, ports: readonly number[], payload 
     socket.close();
   }
 }
+
+/** Sends `payloads` in order from `local` to `peer`:`port`; resolves when the kernel has taken all of them. */
+export async function sendDatagrams(local: string, peer: string, port: number, payloads: readonly Buffer[]): Promise<void> {
+  const socket = dgram.createSocket('udp4');
+  try {
+    await new Promise<void>((resolve) => socket.bind(0, local, resolve));
+    for (const p of payloads) {
+      await new Promise<void>((resolve, reject) => socket.send(p, port, peer, (error) => (error ? reject(error) : resolve())));
+    }
+  } finally {
+    socket.close();
+  }
+}

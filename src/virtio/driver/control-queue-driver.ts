@@ -19,7 +19,7 @@ export class ControlQueueDriver {
   readonly queue: SplitQueueDriver<number>;
   readonly #request: number;
   readonly #ack: number;
-  readonly #memory: GuestMemory;
+  #memory: GuestMemory;
   #busy: Promise<unknown> = Promise.resolve();
 
   constructor(memory: GuestMemory, allocator: GuestAllocator, options: { size: number; eventIdx: boolean; indirectDesc: boolean }) {
@@ -27,6 +27,12 @@ export class ControlQueueDriver {
     this.queue = new SplitQueueDriver<number>(memory, allocator, options);
     this.#request = allocator.alloc(MAX_COMMAND, 8);
     this.#ack = allocator.alloc(8, 8);
+  }
+
+  /** The guest's RAM moved (a live migration in a harness): go on in `memory`, a copy of the old one. */
+  moveTo(memory: GuestMemory): void {
+    this.queue.moveTo(memory);
+    this.#memory = memory;
   }
 
   /**

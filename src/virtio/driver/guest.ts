@@ -26,7 +26,7 @@ export interface GuestBringUpOptions {
  */
 export class VirtioNetGuest {
   private constructor(
-    readonly device: VirtioNetDevice,
+    public device: VirtioNetDevice,
     readonly features: bigint,
     readonly driver: VirtioNetDriver,
     readonly control: ControlQueueDriver | undefined,
@@ -89,6 +89,33 @@ export class VirtioNetGuest {
       throw error;
     }
     return new VirtioNetGuest(device, features, driver, control);
+  }
+
+  /**
+   * Every virtqueue with the eventfds the guest kicks and is called on: what a
+   * VMM registers again with the destination device after a migration.
+   */
+  queueSignals(): { index: number; kickFd: number; callFd: number }[] {
+    const out: { index: number; kickFd: number; callFd: number }[] = [];
+    for (let pair = 0; pair < this.driver.queuePairs; pair++) {
+      const { rx, tx } = this.driver.queueConfig(pair);
+      out.push({ index: 2 * pair, kickFd: rx.kickFd, callFd: rx.callFd }, { index: 2 * pair + 1, kickFd: tx.kickFd, callFd: tx.callFd });
+    }
+    if (this.control) {
+      out.push({ index: 2 * this.driver.queuePairs, kickFd: this.control.queue.kickEvent.fd, callFd: this.control.queue.callEvent.fd });
+    }
+    return out;
+  }
+
+  /**
+   * The guest moved (a live migration in a harness): its RAM is now `memory`
+   * (a copy, at the same guest-physical addresses) and its NIC `device`, which
+   * the VMM restored from the source's saveState().
+   */
+  moveTo(device: VirtioNetDevice, memory: GuestMemory): void {
+    this.driver.moveTo(memory);
+    this.control?.moveTo(memory);
+    this.device = device;
   }
 
   /** VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET; resolves with the ack (0 OK, 1 ERR). */

@@ -121,7 +121,7 @@ interface QueuePair {
  * creation and recycled, so a long run allocates nothing more.
  */
 export class VirtioNetDriver {
-  readonly memory: GuestMemory;
+  #memory: GuestMemory;
   readonly queuePairs: number;
   readonly queueSize: number;
   readonly features: Readonly<VirtioNetFeatures>;
@@ -134,7 +134,7 @@ export class VirtioNetDriver {
   #closed = false;
 
   private constructor(memory: GuestMemory, config: Resolved, pairs: QueuePair[]) {
-    this.memory = memory;
+    this.#memory = memory;
     this.#config = config;
     this.#pairs = pairs;
     this.queuePairs = config.queuePairs;
@@ -160,6 +160,22 @@ export class VirtioNetDriver {
       throw error;
     }
     return new VirtioNetDriver(memory, config, pairs);
+  }
+
+  get memory(): GuestMemory {
+    return this.#memory;
+  }
+
+  /**
+   * The guest's RAM moved (a live migration in a harness): every queue goes on
+   * at the same guest-physical addresses in `memory`, a copy of the old one.
+   */
+  moveTo(memory: GuestMemory): void {
+    for (const p of this.#pairs) {
+      p.rx.moveTo(memory);
+      p.tx.moveTo(memory);
+    }
+    this.#memory = memory;
   }
 
   /** An upper bound of the guest memory `create` allocates with these options. */
@@ -311,7 +327,7 @@ export class VirtioNetDriver {
 
   #postTx(p: QueuePair, slot: number, header: Buffer, frame: Uint8Array): void {
     const gpa = p.txBuffers[slot]!;
-    const bytes = this.memory.bytes(gpa, this.hdrSize + frame.length);
+    const bytes = this.#memory.bytes(gpa, this.hdrSize + frame.length);
     bytes.set(header, 0);
     bytes.set(frame, this.hdrSize);
     const segments: Segment[] = this.#config.txSplitHeader
@@ -357,7 +373,7 @@ export class VirtioNetDriver {
           const partial = p.partial;
           partial.remaining--;
           this.#assertFullBuffer(len, partial.remaining > 0);
-          partial.chunks.push(Buffer.from(this.memory.bytes(gpa, len)));
+          partial.chunks.push(Buffer.from(this.#memory.bytes(gpa, len)));
           if (partial.remaining === 0) {
             p.partial = undefined;
             this.#deliver(p, partial.hdr, Buffer.concat(partial.chunks), partial.hdr.numBuffers);
@@ -365,8 +381,8 @@ export class VirtioNetDriver {
           return;
         }
         if (len < hdrSize) throw protocolError(`rx used len ${len} is shorter than the ${hdrSize}-byte virtio_net_hdr`);
-        const hdr = decodeNetHdr(this.memory.bytes(gpa, hdrSize), hdrSize);
-        const data = Buffer.from(this.memory.bytes(gpa + hdrSize, len - hdrSize));
+        const hdr = decodeNetHdr(this.#memory.bytes(gpa, hdrSize), hdrSize);
+        const data = Buffer.from(this.#memory.bytes(gpa + hdrSize, len - hdrSize));
         if (!mergeable) {
           // 5.1.6.4.2: without mergeable buffers the device MUST set num_buffers to 1.
           if (hdr.numBuffers !== 1) throw protocolError(`num_buffers is ${hdr.numBuffers} without VIRTIO_NET_F_MRG_RXBUF; the device must set it to 1`);

@@ -76,7 +76,7 @@ const le16 = (value: number): number => (hostIsLittleEndian ? value : ((value & 
  * not give even on x86.
  */
 export class SplitQueueDriver<T> {
-  readonly memory: GuestMemory;
+  #memory: GuestMemory;
   readonly size: number;
   readonly eventIdx: boolean;
   readonly indirectDesc: boolean;
@@ -91,13 +91,13 @@ export class SplitQueueDriver<T> {
   readonly #descAddr: number;
   readonly #availAddr: number;
   readonly #usedAddr: number;
-  readonly #desc: DataView;
-  readonly #availRing: DataView;
+  #desc!: DataView;
+  #availRing!: DataView;
   /** avail: [flags, idx, ring[size], used_event] as u16 words, for atomic access. */
-  readonly #avail16: Uint16Array;
+  #avail16!: Uint16Array;
   /** used: [flags, idx] then, at word 2 + 4*size, avail_event. */
-  readonly #used16: Uint16Array;
-  readonly #usedRing: DataView;
+  #used16!: Uint16Array;
+  #usedRing!: DataView;
 
   // Driver-private bookkeeping, kept out of guest memory so a device scribbling
   // on the descriptor table cannot corrupt the free list.
@@ -129,7 +129,7 @@ export class SplitQueueDriver<T> {
     if (!Number.isInteger(maxIndirect) || maxIndirect < 1 || maxIndirect > size) {
       throw makeError('EINVAL', `maxIndirectSegments must be in 1..${size} (a chain may not be longer than the queue), got ${maxIndirect}`);
     }
-    this.memory = memory;
+    this.#memory = memory;
     this.size = size;
     this.eventIdx = eventIdx;
     this.indirectDesc = indirectDesc;
@@ -143,13 +143,7 @@ export class SplitQueueDriver<T> {
     this.#descAddr = allocator.alloc(DESC_SIZE * size, 16);
     this.#availAddr = allocator.alloc(availBytes, 2);
     this.#usedAddr = allocator.alloc(usedBytes, 4);
-
-    this.#desc = memory.view(this.#descAddr, DESC_SIZE * size);
-    this.#availRing = memory.view(this.#availAddr + 4, 2 * size);
-    this.#avail16 = wordView(memory, this.#availAddr, availBytes);
-    // The used ring's trailing u16 sits at 4 + 8*size, so a u16 view of 6 + 8*size bytes covers it.
-    this.#used16 = wordView(memory, this.#usedAddr, usedBytes);
-    this.#usedRing = memory.view(this.#usedAddr + 4, USED_ELEM_SIZE * size);
+    this.#mapRings(memory);
 
     this.#nextFree = new Uint16Array(size);
     for (let i = 0; i < size; i++) this.#nextFree[i] = (i + 1) % size;
@@ -167,6 +161,31 @@ export class SplitQueueDriver<T> {
       this.kickEvent.close();
       throw error;
     }
+  }
+
+  get memory(): GuestMemory {
+    return this.#memory;
+  }
+
+  /**
+   * The guest's RAM moved (a live migration in a harness): go on with the same
+   * rings, buffers and bookkeeping at the same guest-physical addresses in
+   * `memory`, which holds a copy of the old contents.
+   */
+  moveTo(memory: GuestMemory): void {
+    this.#mapRings(memory);
+    this.#memory = memory;
+  }
+
+  #mapRings(memory: GuestMemory): void {
+    const availBytes = 6 + 2 * this.size;
+    const usedBytes = 6 + USED_ELEM_SIZE * this.size;
+    this.#desc = memory.view(this.#descAddr, DESC_SIZE * this.size);
+    this.#availRing = memory.view(this.#availAddr + 4, 2 * this.size);
+    this.#avail16 = wordView(memory, this.#availAddr, availBytes);
+    // The used ring's trailing u16 sits at 4 + 8*size, so a u16 view of 6 + 8*size bytes covers it.
+    this.#used16 = wordView(memory, this.#usedAddr, usedBytes);
+    this.#usedRing = memory.view(this.#usedAddr + 4, USED_ELEM_SIZE * this.size);
   }
 
   get layout(): SplitQueueLayout {
@@ -229,7 +248,7 @@ export class SplitQueueDriver<T> {
       // Allocated at a head's first indirect use and kept: at most size tables ever exist.
       if (this.#indirectTables[head]! < 0) this.#indirectTables[head] = this.#allocator.alloc(DESC_SIZE * this.maxIndirectSegments, 16);
       const table = this.#indirectTables[head]!;
-      const view = this.memory.view(table, DESC_SIZE * segments.length);
+      const view = this.#memory.view(table, DESC_SIZE * segments.length);
       segments.forEach((s, i) => {
         const last = i === segments.length - 1;
         writeDesc(view, i, s.addr, s.len, (last ? 0 : VIRTQ_DESC_F_NEXT) | (s.writable ? VIRTQ_DESC_F_WRITE : 0), last ? 0 : i + 1);

@@ -1,0 +1,90 @@
+// A vhost-user connection's part in live migration (vhost-user.rst
+// "Migration"): the frontend hands over a log region (SET_LOG_BASE with
+// LOG_SHMFD) and turns logging on and off with VHOST_F_LOG_ALL in
+// SET_FEATURES, while the rings run. Logging is in force when both are there.
+import { errorCode, makeError } from '../errors';
+import { native } from '../native';
+import { DIRTY_LOG_PAGE_SIZE, DirtyLog } from '../virtio/dirty-log';
+import type { VirtioNetDevice } from '../virtio/net-device';
+import type { LogDescription } from './protocol';
+
+export class MigrationLog {
+  #log: DirtyLog | undefined;
+  #logAll = false;
+  #logFd: number | undefined;
+
+  constructor(private readonly device: VirtioNetDevice) {}
+
+  /**
+   * SET_LOG_BASE: maps the new region; the fd stays the caller's (the mapping
+   * does not need it). A region that cannot be mapped is refused and the log in
+   * use stays.
+   */
+  setBase(description: LogDescription, fd: number, guestExtent: number): void {
+    const covers = description.mmapSize * 8n * BigInt(DIRTY_LOG_PAGE_SIZE);
+    if (covers < BigInt(guestExtent)) {
+      throw makeError('EINVAL', `a log of ${description.mmapSize} bytes covers ${covers} bytes of guest memory, which reaches to ${guestExtent}: the log is too small`);
+    }
+    let log: DirtyLog;
+    try {
+      if (description.mmapSize > BigInt(Number.MAX_SAFE_INTEGER) || description.mmapOffset > BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw makeError('EINVAL', 'the log region lies beyond 2^53');
+      }
+      log = DirtyLog.fromFd(fd, description.mmapSize, description.mmapOffset);
+    } catch (error) {
+      throw makeError(errorCode(error) ?? 'EINVAL', `cannot use the log region: ${(error as Error).message}`, error);
+    }
+    const old = this.#log;
+    this.#log = log;
+    this.#apply();
+    old?.close(); // the queues already write to the new one; their mapping of the old goes with their switch
+  }
+
+  /** SET_LOG_FD: kept for the connection's life; vhost-tap never needs to signal it (it updates the log in place). */
+  setFd(fd: number | undefined): void {
+    if (this.#logFd !== undefined) closeQuietly(this.#logFd);
+    this.#logFd = fd;
+  }
+
+  /** VHOST_F_LOG_ALL in SET_FEATURES. */
+  setLogAll(on: boolean): void {
+    if (on === this.#logAll) return;
+    this.#logAll = on;
+    this.#apply();
+  }
+
+  /** A log region is mapped (SET_LOG_BASE succeeded). */
+  get hasBase(): boolean {
+    return this.#log !== undefined;
+  }
+
+  get logging(): boolean {
+    return this.#logAll && this.#log !== undefined;
+  }
+
+  get logBytes(): number | undefined {
+    return this.#log?.bytes;
+  }
+
+  /** Ends logging and releases the region and the fd. */
+  close(): void {
+    this.#logAll = false;
+    this.#apply();
+    this.#log?.close();
+    this.#log = undefined;
+    this.setFd(undefined);
+  }
+
+  #apply(): void {
+    if (this.#logAll && this.#log) this.device.startDirtyLog(this.#log);
+    else this.device.stopDirtyLog();
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    native.closeFd(fd);
+  } catch {
+    // already closed
+  }
+}
