@@ -2,8 +2,9 @@
 // test can hold a real TCP connection with the namespace's stack: passive open
 // (SYN-ACK with MSS and window scale), in-order reassembly with a cumulative ACK
 // per received segment, FIN handling; and an active open for sending. No
-// retransmission of its own: out-of-order data is dropped and re-ACKed, and the
-// kernel's retransmissions fill the gap.
+// retransmission of its own: out-of-order data is dropped and re-ACKed (or, with
+// `reassemble`, kept until the gap is filled), and the kernel's retransmissions
+// fill the gap.
 import { checksum, ethernet, ipBytes, ipv4, onesSum, parseIpv4 } from './packets';
 
 export const TCP_FIN = 0x01;
@@ -120,6 +121,13 @@ export interface TcpPeerOptions {
   windowBytes?: number;
   mss?: number;
   isn?: number;
+  /**
+   * Keep segments that arrive past a gap and take them when it is filled, as a
+   * real receiver does. Without it (the default) they are dropped, so after a
+   * burst of loss the sender goes back to the gap, one round trip per segment
+   * without SACK, and its retransmission timer backs off: seconds per loss.
+   */
+  reassemble?: boolean;
 }
 
 export type TcpState = 'closed' | 'listen' | 'syn-sent' | 'established' | 'close-wait' | 'last-ack' | 'fin-wait' | 'done';
@@ -153,6 +161,9 @@ export class TcpPeer {
   outOfOrder = 0;
   finReceived = false;
   resetReceived = false;
+  readonly #reassemble: boolean;
+  /** Out-of-order payloads by sequence number (with reassemble). */
+  readonly #ahead = new Map<number, Buffer>();
   #ipId = 1;
 
   constructor(o: TcpPeerOptions) {
@@ -164,6 +175,7 @@ export class TcpPeer {
     this.windowBytes = o.windowBytes ?? 1 << 20;
     this.mss = o.mss ?? 1460;
     this.sndUna = this.sndNxt = (o.isn ?? 0x1000_0000) >>> 0;
+    this.#reassemble = o.reassemble ?? false;
   }
 
   listen(): void {
@@ -219,12 +231,11 @@ export class TcpPeer {
       const offset = seqDiff(this.rcvNxt, t.seq);
       if (offset >= 0 && offset < t.payload.length) {
         // In order (possibly overlapping what we have: take only the new bytes).
-        const fresh = t.payload.subarray(offset);
-        this.chunks.push(Buffer.from(fresh));
-        this.received += fresh.length;
-        this.rcvNxt = seqAdd(this.rcvNxt, fresh.length);
+        this.#take(t.payload.subarray(offset));
+        this.#takeAhead();
       } else if (offset < 0) {
         this.outOfOrder++;
+        if (this.#reassemble && this.#ahead.size < 4096 && !this.#ahead.has(t.seq)) this.#ahead.set(t.seq, Buffer.from(t.payload));
       }
     }
     const out: Buffer[] = [];
@@ -246,6 +257,28 @@ export class TcpPeer {
     }
     if (respond) out.push(this.#frame(TCP_ACK));
     return out;
+  }
+
+  #take(fresh: Buffer): void {
+    this.chunks.push(Buffer.from(fresh));
+    this.received += fresh.length;
+    this.rcvNxt = seqAdd(this.rcvNxt, fresh.length);
+  }
+
+  /** Takes kept segments the in-order data has reached, as long as there are some. */
+  #takeAhead(): void {
+    for (let progress = true; progress && this.#ahead.size > 0;) {
+      progress = false;
+      for (const [seq, payload] of this.#ahead) {
+        const offset = seqDiff(this.rcvNxt, seq);
+        if (offset < 0) continue;
+        this.#ahead.delete(seq);
+        if (offset < payload.length) {
+          this.#take(payload.subarray(offset));
+          progress = true;
+        }
+      }
+    }
   }
 
   /**
