@@ -111,8 +111,8 @@ for (const backend of BACKENDS) {
     const t0 = Date.now();
     await withTopology('mig2', { backend }, async (topology, track) => {
       requireTools('iperf3', 'ping');
-      const up = await topology.startServer('iperf3 server (guest -> host)', 'iperf3', ['-s', '-1', '-p', '5201', '--forceflush'], /listening/);
-      const down = await topology.startServer('iperf3 server (host -> guest)', 'iperf3', ['-s', '-1', '-p', '5202', '--forceflush'], /listening/);
+      await topology.startServer('iperf3 server (guest -> host)', 'iperf3', ['-s', '-1', '-p', '5201', '--forceflush'], /listening/);
+      await topology.startServer('iperf3 server (host -> guest)', 'iperf3', ['-s', '-1', '-p', '5202', '--forceflush'], /listening/);
       const [a, b] = topology.sides;
       const guest = track(new MigratingGuest(topology, {
         commands: `iperf3 -c ${HOST_IP} -p 5201 -t 14 > /tmp/up 2>&1 & U=$!; iperf3 -c ${HOST_IP} -p 5202 -t 14 -R > /tmp/dn 2>&1 & D=$!; ` +

@@ -36,19 +36,11 @@ function sleep(ms: number): Promise<void> {
 
 /* -------------------------------------------------------------------- QMP */
 
-export interface QmpEvent {
-  event: string;
-  data?: Record<string, unknown>;
-  /** Date.now() when it arrived. */
-  at: number;
-}
-
 /**
  * A QMP client (docs/interop/qmp-spec.rst): one JSON object per line each way;
- * commands carry an "id" their reply echoes; events arrive in between.
+ * commands carry an "id" their reply echoes; events (ignored here) arrive in between.
  */
 export class Qmp {
-  readonly events: QmpEvent[] = [];
   private buffer = '';
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void; what: string }>();
@@ -82,8 +74,13 @@ export class Qmp {
           s.once('error', reject);
         });
         const qmp = new Qmp(socket, path);
-        await qmp.greeting(Math.max(1_000, deadline - Date.now()));
-        await qmp.execute('qmp_capabilities');
+        try {
+          await qmp.greeting(Math.max(1_000, deadline - Date.now()));
+          await qmp.execute('qmp_capabilities');
+        } catch (error) {
+          qmp.close();
+          throw error;
+        }
         return qmp;
       } catch (error) {
         lastError = (error as Error).message;
@@ -107,14 +104,11 @@ export class Qmp {
     this.socket.destroy();
   }
 
-  private greetingWaiter: ((line: Record<string, unknown>) => void) | undefined;
+  private greetingWaiter: (() => void) | undefined;
 
   private greeting(timeoutMs: number): Promise<void> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.socket.destroy();
-        reject(new Error(`no QMP greeting on ${this.path} within ${timeoutMs} ms`));
-      }, timeoutMs);
+      const timer = setTimeout(() => reject(new Error(`no QMP greeting on ${this.path} within ${timeoutMs} ms`)), timeoutMs);
       this.greetingWaiter = () => {
         clearTimeout(timer);
         resolve();
@@ -136,10 +130,8 @@ export class Qmp {
         continue; // not QMP: nothing to route
       }
       if ('QMP' in message) {
-        this.greetingWaiter?.(message);
+        this.greetingWaiter?.();
         this.greetingWaiter = undefined;
-      } else if (typeof message.event === 'string') {
-        this.events.push({ event: message.event, data: message.data as Record<string, unknown> | undefined, at: Date.now() });
       } else if (typeof message.id === 'number' && this.pending.has(message.id)) {
         const p = this.pending.get(message.id)!;
         this.pending.delete(message.id);
@@ -318,6 +310,20 @@ export class MigrationTopology {
     const script = this.ns.path('http-server.js');
     fs.writeFileSync(script, HTTP_SERVER);
     return this.startServer('HTTP server', process.execPath, [script, dir, HOST_IP, String(port)], /listening/);
+  }
+
+  /**
+   * Throws unless every side's daemon is still running and logged no fatal error or
+   * crashed connection: a migration must not cost the backend its life.
+   */
+  assertBackendsHealthy(): void {
+    for (const side of this.sides) {
+      const daemon = side.daemon;
+      if (!daemon) continue;
+      if (!daemon.alive()) throw codedError('EDAEMON', `the daemon of side ${side.name} died`);
+      const bad = [...daemon.events('fatal'), ...daemon.events('connection-crashed')];
+      if (bad.length) throw codedError('EDAEMON', `the daemon of side ${side.name} logged ${JSON.stringify(bad[0])}`);
+    }
   }
 
   /** Everything a failure message needs: each daemon's and server's log tail, the bridge's ports. */
@@ -681,7 +687,8 @@ export function formatMigration(m: MigrationStats): string {
 }
 
 export function formatRate(r: Rate): string {
-  return `guest->host ${r.guestToHostMbps.toFixed(0)} Mbit/s, host->guest ${r.hostToGuestMbps.toFixed(0)} Mbit/s over ${r.seconds.toFixed(1)} s`;
+  const mbps = (v: number): string => v.toFixed(v < 10 ? 1 : 0);
+  return `guest->host ${mbps(r.guestToHostMbps)} Mbit/s, host->guest ${mbps(r.hostToGuestMbps)} Mbit/s over ${r.seconds.toFixed(1)} s`;
 }
 
 /**
@@ -700,6 +707,7 @@ export async function withTopology(
       guests.push(guest);
       return guest;
     });
+    topology.assertBackendsHealthy();
   } catch (error) {
     const e = error instanceof Error ? error : new Error(String(error));
     e.message += `\n${guests.map((g) => g.describe()).join('\n')}\n${topology.describe()}`;
