@@ -59,8 +59,9 @@ export interface NativeBindings {
   NativeVirtqueue: new (memory: NativeGuestMemory, config: Omit<NativeQueueRing, 'kickFd' | 'callFd'>) => NativeVirtqueue;
   NativeQueuePair: new (config: NativeQueuePairConfig, onEvent: (where: string, message: string) => void) => NativeQueuePair;
   NativeGuestMemory: new (regions: NativeRegionSpec[]) => NativeGuestMemory;
-  memfdCreate(name: string, size: number): number;
-  eventfdCreate(): number;
+  memfdCreate(name: string, size: number, sealed?: boolean): number;
+  guestMemoryTruncatedPages(): number;
+  eventfdCreate(initial?: bigint, nonBlocking?: boolean): number;
   eventfdWrite(fd: number): void;
   eventfdRead(fd: number): number;
   FdPoller: new (callback: (fd: number) => void) => NativeFdPoller;
