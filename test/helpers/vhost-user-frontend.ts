@@ -5,12 +5,13 @@
 // memfd-backed GuestMemory whose fd goes to the backend in SET_MEM_TABLE.
 import { errorCode, makeError } from '../../src/errors';
 import { native } from '../../src/native';
+import { MessageReader, type ReceivedMessage } from '../../src/vhost-user/message-reader';
 import {
-  FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_MASK, HEADER_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES,
+  FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_MASK, MAX_PAYLOAD, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_USER_VERSION, encodeMessage, encodeU64, encodeVringState, requestName,
 } from '../../src/vhost-user/protocol';
 import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../../src/virtio/device-status';
-import { EventFd, cancelWait, waitReadable } from '../../src/virtio/eventfd';
+import { EventFd, cancelWait } from '../../src/virtio/eventfd';
 import * as F from '../../src/virtio/features';
 import { featureBit } from '../../src/virtio/features';
 import { GuestMemory } from '../../src/virtio/guest-memory';
@@ -167,6 +168,7 @@ const GONE = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
 
 export class VhostUserFrontend {
   #fd: number;
+  #reader: MessageReader | undefined;
   /** Negotiated with SET_PROTOCOL_FEATURES on this connection. */
   protocolFeatures = 0n;
   /** What GET_FEATURES answered, once asked. */
@@ -198,6 +200,7 @@ export class VhostUserFrontend {
   /** Closes our end (a frontend that dies, or QEMU quitting). */
   close(): void {
     if (this.#fd < 0) return;
+    this.#reader?.cancel();
     cancelWait(this.#fd);
     closeQuietly(this.#fd);
     this.#fd = -1;
@@ -226,42 +229,25 @@ export class VhostUserFrontend {
 
   /** The next message from the backend; undefined when it closed the connection. Rejects with ETIMEDOUT. */
   async readMessage(timeoutMs = 3000): Promise<Reply | undefined> {
-    if (this.peerClosed) return undefined;
-    const fd = this.fd;
-    if (!(await waitReadable(fd, timeoutMs))) {
-      if (this.#fd < 0) return undefined;
-      throw makeError('ETIMEDOUT', `no message from the backend within ${timeoutMs} ms`);
-    }
-    let header: { data: Buffer; fds: number[] };
+    if (this.peerClosed || this.#fd < 0) return undefined;
+    this.#reader ??= new MessageReader(this.#fd, { maxPayload: MAX_PAYLOAD, maxFds: 8, deadlineMs: 1000 });
+    let message: ReceivedMessage | undefined;
     try {
-      header = native.recvHeader(fd, HEADER_SIZE, 8, 1000);
+      message = await this.#reader.next(timeoutMs);
     } catch (error) {
       if (GONE.has(errorCode(error) ?? '')) {
         this.peerClosed = true;
         return undefined;
       }
+      if (errorCode(error) === 'ETIMEDOUT') throw makeError('ETIMEDOUT', `no message from the backend within ${timeoutMs} ms (${(error as Error).message})`);
       throw error;
     }
-    header.fds.forEach(closeQuietly);
-    if (header.data.length === 0) {
-      this.peerClosed = true;
+    if (!message) {
+      if (this.#fd >= 0) this.peerClosed = true;
       return undefined;
     }
-    const request = header.data.readUInt32LE(0);
-    const flags = header.data.readUInt32LE(4);
-    const size = header.data.readUInt32LE(8);
-    if (size > 4096) throw makeError('EPROTO', `backend reply of ${size} bytes`);
-    let payload: Buffer;
-    try {
-      payload = size > 0 ? native.readExact(fd, size, 1000) : Buffer.alloc(0);
-    } catch (error) {
-      if (GONE.has(errorCode(error) ?? '')) {
-        this.peerClosed = true;
-        return undefined;
-      }
-      throw error;
-    }
-    return { request, flags, payload };
+    message.fds.forEach(closeQuietly);
+    return { request: message.request, flags: message.flags, payload: message.payload };
   }
 
   /** A reply to `request` (checked), or undefined when the backend closed the connection instead. */
