@@ -787,6 +787,34 @@ function ackFailed(outcome: Exchange, what: string): void {
   assert.ok(outcome.kind === 'ack' && outcome.value !== 0n, `${what}: a failure ack, got ${JSON.stringify(outcome, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`);
 }
 
+test('RESET_DEVICE closes the rings\' fds once: the fd numbers it freed, taken by others, survive the disconnect', async () => {
+  await withServer(1, async (rig) => {
+    const fe = rig.connect();
+    let guest: VhostUserGuest | undefined;
+    const ours: number[] = [];
+    try {
+      guest = await fe.startDevice(1);
+      ackOk(await fe.exchange(Request.RESET_DEVICE), 'RESET_DEVICE');
+      // The lowest free numbers: among them those of the kick and call fds the reset closed.
+      for (let i = 0; i < 8; i++) ours.push(native.eventfdCreate());
+    } finally {
+      fe.close();
+      await rig.released();
+      guest?.close();
+    }
+    const closedUnderUs = ours.filter((fd) => {
+      try {
+        native.describeFd(fd);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+    ours.filter((fd) => !closedUnderUs.includes(fd)).forEach((fd) => native.closeFd(fd));
+    assert.equal(closedUnderUs, [], 'the server closed fds that were no longer its own');
+  });
+});
+
 test('a frontend that sends a message a byte every 300 ms: timers keep running, the message deadline ends the connection, and the eventfd that came with the first byte is closed', async () => {
   await withServer(1, async (rig) => {
     const fe = rig.connect();

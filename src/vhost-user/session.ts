@@ -491,10 +491,10 @@ export class VhostUserSession {
     this.device.reset();
     this.#featuresSet = false;
     this.#features = 0n;
-    for (const ring of this.#rings) {
-      closeFds([ring.kickFd, ring.callFd, ring.errFd]);
-      Object.assign(ring, newRing());
-    }
+    // Fresh rings: assigning newRing() over the old ones kept their (closed) fd
+    // numbers, which close() then closed again, whatever they had become by then.
+    for (const ring of this.#rings) closeFds([ring.kickFd, ring.callFd, ring.errFd]);
+    this.#rings = this.#rings.map(() => newRing());
     this.log('reset');
   }
 }
