@@ -60,7 +60,7 @@ function prng(seed: number): () => number {
  * that never returns), no timer of ours can fire, so it prints the seed and
  * aborts the process.
  */
-function watchdog(ms: number, seed: number): { online: Promise<void>; cancel(): void } {
+function watchdog(ms: number, seed: number): { online: Promise<void>; cancel(): Promise<void> } {
   const shared = new SharedArrayBuffer(4);
   const worker = new Worker(`
     const { workerData } = require('node:worker_threads');
@@ -73,10 +73,14 @@ function watchdog(ms: number, seed: number): { online: Promise<void>; cancel(): 
   worker.unref();
   return {
     online: new Promise((resolve) => worker.once('online', () => resolve())),
+    // Resolves once its thread is gone, so that the tests after this one count threads and fds without it.
     cancel: () => {
+      const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+      worker.ref(); // until it has gone
       const flag = new Int32Array(shared);
       Atomics.store(flag, 0, 1);
       Atomics.notify(flag, 0);
+      return exited;
     },
   };
 }
@@ -524,7 +528,7 @@ test(`2000 random messages (seed ${SEED}): no crash, no hang, no fd leaked, and 
     fs.rmSync(dir, { recursive: true, force: true });
     process.off('unhandledRejection', onProblem);
     process.off('uncaughtException', onProblem);
-    dog.cancel();
+    await dog.cancel();
   }
 });
 

@@ -986,15 +986,13 @@ test('a ring that cannot start (a misaligned descriptor table) fails the SET_VRI
 
 test('QEMU-style region merge and split under running rings (REM_MEM_REG, then ADD_MEM_REG): the rings wait while their memory is gone, are translated again in the new map, and traffic resumes', async () => {
   await withServer(1, async (rig) => {
-    const features = { version1: true, mergeableRx: true, eventIdx: true, indirectDesc: false };
-    const driverOptions = { queuePairs: 1, queueSize: 256, features, rxBufferSize: 2048, txBufferSize: 2048, timeoutMs: 2000 };
-    const half = Math.ceil((VirtioNetDriver.memoryNeeded(driverOptions) + (1 << 20)) / (1 << 20)) << 20;
+    const half = VhostUserGuest.memoryNeeded(1);
     const fd = native.memfdCreate(uniqueName('vvusplit'), 2 * half);
     const low: MemRegion = { guestPhysAddr: 0, size: half, fd, offset: 0 };
     const high: MemRegion = { guestPhysAddr: half, size: half, fd, offset: half };
     const whole: MemRegion = { guestPhysAddr: 0, size: 2 * half, fd, offset: 0 };
     const memory = GuestMemory.fromRegions([low, high]);
-    const guest = new VhostUserGuest(memory, VirtioNetDriver.create({ memory, ...driverOptions }), virtioFeaturesOf(features));
+    const guest = VhostUserGuest.inMemory(memory, 1);
     const fe = rig.connect();
     const running = (): boolean => rig.device.isPairRunning(0);
     try {
@@ -1270,13 +1268,11 @@ test('CLI: a frontend truncates the memfd behind guest memory under running ring
   await withServeDaemon(1, async (d) => {
     addressTap(d.tap);
     const hostMac = macOf(d.tap);
-    const features = { version1: true, mergeableRx: true, eventIdx: true, indirectDesc: false };
-    const driverOptions = { queuePairs: 1, queueSize: 256, features, rxBufferSize: 2048, txBufferSize: 2048, timeoutMs: 2000 };
-    const size = Math.ceil((VirtioNetDriver.memoryNeeded(driverOptions) + (1 << 20)) / 4096) * 4096;
-    // Not sealed against shrinking: QEMU's memory-backend-memfd without seal=on.
+    const size = VhostUserGuest.memoryNeeded(1);
+    // Not sealed against shrinking, as QEMU's memory-backend-file or memory-backend-memfd,seal=off.
     const fd = native.memfdCreate(uniqueName('vvushrink'), size, false);
     const memory = GuestMemory.fromRegions([{ guestPhysAddr: 0, size, fd }]);
-    const guest = new VhostUserGuest(memory, VirtioNetDriver.create({ memory, ...driverOptions }), virtioFeaturesOf(features));
+    const guest = VhostUserGuest.inMemory(memory, 1);
     const sender = dgram.createSocket('udp4');
     const fe = VhostUserFrontend.connect(d.socket);
     try {

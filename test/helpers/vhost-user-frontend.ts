@@ -81,6 +81,21 @@ export interface StartOptions {
   queueSize?: number;
 }
 
+export interface GuestOptions {
+  features?: Partial<VirtioNetFeatures>;
+  queueSize?: number;
+  bufferSize?: number;
+  timeoutMs?: number;
+}
+
+function driverOptions(pairs: number, options: GuestOptions): { queuePairs: number; queueSize: number; features: VirtioNetFeatures; rxBufferSize: number; txBufferSize: number; timeoutMs: number } {
+  return {
+    queuePairs: pairs, queueSize: options.queueSize ?? 256,
+    features: { version1: true, mergeableRx: true, eventIdx: true, indirectDesc: false, ...options.features },
+    rxBufferSize: options.bufferSize ?? 2048, txBufferSize: options.bufferSize ?? 2048, timeoutMs: options.timeoutMs ?? 2000,
+  };
+}
+
 /** The guest side: memory the backend maps, and the TS virtio-net driver on it. */
 export class VhostUserGuest {
   readonly features: bigint;
@@ -89,19 +104,26 @@ export class VhostUserGuest {
     this.features = virtioFeatures;
   }
 
-  static create(pairs: number, options: { features?: Partial<VirtioNetFeatures>; queueSize?: number; bufferSize?: number; timeoutMs?: number } = {}): VhostUserGuest {
-    const features: VirtioNetFeatures = { version1: true, mergeableRx: true, eventIdx: true, indirectDesc: false, ...options.features };
-    const driverOptions = {
-      queuePairs: pairs, queueSize: options.queueSize ?? 256, features,
-      rxBufferSize: options.bufferSize ?? 2048, txBufferSize: options.bufferSize ?? 2048, timeoutMs: options.timeoutMs ?? 2000,
-    };
-    const memory = GuestMemory.allocate(VirtioNetDriver.memoryNeeded(driverOptions) + (1 << 20));
+  /** A guest for `pairs` queue pairs on new memfd-backed memory of its own. */
+  static create(pairs: number, options: GuestOptions = {}): VhostUserGuest {
+    const memory = GuestMemory.allocate(VhostUserGuest.memoryNeeded(pairs, options));
     try {
-      return new VhostUserGuest(memory, VirtioNetDriver.create({ memory, ...driverOptions }), virtioFeaturesOf(features));
+      return VhostUserGuest.inMemory(memory, pairs, options);
     } catch (error) {
       memory.close();
       throw error;
     }
+  }
+
+  /** Bytes of guest memory a guest with these options needs: its rings and buffers, and 1 MiB of room, in whole pages. */
+  static memoryNeeded(pairs: number, options: GuestOptions = {}): number {
+    return Math.ceil((VirtioNetDriver.memoryNeeded(driverOptions(pairs, options)) + (1 << 20)) / 4096) * 4096;
+  }
+
+  /** A guest on memory the test made itself (several regions, a memfd that is not sealed...); the memory stays the test's. */
+  static inMemory(memory: GuestMemory, pairs: number, options: GuestOptions = {}): VhostUserGuest {
+    const config = driverOptions(pairs, options);
+    return new VhostUserGuest(memory, VirtioNetDriver.create({ memory, ...config }), virtioFeaturesOf(config.features));
   }
 
   /** The memory regions as the frontend sends them (the fds stay the guest's). */
