@@ -410,6 +410,8 @@ test('control queue: once stopped it lets go of guest memory at once, not when g
 });
 
 test('control queue: a guest that keeps it full cannot hold the event loop: commands are answered a batch per turn', async () => {
+  await warmUp();
+  const fdsBefore = fdCount();
   const SIZE = 1 << 16;
   const QUEUE = 1024;
   const fd = native.memfdCreate(uniqueName('vtcqfull'), SIZE);
@@ -452,6 +454,7 @@ test('control queue: a guest that keeps it full cannot hold the event loop: comm
     native.closeFd(kickFd);
     native.closeFd(fd);
   }
+  assert.is(fdCount(), fdsBefore, 'fds back');
 });
 
 test('handleControlCommand: a table of malformed, unknown and unnegotiated requests is ERR and reaches no handler; valid ones decode', () => {
