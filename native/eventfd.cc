@@ -17,10 +17,34 @@
 namespace vhost_tap {
 namespace {
 
+// eventfdCreate(initial = 0n, nonBlocking = true) -> fd. Ours are always 0 and
+// non-blocking; the other forms are what a hostile frontend may hand over (a
+// counter at the edge of overflow, O_NONBLOCK cleared), for tests.
 Napi::Value EventfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (fd < 0) throwErrno(env, errno, "eventfd");
+  uint64_t initial = 0;
+  bool nonBlocking = true;
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    bool lossless = false;
+    if (info[0].IsBigInt()) initial = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless || initial == UINT64_MAX) {
+      throwCode(env, "EINVAL", "eventfdCreate: the initial count is a bigint below 2^64 - 1");
+      return env.Undefined();
+    }
+  }
+  if (info.Length() > 1 && !info[1].IsUndefined() && !argBool(info, 1, &nonBlocking)) return env.Undefined();
+  int fd = eventfd(0, EFD_CLOEXEC | (nonBlocking ? EFD_NONBLOCK : 0));
+  if (fd < 0) {
+    throwErrno(env, errno, "eventfd");
+    return env.Undefined();
+  }
+  // eventfd() takes only 32 bits of initial count; a write takes the full 64.
+  if (initial > 0 && write(fd, &initial, sizeof initial) != sizeof initial) {
+    int err = errno;
+    close(fd);
+    throwErrno(env, err, "eventfd initial count");
+    return env.Undefined();
+  }
   return Napi::Number::New(env, fd);
 }
 

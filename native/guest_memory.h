@@ -65,6 +65,11 @@ class GuestMemoryMap {
   size_t regionCount() const { return regions_.size(); }
   const MappedRegion& region(size_t i) const { return regions_[i]; }
 
+  // Pages of guest memory that faulted because their file was truncated under
+  // the mapping (SIGBUS, BUS_ADRERR) and were replaced with private zero pages,
+  // since the process started. See the SIGBUS handler in guest_memory.cc.
+  static uint64_t truncatedPages();
+
  private:
   GuestMemoryMap() = default;
   std::vector<MappedRegion> regions_;

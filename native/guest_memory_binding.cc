@@ -26,14 +26,17 @@ bool readUint64(Napi::Env env, Napi::Object obj, const char* key, uint64_t* out,
   return false;
 }
 
-// memfdCreate(name, size) -> fd: anonymous shared memory for VMMs and tests
-// that have no guest RAM of their own. Sealed against shrinking, so no one
-// holding the fd can make our mapping fault.
+// memfdCreate(name, size, sealed = true) -> fd: anonymous shared memory for VMMs
+// and tests that have no guest RAM of their own. Sealed against shrinking, so no
+// one holding the fd can make our mapping fault; sealed false makes one that a
+// frontend could truncate (QEMU's memory-backend-memfd without seal=on), for tests.
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name;
   int64_t size;
+  bool sealed = true;
   if (!argString(info, 0, &name) || !argInt(info, 1, &size)) return env.Undefined();
+  if (info.Length() > 2 && !info[2].IsUndefined() && !argBool(info, 2, &sealed)) return env.Undefined();
   if (size <= 0) {
     throwCode(env, "EINVAL", "guest memory size must be positive");
     return env.Undefined();
@@ -43,13 +46,19 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
     throwErrno(env, errno, "memfd_create");
     return env.Undefined();
   }
-  if (ftruncate(fd, size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0) {
+  if (ftruncate(fd, size) < 0 || (sealed && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)) {
     int err = errno;
     close(fd);
     throwErrno(env, err, "sizing guest memory of " + std::to_string(size) + " bytes");
     return env.Undefined();
   }
   return Napi::Number::New(env, fd);
+}
+
+// guestMemoryTruncatedPages() -> pages of guest memory replaced with zero pages
+// because their file was truncated under the mapping (see guest_memory.cc).
+Napi::Value TruncatedPages(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(GuestMemoryMap::truncatedPages()));
 }
 
 }  // namespace
@@ -140,6 +149,7 @@ void GuestMemoryBinding::Register(Napi::Env env, Napi::Object exports) {
   constructorRef = new Napi::FunctionReference(Napi::Persistent(ctor));
   exports.Set("NativeGuestMemory", ctor);
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
+  exports.Set("guestMemoryTruncatedPages", Napi::Function::New(env, TruncatedPages));
 }
 
 void registerGuestMemory(Napi::Env env, Napi::Object exports) { GuestMemoryBinding::Register(env, exports); }

@@ -109,6 +109,8 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
       options.rx.dirtyLog = slot;
       options.tx.dirtyLog = slot;
     }
+    rxStartIdx_ = options.rx.lastAvailIdx;
+    txStartIdx_ = options.tx.lastAvailIdx;
 
     events_.create(env, info[1].As<Napi::Function>(), "vhost-tap queue pair events");
     worker_ = std::make_unique<QueuePairWorker>(std::move(options), [this](const char* where, const std::string& message) {
@@ -139,23 +141,33 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
 
  private:
   Napi::Value Start(const Napi::CallbackInfo& info) {
+    if (!worker_) {
+      throwCode(info.Env(), "EINVAL", "this queue pair failed to start and let go of its guest memory: create a new one");
+      return info.Env().Undefined();
+    }
     std::string error;
-    if (!worker_->start(&error)) throwCode(info.Env(), "EINVAL", error);
+    if (!worker_->start(&error)) {
+      // It holds guest memory that the frontend may be taking away right now:
+      // let go of it at once, not when this object is garbage-collected.
+      worker_.reset();
+      throwCode(info.Env(), "EINVAL", error);
+    }
     return info.Env().Undefined();
   }
 
   Napi::Value Stop(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    worker_->stop();
+    if (worker_) worker_->stop();
     Napi::Object out = Napi::Object::New(env);
-    out.Set("rxLastAvailIdx", worker_->rxLastAvail());
-    out.Set("txLastAvailIdx", worker_->txLastAvail());
-    out.Set("rxBroken", worker_->rxBroken());
-    out.Set("txBroken", worker_->txBroken());
+    // A pair that never ran stopped where it was told to start.
+    out.Set("rxLastAvailIdx", worker_ ? worker_->rxLastAvail() : rxStartIdx_);
+    out.Set("txLastAvailIdx", worker_ ? worker_->txLastAvail() : txStartIdx_);
+    out.Set("rxBroken", worker_ && worker_->rxBroken());
+    out.Set("txBroken", worker_ && worker_->txBroken());
     return out;
   }
 
-  Napi::Value Running(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), worker_->running()); }
+  Napi::Value Running(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), worker_ && worker_->running()); }
 
   static Napi::Object statsObject(Napi::Env env, const QueueStats& s) {
     Napi::Object o = Napi::Object::New(env);
@@ -181,11 +193,12 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    static const QueueStats none;  // a pair that failed to start moved nothing
     Napi::Object out = Napi::Object::New(env);
-    out.Set("rx", statsObject(env, worker_->rxStats));
-    out.Set("tx", statsObject(env, worker_->txStats));
-    out.Set("rxBroken", worker_->rxBroken());
-    out.Set("txBroken", worker_->txBroken());
+    out.Set("rx", statsObject(env, worker_ ? worker_->rxStats : none));
+    out.Set("tx", statsObject(env, worker_ ? worker_->txStats : none));
+    out.Set("rxBroken", worker_ && worker_->rxBroken());
+    out.Set("txBroken", worker_ && worker_->txBroken());
     return out;
   }
 
@@ -195,7 +208,9 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
   }
   using CleanupHook = Napi::Env::CleanupHook<void (*)(QueuePairBinding*), QueuePairBinding>;
 
-  std::unique_ptr<QueuePairWorker> worker_;
+  std::unique_ptr<QueuePairWorker> worker_;  // null once a start failed
+  uint16_t rxStartIdx_ = 0;
+  uint16_t txStartIdx_ = 0;
   std::unique_ptr<CleanupHook> cleanupHook_;
   bool cleanupHookRan_ = false;
   JsCallback events_;

@@ -6,6 +6,19 @@ export interface NativeTapOpenResult { fd: number; name: string }
 export interface NativeIff { name: string; flags: number }
 export interface NativeReceived { fds: number[]; data: Buffer }
 
+/** One non-blocking read: data empty and end false when nothing was waiting. */
+export interface NativeReceivedSome { data: Buffer; fds: number[]; end: boolean; fdsCut: boolean }
+
+export interface NativeFdDescription {
+  kind: 'eventfd' | 'file' | 'socket' | 'pipe' | 'device' | 'directory' | 'other';
+  nonBlocking: boolean;
+  /** Regular files: their size, and F_GET_SEALS (-1 where the file system has no seals). */
+  size?: number;
+  seals?: number;
+  /** Eventfds: the counter, from /proc/self/fdinfo. */
+  eventfdCount?: bigint;
+}
+
 export interface NativeRegionSpec { guestPhysAddr: number | bigint; size: number | bigint; fd: number; offset?: number | bigint }
 
 export interface NativeGuestMemory {
@@ -74,8 +87,9 @@ export interface NativeBindings {
   NativeDirtyLogSlot: new () => NativeDirtyLogSlot;
   NativeQueuePair: new (config: NativeQueuePairConfig, onEvent: (where: string, message: string) => void) => NativeQueuePair;
   NativeGuestMemory: new (regions: NativeRegionSpec[]) => NativeGuestMemory;
-  memfdCreate(name: string, size: number): number;
-  eventfdCreate(): number;
+  memfdCreate(name: string, size: number, sealed?: boolean): number;
+  guestMemoryTruncatedPages(): number;
+  eventfdCreate(initial?: bigint, nonBlocking?: boolean): number;
   eventfdWrite(fd: number): void;
   eventfdRead(fd: number): number;
   FdPoller: new (callback: (fd: number) => void) => NativeFdPoller;
@@ -106,8 +120,8 @@ export interface NativeBindings {
   receiveFds(sockFd: number, maxFds: number, maxBytes: number, timeoutMs: number): Promise<NativeReceived>;
   closeFd(fd: number): void;
 
-  recvHeader(fd: number, bytes: number, maxFds: number, timeoutMs: number): { data: Buffer; fds: number[] };
-  readExact(fd: number, bytes: number, timeoutMs: number): Buffer;
+  recvSome(fd: number, maxBytes: number, maxFds: number): NativeReceivedSome;
+  describeFd(fd: number): NativeFdDescription;
   acceptNow(listenFd: number): number;
 }
 

@@ -13,7 +13,7 @@ import {
   VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_GUEST_OFFLOADS, VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET,
   VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
   VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR,
-  VIRTIO_NET_OK, ControlQueue, handleControlCommand, type ControlCommandHandler,
+  VIRTIO_NET_OK, COMMANDS_PER_TURN, ControlQueue, handleControlCommand, type ControlCommandHandler,
 } from '../src/virtio/control-queue';
 import {
   STATUS_ACKNOWLEDGE as ACK, STATUS_DEVICE_NEEDS_RESET as NEEDS_RESET, STATUS_DRIVER as DRIVER, STATUS_DRIVER_OK as DRIVER_OK,
@@ -407,6 +407,54 @@ test('control queue: once stopped it lets go of guest memory at once, not when g
     native.closeFd(kickFd);
     native.closeFd(fd);
   }
+});
+
+test('control queue: a guest that keeps it full cannot hold the event loop: commands are answered a batch per turn', async () => {
+  await warmUp();
+  const fdsBefore = fdCount();
+  const SIZE = 1 << 16;
+  const QUEUE = 1024;
+  const fd = native.memfdCreate(uniqueName('vtcqfull'), SIZE);
+  const kickFd = native.eventfdCreate();
+  const memory = GuestMemory.fromRegions([{ guestPhysAddr: 0, size: SIZE, fd }]);
+  const ring = { size: QUEUE, descAddr: 0, availAddr: 16384, usedAddr: 20480, kickFd };
+  // One chain (VIRTIO_NET_CTRL_RX_PROMISC on, then a byte for its ack), in every slot of
+  // the available ring at once: a guest that re-posts a command as fast as it can.
+  const COMMAND = 32768;
+  memory.bytes(COMMAND, 3).set([VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, 1]);
+  const descs = memory.view(0, 32);
+  descs.setBigUint64(0, BigInt(COMMAND), true);
+  descs.setUint32(8, 3, true);
+  descs.setUint16(12, 1, true); // NEXT
+  descs.setUint16(14, 1, true);
+  descs.setBigUint64(16, BigInt(COMMAND + 256), true);
+  descs.setUint32(24, 1, true);
+  descs.setUint16(28, 2, true); // WRITE
+  memory.view(ring.availAddr + 2, 2).setUint16(0, QUEUE, true); // the ring slots are all head 0 already
+  native.eventfdWrite(kickFd);
+  let answered = 0;
+  const handler: ControlCommandHandler = {
+    setRxMode: () => (answered++, true), setMacTable: () => true, setMac: () => true, announceAck: () => true, setQueuePairs: () => true, setGuestOffloads: () => true,
+  };
+  const control = new ControlQueue(memory, ring, bits(F.VIRTIO_NET_F_CTRL_VQ, F.VIRTIO_NET_F_CTRL_RX), handler, (message) => {
+    throw new Error(`the queue broke: ${message}`);
+  });
+  try {
+    let answeredWhenTimerRan = -1;
+    setTimeout(() => (answeredWhenTimerRan = answered), 0);
+    control.start();
+    assert.is(answered, COMMANDS_PER_TURN, `start() answered one batch, not the ${QUEUE} waiting`);
+    await until('every command answered', () => answered === QUEUE, 5000);
+    assert.ok(answeredWhenTimerRan >= 0 && answeredWhenTimerRan < QUEUE, `a timer ran while commands were still waiting (it saw ${answeredWhenTimerRan} answered)`);
+    assert.equal(control.counts, { ok: QUEUE, err: 0 });
+    assert.is(memory.view(ring.usedAddr + 2, 2).getUint16(0, true), QUEUE, 'all of them on the used ring');
+  } finally {
+    await control.stop();
+    memory.close();
+    native.closeFd(kickFd);
+    native.closeFd(fd);
+  }
+  assert.is(fdCount(), fdsBefore, 'fds back');
 });
 
 test('handleControlCommand: a table of malformed, unknown and unnegotiated requests is ERR and reaches no handler; valid ones decode', () => {

@@ -1,9 +1,14 @@
 // Fuzzing the vhost-user backend's message handling: 2000 random messages
 // (random and valid request codes, random flags, random and plausible payloads,
 // truncated messages, eventfds and memfds riding along) on new or reused
-// connections against one in-process server. The process must neither crash
-// nor hang, every fd it received must be closed once the connections are gone,
-// and a well-behaved frontend must get a working device afterwards.
+// connections against one in-process server. And what a hostile frontend does:
+// messages delivered in pieces (some slower than the server's message
+// deadline), fds of the wrong kind where eventfds belong (memfds, pipes,
+// sockets, /dev/null), eventfds at the edge of overflow or blocking, and the
+// guest's own memory removed and added back under running rings. The process
+// must neither crash nor hang, every fd it received must be closed once the
+// connections are gone, and a well-behaved frontend must get a working device
+// afterwards.
 //
 // Reproduce a failure with VHOST_USER_FUZZ_SEED=<seed printed on failure>.
 import dgram from 'node:dgram';
@@ -25,7 +30,7 @@ import { VirtioNetDevice } from '../src/virtio/net-device';
 import { GUEST_IP, HOST_IP } from './helpers/datapath';
 import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
 import { assertPrivateNetns, fdCount, run, sleep, uniqueName } from './helpers/system';
-import { PROTOCOL_PROTOCOL_FEATURES, USER_BASE, VhostUserFrontend, VhostUserGuest } from './helpers/vhost-user-frontend';
+import { PROTOCOL_PROTOCOL_FEATURES, USER_BASE, VhostUserFrontend, VhostUserGuest, encodeSingleRegion } from './helpers/vhost-user-frontend';
 
 assertPrivateNetns();
 
@@ -33,6 +38,8 @@ const SEED = process.env.VHOST_USER_FUZZ_SEED !== undefined ? Number(process.env
 const MESSAGES = 2000;
 const TIME_LIMIT_MS = 30_000;
 const PING_TIMEOUT_MS = 3000;
+/** The server's message deadline here: short, so that the messages sent slower than it cost little time. */
+const MESSAGE_DEADLINE_MS = 200;
 /** VHOST_USER_FUZZ_TRACE=1 prints every message before it is sent (synchronously: the last line survives a hang). */
 const TRACE = process.env.VHOST_USER_FUZZ_TRACE === '1';
 
@@ -53,7 +60,7 @@ function prng(seed: number): () => number {
  * that never returns), no timer of ours can fire, so it prints the seed and
  * aborts the process.
  */
-function watchdog(ms: number, seed: number): { online: Promise<void>; cancel(): void } {
+function watchdog(ms: number, seed: number): { online: Promise<void>; cancel(): Promise<void> } {
   const shared = new SharedArrayBuffer(4);
   const worker = new Worker(`
     const { workerData } = require('node:worker_threads');
@@ -66,24 +73,36 @@ function watchdog(ms: number, seed: number): { online: Promise<void>; cancel(): 
   worker.unref();
   return {
     online: new Promise((resolve) => worker.once('online', () => resolve())),
+    // Resolves once its thread is gone, so that the tests after this one count threads and fds without it.
     cancel: () => {
+      const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+      worker.ref(); // until it has gone
       const flag = new Int32Array(shared);
       Atomics.store(flag, 0, 1);
       Atomics.notify(flag, 0);
+      return exited;
     },
   };
 }
 
 const REQUESTS = Object.values(Request).filter((v): v is number => typeof v === 'number');
 
+/** What a frontend may pass where an fd goes: eventfds as they should be and as they should not, and other files. */
+type FdKind = 'eventfd' | 'memfd' | 'pipe' | 'socket' | 'devnull' | 'overflowing-eventfd' | 'blocking-eventfd';
+
 interface FuzzMessage {
   request: number;
   flags: number;
   payload: Buffer;
   /** Fds to create and send with it. */
-  fds: { kind: 'eventfd' | 'memfd'; size: number }[];
+  fds: { kind: FdKind; size: number }[];
   truncate?: 'header' | 'payload';
+  /** Sent in this many pieces (the fds with the first), with pauses in between; a pause past the deadline gets the connection dropped. */
+  slow?: { pieces: number; pauseMs: number };
 }
+
+/** Where a ring's eventfd goes: mostly an eventfd, else anything else a frontend might send. */
+const RING_FD_KINDS: readonly FdKind[] = ['memfd', 'pipe', 'socket', 'devnull', 'overflowing-eventfd', 'blocking-eventfd'];
 
 class Generator {
   constructor(readonly r: () => number, private readonly offeredFeatures: bigint) {}
@@ -174,7 +193,7 @@ class Generator {
         const noFd = this.chance(0.15);
         const value = BigInt(this.ringIndex() & 0xff) | (noFd ? 0x100n : 0n);
         const count = this.chance(0.85) ? (noFd ? 0 : 1) : this.int(0, 3);
-        return { payload: this.u64Payload(value), fds: Array.from({ length: count }, () => ({ kind: this.chance(0.9) ? 'eventfd' : 'memfd', size: 4096 })) };
+        return { payload: this.u64Payload(value), fds: Array.from({ length: count }, () => ({ kind: this.chance(0.75) ? 'eventfd' : this.pick(RING_FD_KINDS), size: 4096 })) };
       }
       case Request.SET_MEM_TABLE: {
         const n = this.chance(0.95) ? this.int(1, 3) : this.pick([0, 9]);
@@ -223,7 +242,10 @@ class Generator {
     }
     const t = this.r();
     const truncate = t < 0.03 ? 'header' : t < 0.06 && payload.length > 0 ? 'payload' : undefined;
-    return { request, flags, payload, fds, ...(truncate ? { truncate } : {}) };
+    // Slow: mostly within the deadline, now and then past it.
+    const s = this.r();
+    const slow = truncate || s >= 0.05 ? undefined : { pieces: this.int(2, 4), pauseMs: s < 0.004 ? MESSAGE_DEADLINE_MS + 50 : this.int(1, 15) };
+    return { request, flags, payload, fds, ...(truncate ? { truncate } : {}), ...(slow ? { slow } : {}) };
   }
 }
 
@@ -238,8 +260,27 @@ function openFds(): string[] {
   });
 }
 
-function makeFd(spec: { kind: 'eventfd' | 'memfd'; size: number }): number {
-  return spec.kind === 'eventfd' ? native.eventfdCreate() : native.memfdCreate('fuzz', Math.max(4096, spec.size));
+/** An fd of that kind to send, and every fd made for it (to close once sent). */
+function makeFd(spec: { kind: FdKind; size: number }, fifo: string): { send: number; made: number[] } {
+  const one = (fd: number): { send: number; made: number[] } => ({ send: fd, made: [fd] });
+  switch (spec.kind) {
+    case 'eventfd':
+      return one(native.eventfdCreate());
+    case 'memfd':
+      return one(native.memfdCreate('fuzz', Math.max(4096, spec.size)));
+    case 'pipe':
+      return one(fs.openSync(fifo, fs.constants.O_RDWR | fs.constants.O_NONBLOCK));
+    case 'socket': {
+      const pair = native.socketPair('stream');
+      return { send: pair[0], made: pair };
+    }
+    case 'devnull':
+      return one(fs.openSync('/dev/null', 'r+'));
+    case 'overflowing-eventfd':
+      return one(native.eventfdCreate(0xfffffffffffffffen, false));
+    case 'blocking-eventfd':
+      return one(native.eventfdCreate(0n, false));
+  }
 }
 
 /**
@@ -276,16 +317,20 @@ test(`2000 random messages (seed ${SEED}): no crash, no hang, no fd leaked, and 
   process.on('unhandledRejection', onProblem);
   process.on('uncaughtException', onProblem);
   const device = new VirtioNetDevice({ tap, controlQueue: 'frontend', mac: '52:54:00:12:34:56' });
-  const server = new VhostUserServer({ device, socketPath: socket, log: (event, fields) => logs.push({ event, ...(fields ? { fields } : {}) }) });
+  const server = new VhostUserServer({
+    device, socketPath: socket, messageDeadlineMs: MESSAGE_DEADLINE_MS, log: (event, fields) => logs.push({ event, ...(fields ? { fields } : {}) }),
+  });
+  const fifo = path.join(dir, 'fifo');
   let conn: VhostUserFrontend | undefined;
   let guest: VhostUserGuest | undefined;
-  const counts = { connections: 0, started: 0, closedByServer: 0, truncated: 0, withFds: 0, fdsSent: 0 };
+  const counts = { connections: 0, started: 0, closedByServer: 0, truncated: 0, withFds: 0, fdsSent: 0, slow: 0, slowPastDeadline: 0, memoryCycles: 0 };
   // Rings and buffers that fuzzed connections start the device on, with rx buffers posted.
   const fuzzGuest = VhostUserGuest.create(2, { queueSize: 16 });
   const flood = dgram.createSocket('udp4');
   try {
     run('ip', ['addr', 'add', `${HOST_IP}/24`, 'dev', tap.name]);
     run('ip', ['neigh', 'replace', GUEST_IP, 'lladdr', '52:54:00:12:34:56', 'dev', tap.name, 'nud', 'permanent']);
+    run('mkfifo', [fifo]); // each open of it is a pipe fd to pass where an eventfd belongs
     server.start();
     const warm = EventFd.create();
     await warm.wait(1);
@@ -300,6 +345,8 @@ test(`2000 random messages (seed ${SEED}): no crash, no hang, no fd leaked, and 
     const deadline = Date.now() + TIME_LIMIT_MS;
     let nonce = 1;
     let firstLeak: { beforeMessage: number; fds: number; open: string[] } | undefined;
+    let connStarted = false;
+    const [guestRegion] = fuzzGuest.regions();
 
     const fuzz = async (): Promise<void> => {
       for (let i = 0; i < MESSAGES; i++) {
@@ -325,11 +372,13 @@ test(`2000 random messages (seed ${SEED}): no crash, no hang, no fd leaked, and 
           conn = VhostUserFrontend.connect(socket);
           counts.connections++;
           const opening = gen.r();
+          connStarted = false;
           if (opening < 0.15) {
             // A running device to fuzz: QEMU's whole start sequence on the fuzz guest's rings.
             await conn.startDevice(2, { guest: fuzzGuest });
             counts.started++;
             started = true;
+            connStarted = true;
           } else if (opening < 0.75) {
             // A handshake, so that deeper states are reached: protocol features (mostly with REPLY_ACK), then features.
             const protocol = (SUPPORTED_PROTOCOL_FEATURES & gen.u64()) | (gen.chance(0.8) ? 1n << 3n : 0n);
@@ -337,11 +386,22 @@ test(`2000 random messages (seed ${SEED}): no crash, no hang, no fd leaked, and 
             conn.send(Request.SET_FEATURES, gen.u64Payload((device.offeredFeatures & gen.u64()) | PROTOCOL_PROTOCOL_FEATURES), { flags: 1 });
           }
         }
+        if (connStarted && gen.chance(0.05)) {
+          // The rings' memory taken away under them (they wait), and mostly given back (they resume).
+          const back = gen.chance(0.7);
+          if (TRACE) fs.writeSync(2, `#${i} REM_MEM_REG of the guest's memory${back ? ', ADD_MEM_REG of it again' : ''}\n`);
+          counts.memoryCycles++;
+          conn.send(Request.REM_MEM_REG, encodeSingleRegion(guestRegion!), { flags: 1 | FLAG_NEED_REPLY });
+          if (back) conn.send(Request.ADD_MEM_REG, encodeSingleRegion(guestRegion!), { flags: 1 | FLAG_NEED_REPLY, fds: [guestRegion!.fd] });
+          assert.ok(await ping(conn, nonce++), `message ${i}: removing and adding memory ended the connection`);
+          continue;
+        }
         const m = gen.message();
         if (TRACE) {
-          fs.writeSync(2, `#${i} ${opened ? `(new connection ${counts.connections}${started ? ', started' : ''}) ` : ''}request ${m.request} flags 0x${m.flags.toString(16)} payload ${m.payload.toString('hex')} fds ${JSON.stringify(m.fds)}${m.truncate ? ` truncated (${m.truncate})` : ''}\n`);
+          fs.writeSync(2, `#${i} ${opened ? `(new connection ${counts.connections}${started ? ', started' : ''}) ` : ''}request ${m.request} flags 0x${m.flags.toString(16)} payload ${m.payload.toString('hex')} fds ${JSON.stringify(m.fds)}${m.truncate ? ` truncated (${m.truncate})` : ''}${m.slow ? ` in ${m.slow.pieces} pieces, ${m.slow.pauseMs} ms apart` : ''}\n`);
         }
-        const fds = m.fds.map(makeFd);
+        const made = m.fds.map((spec) => makeFd(spec, fifo));
+        const fds = made.map((f) => f.send);
         if (fds.length > 0) counts.withFds++;
         counts.fdsSent += fds.length;
         const bytes = encodeMessage(m.request, m.flags, m.payload);
@@ -350,11 +410,22 @@ test(`2000 random messages (seed ${SEED}): no crash, no hang, no fd leaked, and 
             conn.sendRaw(bytes.subarray(0, gen.int(1, 11)), fds);
           } else if (m.truncate === 'payload') {
             conn.sendRaw(bytes.subarray(0, 12 + gen.int(0, m.payload.length - 1)), fds);
+          } else if (m.slow) {
+            // Pieces cut anywhere (inside the header too), the fds with the first.
+            counts.slow++;
+            if (m.slow.pauseMs > MESSAGE_DEADLINE_MS) counts.slowPastDeadline++;
+            const cuts = [...new Set(Array.from({ length: m.slow.pieces - 1 }, () => gen.int(1, bytes.length - 1)))].sort((a, b) => a - b);
+            let from = 0;
+            for (const to of [...cuts, bytes.length]) {
+              if (!conn.sendRaw(bytes.subarray(from, to), from === 0 ? fds : [])) break;
+              from = to;
+              if (to < bytes.length) await sleep(m.slow.pauseMs);
+            }
           } else {
             conn.sendRaw(bytes, fds);
           }
         } finally {
-          for (const fd of fds) native.closeFd(fd);
+          for (const fd of made.flatMap((f) => f.made)) native.closeFd(fd);
         }
         if (m.truncate) {
           counts.truncated++;
@@ -406,6 +477,7 @@ test(`2000 random messages (seed ${SEED}): no crash, no hang, no fd leaked, and 
     assert.equal(problems, [], 'no uncaught exception or unhandled rejection');
     assert.is(logs.filter((l) => l.event === 'connection-crashed').length, 0, JSON.stringify(logs.filter((l) => l.event === 'connection-crashed')));
     assert.ok(counts.connections > 10 && counts.started > 5 && counts.closedByServer > 10 && counts.truncated > 10, JSON.stringify(counts));
+    assert.ok(counts.slow > 20 && counts.memoryCycles > 3, `the hostile shapes were tried: ${JSON.stringify(counts)}`);
 
     // A well-behaved frontend now: 2 pairs, traffic both ways.
     const fe = VhostUserFrontend.connect(socket);
@@ -456,7 +528,7 @@ test(`2000 random messages (seed ${SEED}): no crash, no hang, no fd leaked, and 
     fs.rmSync(dir, { recursive: true, force: true });
     process.off('unhandledRejection', onProblem);
     process.off('uncaughtException', onProblem);
-    dog.cancel();
+    await dog.cancel();
   }
 });
 

@@ -199,7 +199,7 @@ test('logging on while the rings run: every page the backend changes is marked i
   });
 });
 
-test('a log region too small for guest memory, or that cannot be mapped: SET_LOG_BASE still answers, LOG_ALL is refused, nothing leaks', async () => {
+test('a log region too small for guest memory, or one mmap refuses: SET_LOG_BASE still answers, LOG_ALL is refused, nothing leaks', async () => {
   await withServer(async (rig) => {
     const fe = rig.connect();
     let guest: VhostUserGuest | undefined;
@@ -213,12 +213,14 @@ test('a log region too small for guest memory, or that cannot be mapped: SET_LOG
       } finally {
         small.close();
       }
-      const [a, b] = native.socketPair('stream'); // an fd mmap refuses
+      // A regular file opened read-only: mmap refuses a shared writable mapping of it.
+      const file = path.join(tmp, 'read-only-log');
+      fs.writeFileSync(file, Buffer.alloc(1 << 16));
+      const readOnly = fs.openSync(file, 'r');
       try {
-        await setLogBase(fe, a, 4096);
+        await setLogBase(fe, readOnly, 1 << 16);
       } finally {
-        native.closeFd(a);
-        native.closeFd(b);
+        fs.closeSync(readOnly);
       }
       const outcome = await fe.exchange(Request.SET_FEATURES, encodeU64(features(fe, guest) | featureBit(VHOST_F_LOG_ALL)));
       assert.equal(outcome, { kind: 'ack', value: 1n }, 'LOG_ALL without a usable log is refused, so QEMU fails the migration instead of missing pages');

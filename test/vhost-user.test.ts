@@ -6,13 +6,14 @@ import dgram from 'node:dgram';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Worker } from 'node:worker_threads';
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { Tap, acceptUnix, listenUnix, readTapLinkInfo } from '../src';
 import { native } from '../src/native';
-import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../src/virtio/device-status';
+import { STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../src/virtio/device-status';
 import { EventFd } from '../src/virtio/eventfd';
 import * as F from '../src/virtio/features';
 import { featureBit } from '../src/virtio/features';
@@ -20,7 +21,10 @@ import { GuestMemory } from '../src/virtio/guest-memory';
 import { GuestAllocator } from '../src/virtio/driver/guest-allocator';
 import { VirtioNetDriver } from '../src/virtio/driver/net-driver';
 import { VirtioNetDevice } from '../src/virtio/net-device';
-import { MAX_MEM_SLOTS, ProtocolFeature, Request, VHOST_F_LOG_ALL, encodeMessage, encodeU64, encodeVringState } from '../src/vhost-user/protocol';
+import {
+  FLAG_NEED_REPLY, MAX_MEM_SLOTS, ProtocolFeature, Request, VHOST_F_LOG_ALL, VHOST_USER_VERSION, encodeMessage, encodeU64, encodeVringState,
+  requestName,
+} from '../src/vhost-user/protocol';
 import { VhostUserServer } from '../src/vhost-user/server';
 import { GUEST_IP, HOST_IP } from './helpers/datapath';
 import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
@@ -91,18 +95,58 @@ function addressTap(name: string): void {
   run('ip', ['neigh', 'replace', GUEST_IP, 'lladdr', GUEST_MAC_STRING, 'dev', name, 'nud', 'permanent']);
 }
 
-async function withServer(pairs: number, body: (rig: Rig) => Promise<void>): Promise<void> {
+/** Threads of a process, less io_uring's kernel workers (iou-wrk-*), which linger a few seconds idle and are not ours. */
+function threadsOf(pid: number | 'self' = 'self'): number {
+  return fs.readdirSync(`/proc/${pid}/task`).filter((tid) => {
+    try {
+      return !fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').startsWith('iou-');
+    } catch {
+      return false; // just exited
+    }
+  }).length;
+}
+
+interface Resources {
+  fds: number;
+  threads: number;
+}
+
+function resourcesOf(pid: number | 'self' = 'self'): Resources {
+  return { fds: fs.readdirSync(`/proc/${pid}/fd`).length, threads: threadsOf(pid) };
+}
+
+/** Waits (up to 3 s: sockets close on the next loop turn, threads take a moment to exit) for fds and threads to be back at `start`, then checks. */
+async function assertResourcesBack(start: Resources, what: string, pid: number | 'self' = 'self'): Promise<void> {
+  const end = Date.now() + 3000;
+  while (JSON.stringify(resourcesOf(pid)) !== JSON.stringify(start) && Date.now() < end) await sleep(10);
+  if (process.env.FD_DEBUG && resourcesOf(pid).fds !== start.fds) {
+    for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+      try { console.log(fd, fs.readlinkSync(`/proc/${pid}/fd/${fd}`)); } catch { /* gone */ }
+    }
+  }
+  assert.equal(resourcesOf(pid), start, `${what}: fds and threads back to where they were`);
+}
+
+/**
+ * A server on a new tap with `pairs` queue pairs, for `body`. Afterwards this
+ * process's fds and threads must be back where they were once the server
+ * listened, and stopping the server (what SIGTERM does in the daemon) must take
+ * under a second.
+ */
+async function withServer(pairs: number, body: (rig: Rig) => Promise<void>, options: { messageDeadlineMs?: number } = {}): Promise<void> {
   await warmUp();
   const tap = Tap.create({ name: uniqueName('vvu'), queues: pairs });
   const socket = path.join(tmp, `${tap.name}.sock`);
   const logs: LogEntry[] = [];
   let device: VirtioNetDevice | undefined;
   let server: VhostUserServer | undefined;
+  let stopMs = 0;
   try {
     addressTap(tap.name);
     device = new VirtioNetDevice({ tap, controlQueue: 'frontend', mac: GUEST_MAC_STRING });
-    server = new VhostUserServer({ device, socketPath: socket, log: (event, fields) => logs.push({ event, ...(fields ? { fields } : {}) }) });
+    server = new VhostUserServer({ device, socketPath: socket, log: (event, fields) => logs.push({ event, ...(fields ? { fields } : {}) }), ...options });
     server.start();
+    const start = resourcesOf();
     const s = server;
     const rig: Rig = {
       tap, device, server, socket, logs, hostMac: macOf(tap.name),
@@ -111,12 +155,17 @@ async function withServer(pairs: number, body: (rig: Rig) => Promise<void>): Pro
     };
     await body(rig);
     assert.not.ok(logs.some((l) => l.event === 'connection-crashed'), JSON.stringify(logs.filter((l) => l.event === 'connection-crashed')));
+    await rig.released();
+    await assertResourcesBack(start, 'after the test');
   } finally {
+    const stopping = Date.now();
     await server?.stop();
+    stopMs = Date.now() - stopping;
     device?.close();
     tap.close();
   }
   assert.not.ok(fs.existsSync(socket), 'the server removed its socket');
+  assert.ok(stopMs < 1000, `the server took ${stopMs} ms to stop`);
 }
 
 function numDisabled(name: string): number {
@@ -719,6 +768,263 @@ test('a frontend without VHOST_USER_F_PROTOCOL_FEATURES: no acks, rings start en
   });
 });
 
+// ---- hostile and unusual frontends ----
+
+type RingConfig = { size: number; descAddr: number; availAddr: number; usedAddr: number; kickFd: number; callFd: number };
+
+/** Features and the memory table as QEMU sends them, then NUM, BASE, ADDR, KICK, CALL for each ring of pair 0. */
+async function setUpPair0(fe: VhostUserFrontend, guest: VhostUserGuest, rings: readonly [RingConfig, RingConfig]): Promise<void> {
+  await fe.setFeatures((guest.features & fe.offeredFeatures) | PROTOCOL_PROTOCOL_FEATURES);
+  await fe.setMemTable(guest.regions());
+  for (const [index, q] of rings.entries()) {
+    await fe.setVringNum(index, q.size);
+    await fe.setVringBase(index, 0);
+    await fe.setVringAddr(index, q);
+    await fe.setVringKick(index, q.kickFd);
+    await fe.setVringCall(index, q.callFd);
+  }
+}
+
+function ackFailed(outcome: Exchange, what: string): void {
+  assert.ok(outcome.kind === 'ack' && outcome.value !== 0n, `${what}: a failure ack, got ${JSON.stringify(outcome, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`);
+}
+
+test('RESET_DEVICE closes the rings\' fds once: the fd numbers it freed, taken by others, survive the disconnect', async () => {
+  await withServer(1, async (rig) => {
+    const fe = rig.connect();
+    let guest: VhostUserGuest | undefined;
+    const ours: number[] = [];
+    try {
+      guest = await fe.startDevice(1);
+      ackOk(await fe.exchange(Request.RESET_DEVICE), 'RESET_DEVICE');
+      // The lowest free numbers: among them those of the kick and call fds the reset closed.
+      for (let i = 0; i < 8; i++) ours.push(native.eventfdCreate());
+    } finally {
+      fe.close();
+      await rig.released();
+      guest?.close();
+    }
+    const closedUnderUs = ours.filter((fd) => {
+      try {
+        fs.fstatSync(fd);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+    ours.filter((fd) => !closedUnderUs.includes(fd)).forEach((fd) => native.closeFd(fd));
+    assert.equal(closedUnderUs, [], 'the server closed fds that were no longer its own');
+  });
+});
+
+test('a frontend that sends a message a byte every 300 ms: timers keep running, the message deadline ends the connection, and the eventfd that came with the first byte is closed', async () => {
+  await withServer(1, async (rig) => {
+    const fe = rig.connect();
+    let dribbler: Worker | undefined;
+    try {
+      await fe.init();
+      const message = encodeMessage(Request.SET_VRING_CALL, VHOST_USER_VERSION | FLAG_NEED_REPLY, encodeU64(0));
+      const eventfd = native.eventfdCreate();
+      native.sendFds(fe.fd, [eventfd], message.subarray(0, 1));
+      native.closeFd(eventfd);
+      const firstByteAt = Date.now();
+      // The other 19 bytes from another thread, so that this one's timers see the server's event loop.
+      dribbler = new Worker(`
+        const fs = require('node:fs');
+        const { workerData } = require('node:worker_threads');
+        const pause = new Int32Array(new SharedArrayBuffer(4));
+        for (const byte of workerData.bytes) {
+          Atomics.wait(pause, 0, 0, workerData.intervalMs);
+          try { fs.writeSync(workerData.fd, Buffer.from([byte])); } catch { break; } // EPIPE: the server hung up
+        }
+      `, { eval: true, workerData: { fd: fe.fd, bytes: [...message.subarray(1)], intervalMs: 300 } });
+      const exited = new Promise((resolve) => dribbler!.once('exit', resolve));
+      let longestGap = 0;
+      let last = Date.now();
+      const ticker = setInterval(() => {
+        const now = Date.now();
+        longestGap = Math.max(longestGap, now - last);
+        last = now;
+      }, 10);
+      let droppedAfter = Infinity;
+      try {
+        const dropped = until('the server to drop the slow connection', () => !rig.server.connected, 8000).then(() => {
+          droppedAfter = Date.now() - firstByteAt;
+        });
+        await exited; // once the server hung up, or every byte was sent
+        dribbler = undefined;
+        assert.ok(longestGap < 1000, `the event loop was held ${longestGap} ms`);
+        await dropped;
+      } finally {
+        clearInterval(ticker);
+      }
+      assert.ok(droppedAfter < 2500, `the connection was dropped ${droppedAfter} ms after the first byte (deadline 1000 ms)`);
+      const error = rig.logs.find((l) => l.event === 'connection-error');
+      assert.is(error?.fields?.code, 'ETIMEDOUT', JSON.stringify(error));
+    } finally {
+      await dribbler?.terminate();
+      fe.close();
+      await rig.released();
+    }
+    const next = rig.connect();
+    try {
+      assert.is((await next.init()).queues, 1, 'the next frontend is served');
+    } finally {
+      next.close();
+    }
+  });
+});
+
+test('kick, call and err fds must be eventfds: a memfd, a pipe, a socket, /dev/null or an eventfd at the edge of overflow gets a failure ack, changes nothing, and is closed', async () => {
+  await withServer(1, async (rig) => {
+    const fe = rig.connect();
+    let guest: VhostUserGuest | undefined;
+    const fifo = path.join(tmp, `${uniqueName('fifo')}`);
+    run('mkfifo', [fifo]);
+    try {
+      guest = await fe.startDevice(1);
+      const kinds: [string, () => number[]][] = [
+        ['a memfd', () => [native.memfdCreate('not-an-eventfd', 4096)]],
+        ['a pipe', () => [fs.openSync(fifo, fs.constants.O_RDWR | fs.constants.O_NONBLOCK)]],
+        ['a socket', () => native.socketPair('stream')],
+        ['/dev/null', () => [fs.openSync('/dev/null', 'r+')]],
+        ['an eventfd at 0xfffffffffffffffe with O_NONBLOCK cleared', () => [native.eventfdCreate(0xfffffffffffffffen, false)]],
+      ];
+      for (const [what, make] of kinds) {
+        for (const request of [Request.SET_VRING_KICK, Request.SET_VRING_CALL, Request.SET_VRING_ERR]) {
+          const fds = make();
+          try {
+            ackFailed(await fe.exchange(request, encodeU64(1), { fds: [fds[0]!] }), `${requestName(request)} with ${what}`);
+          } finally {
+            fds.forEach((fd) => native.closeFd(fd));
+          }
+          assert.ok(rig.device.isPairRunning(0), `${requestName(request)} with ${what}: the pair still runs`);
+        }
+      }
+      const refusals = rig.logs.filter((l) => l.event === 'request-failed').map((l) => String(l.fields?.error));
+      assert.ok(refusals.some((e) => /is a file, not an eventfd/.test(e)) && refusals.some((e) => /is a pipe, not an eventfd/.test(e)), refusals.join('\n'));
+      assert.ok(refusals.some((e) => /edge of overflow/.test(e)), refusals.join('\n'));
+      // An eventfd that merely blocks is an eventfd: taken.
+      const blocking = native.eventfdCreate(0n, false);
+      try {
+        await fe.setVringCall(1, blocking);
+        await guestToHost(rig.hostMac, guest, 0, 5880);
+        await fe.setVringCall(1, guest.driver.queueConfig(0).tx.callFd);
+      } finally {
+        native.closeFd(blocking);
+      }
+      await guestToHost(rig.hostMac, guest, 0, 5881);
+      await hostToGuest(guest, [0], 7000, 8);
+    } finally {
+      fe.close();
+      await rig.released();
+      guest?.close();
+      fs.rmSync(fifo, { force: true });
+    }
+  });
+});
+
+test('a ring that cannot start (a misaligned descriptor table) fails the SET_VRING_ENABLE or SET_VRING_KICK that would start it, which changes nothing; once fixed it runs', async () => {
+  await withServer(1, async (rig) => {
+    const guest = VhostUserGuest.create(1);
+    const { rx, tx } = guest.driver.queueConfig(0);
+    // virtio 1.x 2.7: the descriptor table is 16-byte aligned.
+    const misaligned = { ...rx, descAddr: rx.descAddr + 2 };
+    const notStarted = (what: string): void => {
+      assert.not.ok(rig.device.isPairRunning(0), `${what}: nothing runs`);
+      assert.is(rig.device.status & (STATUS_DRIVER_OK | STATUS_DEVICE_NEEDS_RESET), 0, `${what}: no DRIVER_OK, no NEEDS_RESET`);
+    };
+    try {
+      // QEMU's order: the rings, then SET_VRING_ENABLE; the second ring's enable starts the pair.
+      let fe = rig.connect();
+      try {
+        await fe.init({ rings: 2 });
+        await setUpPair0(fe, guest, [misaligned, tx]);
+        await fe.setVringEnable(0, true);
+        for (const attempt of [1, 2]) {
+          ackFailed(await fe.exchange(Request.SET_VRING_ENABLE, encodeVringState({ index: 1, num: 1 })), `SET_VRING_ENABLE 1, attempt ${attempt}`);
+          notStarted(`attempt ${attempt}`);
+        }
+        assert.ok(rig.logs.some((l) => l.event === 'request-failed' && /misaligned/.test(String(l.fields?.error))), 'the log says why');
+        await fe.setVringAddr(0, rx);
+        await fe.setVringEnable(1, true);
+        assert.ok(rig.device.isPairRunning(0), 'fixed: it runs');
+        guest.driver.fillRx(0);
+        await guestToHost(rig.hostMac, guest, 0, 5890);
+        await hostToGuest(guest, [0], 7020, 8);
+      } finally {
+        fe.close();
+        await rig.released();
+      }
+      // Rings enabled before their kicks: the last SET_VRING_KICK starts the pair.
+      fe = rig.connect();
+      try {
+        await fe.init({ rings: 2 });
+        await fe.setFeatures((guest.features & fe.offeredFeatures) | PROTOCOL_PROTOCOL_FEATURES);
+        await fe.setMemTable(guest.regions());
+        for (const [index, q] of [misaligned, tx].entries()) {
+          await fe.setVringNum(index, q.size);
+          await fe.setVringBase(index, guest.memory.view(q.usedAddr + 2, 2).getUint16(0, true));
+          await fe.setVringAddr(index, q);
+          await fe.setVringEnable(index, true);
+        }
+        await fe.setVringKick(0, rx.kickFd);
+        const kick = native.eventfdCreate();
+        try {
+          ackFailed(await fe.exchange(Request.SET_VRING_KICK, encodeU64(1), { fds: [kick] }), 'the SET_VRING_KICK that starts the pair');
+        } finally {
+          native.closeFd(kick);
+        }
+        notStarted('after the failed kick');
+      } finally {
+        fe.close();
+        await rig.released();
+      }
+    } finally {
+      guest.close();
+    }
+  });
+});
+
+test('QEMU-style region merge and split under running rings (REM_MEM_REG, then ADD_MEM_REG): the rings wait while their memory is gone, are translated again in the new map, and traffic resumes', async () => {
+  await withServer(1, async (rig) => {
+    const half = VhostUserGuest.memoryNeeded(1);
+    const fd = native.memfdCreate(uniqueName('vvusplit'), 2 * half);
+    const low: MemRegion = { guestPhysAddr: 0, size: half, fd, offset: 0 };
+    const high: MemRegion = { guestPhysAddr: half, size: half, fd, offset: half };
+    const whole: MemRegion = { guestPhysAddr: 0, size: 2 * half, fd, offset: 0 };
+    const memory = GuestMemory.fromRegions([low, high]);
+    const guest = VhostUserGuest.inMemory(memory, 1);
+    const fe = rig.connect();
+    const running = (): boolean => rig.device.isPairRunning(0);
+    try {
+      await fe.startDevice(1, { guest, memSlots: true });
+      assert.ok(guest.driver.queueConfig(0).rx.descAddr < half, 'the rings are in the low half');
+      await guestToHost(rig.hostMac, guest, 0, 5895);
+      // Merge, as QEMU's vhost_user_add_remove_regions does it: first remove what changed, then add.
+      await fe.remMemReg(low);
+      assert.not.ok(running(), 'the rings wait while their region is gone');
+      await fe.remMemReg(high);
+      await fe.addMemReg(whole);
+      assert.ok(running(), 'merged: the rings run again');
+      await guestToHost(rig.hostMac, guest, 0, 5896);
+      await hostToGuest(guest, [0], 7040, 8);
+      // And split again.
+      await fe.remMemReg(whole);
+      await fe.addMemReg(low);
+      assert.ok(running(), 'the rings are back in the low half');
+      await fe.addMemReg(high);
+      await guestToHost(rig.hostMac, guest, 0, 5897);
+      await hostToGuest(guest, [0], 7060, 8);
+    } finally {
+      fe.close();
+      await rig.released();
+      guest.close();
+      native.closeFd(fd);
+    }
+  });
+});
+
 // ---- the daemon, as a child process ----
 
 interface Daemon {
@@ -731,14 +1037,17 @@ interface Daemon {
 function startDaemon(args: string[]): Daemon {
   const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
+  let partial = '';
   const logs: Record<string, unknown>[] = [];
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
     err += chunk;
-    for (const line of chunk.split('\n')) {
+    const lines = (partial + chunk).split('\n');
+    partial = lines.pop()!; // the start of a line the next chunk ends
+    for (const line of lines) {
       try {
         logs.push(JSON.parse(line) as Record<string, unknown>);
       } catch {
-        // a partial line; the full text is in err
+        // not a log line; the full text is in err
       }
     }
   });
@@ -753,6 +1062,259 @@ async function waitExit(d: Daemon, timeoutMs = 5000): Promise<{ code: number | n
 
 function linkExists(name: string, netns?: string): boolean {
   return spawnSync('ip', [...(netns ? ['-n', netns] : []), 'link', 'show', 'dev', name], { stdio: 'ignore' }).status === 0;
+}
+
+interface ServeDaemon extends Daemon {
+  socket: string;
+  tap: string;
+  pid: number;
+  /** Lines of the daemon's /proc/PID/maps that name `what` (e.g. a memfd's name). */
+  maps(what: string): string[];
+  /** Resolves once the daemon has let go of every connection it took (each ended with a log line). */
+  released(): Promise<void>;
+}
+
+/**
+ * `vhost-tap serve` on a new tap of `queues` queues for `body`. Afterwards the
+ * daemon's fds and threads must be back where they were when it listened, and
+ * SIGTERM must make it exit 0 within a second.
+ */
+async function withServeDaemon(queues: number, body: (d: ServeDaemon) => Promise<void>): Promise<void> {
+  const tap = uniqueName('vvud');
+  const socket = path.join(tmp, `${tap}.sock`);
+  const d = startDaemon(['serve', '--socket', socket, '--tap', tap, '--queues', String(queues), '--mac', GUEST_MAC_STRING]);
+  try {
+    await until('the daemon to listen', () => d.logs.some((l) => l.event === 'listening'), 10_000);
+    const pid = d.child.pid!;
+    const count = (events: string[]): number => d.logs.filter((l) => events.includes(String(l.event))).length;
+    const daemon: ServeDaemon = {
+      ...d, socket, tap, pid,
+      maps: (what) => fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter((l) => l.includes(what)),
+      released: () => until('the daemon to release its connections', () => {
+        const { exitCode, signalCode } = d.child;
+        if (exitCode !== null || signalCode !== null) throw new Error(`the daemon died (exit ${String(exitCode)}, signal ${String(signalCode)}):\n${d.stderr().slice(-2000)}`);
+        return count(['disconnected', 'connection-error', 'bad-message', 'send-failed']) >= count(['connected']);
+      }),
+    };
+    const start = resourcesOf(pid);
+    await body(daemon);
+    await daemon.released();
+    await assertResourcesBack(start, 'the daemon, after the test', pid);
+    const stopping = Date.now();
+    d.child.kill('SIGTERM');
+    const { code } = await waitExit(d);
+    const stopMs = Date.now() - stopping;
+    assert.is(code, 0, d.stderr());
+    assert.ok(stopMs < 1000, `the daemon took ${stopMs} ms to exit on SIGTERM`);
+  } finally {
+    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill('SIGKILL');
+    fs.rmSync(socket, { force: true });
+  }
+}
+
+function daemonLog(d: Daemon, event: string): Record<string, unknown>[] {
+  return d.logs.filter((l) => l.event === event);
+}
+
+test('CLI: a frontend that sends a message a byte every 300 ms is dropped at the message deadline, and SIGTERM in the middle of such a message exits within a second', async () => {
+  /** Sends a byte every 300 ms; `done` says whether the daemon hung up before the last one. */
+  const dribble = (fd: number, bytes: Buffer): { stop(): void; done: Promise<{ hungUp: boolean }> } => {
+    let timer: NodeJS.Timeout | undefined;
+    let i = 0;
+    const done = new Promise<{ hungUp: boolean }>((resolve) => {
+      timer = setInterval(() => {
+        const hungUp = i < bytes.length && !sendQuietly(fd, bytes.subarray(i, ++i));
+        if (hungUp || i >= bytes.length) {
+          clearInterval(timer);
+          resolve({ hungUp });
+        }
+      }, 300);
+    });
+    return { stop: () => clearInterval(timer), done };
+  };
+  const message = encodeMessage(Request.SET_FEATURES, VHOST_USER_VERSION, encodeU64(0));
+  let fe: VhostUserFrontend | undefined;
+  await withServeDaemon(1, async (d) => {
+    fe = VhostUserFrontend.connect(d.socket);
+    await fe.init();
+    const started = Date.now();
+    const { hungUp } = await dribble(fe.fd, message).done;
+    const after = Date.now() - started;
+    assert.ok(hungUp && after < 2500, `the daemon ${hungUp ? 'hung up' : 'had not hung up'} ${after} ms after the first byte (deadline 1000 ms)`);
+    assert.is(daemonLog(d, 'connection-error').at(-1)?.code, 'ETIMEDOUT', d.stderr());
+    fe.close();
+  });
+  // Now SIGTERM while a message is half there.
+  const tap = uniqueName('vvusl');
+  const socket = path.join(tmp, `${tap}.sock`);
+  const d = startDaemon(['serve', '--socket', socket, '--tap', tap]);
+  try {
+    await until('the daemon to listen', () => d.logs.some((l) => l.event === 'listening'), 10_000);
+    fe = VhostUserFrontend.connect(socket);
+    await fe.init();
+    const slow = dribble(fe.fd, message);
+    await sleep(650);
+    const stopping = Date.now();
+    d.child.kill('SIGTERM');
+    const { code } = await waitExit(d);
+    const stopMs = Date.now() - stopping;
+    slow.stop();
+    assert.is(code, 0, d.stderr());
+    assert.ok(stopMs < 1000, `SIGTERM took ${stopMs} ms with a message half read`);
+  } finally {
+    fe?.close();
+    if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill('SIGKILL');
+    fs.rmSync(socket, { force: true });
+  }
+});
+
+test('CLI: REM_MEM_REG of the region the running rings are in is acked: the rings wait, unmapped, and resume when it is added back (20 rounds, no fd left behind)', async () => {
+  await withServeDaemon(1, async (d) => {
+    addressTap(d.tap);
+    const hostMac = macOf(d.tap);
+    const guest = VhostUserGuest.create(1);
+    const other = native.memfdCreate(uniqueName('vvuother'), 1 << 20);
+    const b: MemRegion = { guestPhysAddr: 0x4000_0000, size: 1 << 20, fd: other, offset: 0 };
+    const fe = VhostUserFrontend.connect(d.socket);
+    try {
+      await fe.startDevice(1, { guest, memSlots: true });
+      await fe.addMemReg(b);
+      await guestToHost(hostMac, guest, 0, 5960);
+      const [a] = guest.regions();
+      const fds = resourcesOf(d.pid).fds;
+      for (let round = 0; round < 20; round++) {
+        ackOk(await fe.exchange(Request.REM_MEM_REG, encodeSingleRegion(a!)), `round ${round}: REM_MEM_REG of the rings' region`);
+        assert.equal(d.maps('memfd:vhost-tap-guest'), [], `round ${round}: unmapped at once`);
+        ackOk(await fe.exchange(Request.ADD_MEM_REG, encodeSingleRegion(a!), { fds: [a!.fd] }), `round ${round}: ADD_MEM_REG of it again`);
+        await until(`round ${round}: the daemon's fds back to ${fds}`, () => resourcesOf(d.pid).fds === fds, 2000);
+      }
+      await guestToHost(hostMac, guest, 0, 5961);
+      await hostToGuest(guest, [0], 7100, 8);
+    } finally {
+      fe.close();
+      await d.released();
+      guest.close();
+      native.closeFd(other);
+    }
+    assert.equal(d.maps('memfd:'), [], 'no guest memory mapped once the frontend left');
+  });
+});
+
+test('CLI: REM_MEM_REG of the last region while no ring uses it is acked and unmaps it; removing it again fails; the next ADD_MEM_REG maps it anew and rings run in it', async () => {
+  await withServeDaemon(1, async (d) => {
+    addressTap(d.tap);
+    const guest = VhostUserGuest.create(1);
+    const fe = VhostUserFrontend.connect(d.socket);
+    const mapped = (): boolean => d.maps('memfd:vhost-tap-guest').length > 0;
+    try {
+      await fe.init({ rings: 2 });
+      await fe.setFeatures((guest.features & fe.offeredFeatures) | PROTOCOL_PROTOCOL_FEATURES);
+      const [a] = guest.regions();
+      await fe.addMemReg(a!);
+      assert.ok(mapped());
+      ackOk(await fe.exchange(Request.REM_MEM_REG, encodeSingleRegion(a!)), 'REM_MEM_REG of the only region');
+      assert.not.ok(mapped(), 'unmapped at once');
+      for (const again of [2, 3]) ackFailed(await fe.exchange(Request.REM_MEM_REG, encodeSingleRegion(a!)), `REM_MEM_REG number ${again}`);
+      await fe.addMemReg(a!);
+      assert.ok(mapped(), 'the ADD_MEM_REG after them mapped it anew');
+      await fe.startDevice(1, { guest, memSlots: true });
+      await guestToHost(macOf(d.tap), guest, 0, 5970);
+      await hostToGuest(guest, [0], 7120, 8);
+    } finally {
+      fe.close();
+      await d.released();
+      guest.close();
+    }
+  });
+});
+
+test('CLI: no mapping outlives its region: 20 rounds of REM_MEM_REG (a region beside the rings, and one whose ring failed to start) leave no mapping behind, at the REM and after the disconnect', async () => {
+  await withServeDaemon(1, async (d) => {
+    for (let round = 0; round < 20; round++) {
+      const guest = VhostUserGuest.create(1);
+      const names = [uniqueName('vvumapb'), uniqueName('vvumapc')];
+      const [bFd, cFd] = names.map((name) => native.memfdCreate(name, 1 << 20));
+      const b: MemRegion = { guestPhysAddr: 0x4000_0000, size: 1 << 20, fd: bFd!, offset: 0 };
+      const c: MemRegion = { guestPhysAddr: 0x5000_0000, size: 1 << 20, fd: cFd!, offset: 0 };
+      const kicks = [native.eventfdCreate(), native.eventfdCreate()];
+      const fe = VhostUserFrontend.connect(d.socket);
+      try {
+        await fe.startDevice(1, { guest, memSlots: true });
+        await fe.addMemReg(b);
+        await fe.remMemReg(b);
+        assert.equal(d.maps(names[0]!), [], `round ${round}: the region beside the rings unmapped at its REM_MEM_REG`);
+        // The rings stopped and moved to region C, where they cannot start (the
+        // descriptor table misaligned); then C removed.
+        await fe.stopDevice(1);
+        await fe.addMemReg(c);
+        for (const index of [0, 1]) {
+          const base = c.guestPhysAddr + index * 0x10000;
+          await fe.setVringAddr(index, { descAddr: base + 2, availAddr: base + 0x4000, usedAddr: base + 0x8000 });
+        }
+        await fe.setVringKick(0, kicks[0]!);
+        ackFailed(await fe.exchange(Request.SET_VRING_KICK, encodeU64(1), { fds: [kicks[1]!] }), `round ${round}: the pair cannot start`);
+        await fe.remMemReg(c);
+        assert.equal(d.maps(names[1]!), [], `round ${round}: the region of the ring that failed to start unmapped at its REM_MEM_REG`);
+      } finally {
+        fe.close();
+        await d.released();
+        guest.close();
+        [bFd!, cFd!, ...kicks].forEach((fd) => native.closeFd(fd));
+      }
+      assert.equal(d.maps('memfd:'), [], `round ${round}: nothing mapped after the disconnect`);
+    }
+  });
+});
+
+test('CLI: a frontend truncates the memfd behind guest memory under running rings: the memory log line said it could, the daemon survives (those pages read as zeros) and says so at the disconnect', async () => {
+  await withServeDaemon(1, async (d) => {
+    addressTap(d.tap);
+    const hostMac = macOf(d.tap);
+    const size = VhostUserGuest.memoryNeeded(1);
+    // Not sealed against shrinking, as QEMU's memory-backend-file or memory-backend-memfd,seal=off.
+    const fd = native.memfdCreate(uniqueName('vvushrink'), size, false);
+    const memory = GuestMemory.fromRegions([{ guestPhysAddr: 0, size, fd }]);
+    const guest = VhostUserGuest.inMemory(memory, 1);
+    const sender = dgram.createSocket('udp4');
+    const fe = VhostUserFrontend.connect(d.socket);
+    try {
+      await fe.startDevice(1, { guest });
+      await guestToHost(hostMac, guest, 0, 5980);
+      fs.ftruncateSync(fd, 0);
+      // The worker reads the rings again on a kick, and on a frame from the tap.
+      native.eventfdWrite(guest.driver.queueConfig(0).tx.kickFd);
+      for (let i = 0; i < 8; i++) await sendTo(sender, pattern(100, i), 7140 + i);
+      await until('the daemon to see a broken ring', () => daemonLog(d, 'queue-error').length > 0, 5000);
+      assert.ok(d.child.exitCode === null && d.child.signalCode === null, `the daemon is alive:\n${d.stderr()}`);
+      assert.is(await fe.getQueueNum(), 1, 'and still answers');
+      const line = daemonLog(d, 'memory').at(-1);
+      assert.is(line?.shrinkable, 1, `the memory log line said the region could shrink: ${JSON.stringify(line)}`);
+    } finally {
+      sender.close();
+      fe.close();
+      await d.released();
+      guest.driver.close();
+      memory.close();
+      native.closeFd(fd);
+    }
+    const gone = daemonLog(d, 'disconnected').at(-1);
+    assert.ok(Number(gone?.truncatedPages) >= 1, `the disconnect line counts the pages lost: ${JSON.stringify(gone)}`);
+    const next = VhostUserFrontend.connect(d.socket);
+    try {
+      assert.is((await next.init()).queues, 1, 'the next frontend is served');
+    } finally {
+      next.close();
+    }
+  });
+});
+
+function sendQuietly(fd: number, bytes: Buffer): boolean {
+  try {
+    native.sendFds(fd, [], bytes);
+    return true;
+  } catch {
+    return false; // the daemon hung up
+  }
 }
 
 test('CLI: --print-capabilities prints {"type":"net"}', () => {

@@ -1,98 +1,106 @@
-// Reading and answering vhost-user messages on one connected socket.
+// Reading and answering vhost-user messages on one connected socket. Messages
+// are assembled from non-blocking reads (MessageReader): however slowly a
+// frontend sends, the event loop never waits on it, and a message not whole
+// within the deadline ends the connection.
 import { errorCode } from '../errors';
 import { native } from '../native';
-import { cancelWait, waitReadable } from '../virtio/eventfd';
 import type { VirtioNetDevice } from '../virtio/net-device';
+import { MessageReader, type ReceivedMessage } from './message-reader';
 import {
-  FLAG_REPLY, FLAG_VERSION_MASK, HEADER_SIZE, MAX_FDS, MAX_PAYLOAD, Request, VHOST_USER_VERSION, decodeHeader,
-  encodeMessage, encodeU64, requestName,
+  FLAG_REPLY, FLAG_VERSION_MASK, MAX_FDS, MAX_PAYLOAD, VHOST_USER_VERSION, encodeMessage, encodeU64, hasReply, requestName,
 } from './protocol';
 import { VhostUserSession, type Logger } from './session';
 
-/** A message's payload must follow its header within this time, or the connection is dropped. */
-const PAYLOAD_TIMEOUT_MS = 500;
+/** A message must be whole this long after its first byte, or the connection is dropped. */
+export const DEFAULT_MESSAGE_DEADLINE_MS = 1000;
 
-/** Requests whose answer is a reply message of their own (not a reply-ack). */
-const HAS_REPLY = new Set<number>([
-  Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE, Request.GET_QUEUE_NUM,
-  Request.GET_CONFIG, Request.GET_MAX_MEM_SLOTS, Request.GET_STATUS,
-]);
+/** Messages served back to back before the event loop gets a turn (a frontend that floods must not starve timers). */
+const MESSAGES_PER_TURN = 16;
 
 export class VhostUserConnection {
   readonly session: VhostUserSession;
   #fd: number;
+  readonly #reader: MessageReader;
   #closed = false;
+  readonly #truncatedPagesBefore = native.guestMemoryTruncatedPages();
   /** Messages handled, for logs and tests. */
   messages = 0;
 
-  constructor(fd: number, device: VirtioNetDevice, private readonly log: Logger) {
+  constructor(fd: number, device: VirtioNetDevice, private readonly log: Logger, messageDeadlineMs = DEFAULT_MESSAGE_DEADLINE_MS) {
     this.#fd = fd;
+    this.#reader = new MessageReader(fd, { maxPayload: MAX_PAYLOAD, maxFds: MAX_FDS, deadlineMs: messageDeadlineMs });
     this.session = new VhostUserSession(device, log);
   }
 
   /** Serves the connection until the frontend leaves, breaks the protocol, or close() is called. */
   async run(): Promise<void> {
     try {
-      while (!this.#closed) {
-        if (!(await waitReadable(this.#fd, 60_000))) continue;
-        if (this.#closed || !this.#serveOne()) break;
+      for (let read = 1; !this.#closed; read++) {
+        if (read % MESSAGES_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
+        let message: ReceivedMessage | undefined;
+        try {
+          message = await this.#reader.next();
+        } catch (error) {
+          this.log('connection-error', { error: (error as Error).message, code: errorCode(error), ...this.#memoryFaults() });
+          break;
+        }
+        if (!message) {
+          if (!this.#closed) this.log('disconnected', { messages: this.messages, ...this.#memoryFaults() });
+          break;
+        }
+        if (this.#closed) {
+          closeAll(message.fds);
+          break;
+        }
+        if (!this.#serveOne(message)) break;
       }
     } finally {
       this.#release();
     }
   }
 
+  /**
+   * Pages of guest memory that faulted while this connection was served because
+   * the frontend truncated their file, and now read as zeros (see GuestMemory).
+   */
+  #memoryFaults(): { truncatedPages?: number } {
+    const pages = native.guestMemoryTruncatedPages() - this.#truncatedPagesBefore;
+    return pages > 0 ? { truncatedPages: pages } : {};
+  }
+
   /** Ends the connection from our side (daemon shutdown). */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    cancelWait(this.#fd);
+    this.#reader.cancel();
   }
 
-  /** Reads and answers one message; false when the connection must end. */
-  #serveOne(): boolean {
-    let header: { data: Buffer; fds: number[] };
-    try {
-      header = native.recvHeader(this.#fd, HEADER_SIZE, MAX_FDS, PAYLOAD_TIMEOUT_MS);
-    } catch (error) {
-      this.log('connection-error', { error: (error as Error).message, code: errorCode(error) });
-      return false;
-    }
-    if (header.data.length === 0) {
-      this.log('disconnected', { messages: this.messages });
-      return false;
-    }
-    const { request, flags, size } = decodeHeader(header.data);
+  /** Answers one message; false when the connection must end. */
+  #serveOne(message: ReceivedMessage): boolean {
+    const { request, flags, size, payload, fds } = message;
     const fail = (why: string): false => {
-      closeAll(header.fds);
+      closeAll(fds);
       this.log('bad-message', { request, flags, size, error: why });
       return false;
     };
     if ((flags & FLAG_VERSION_MASK) !== VHOST_USER_VERSION) return fail(`version ${flags & FLAG_VERSION_MASK}, expected ${VHOST_USER_VERSION}`);
     if (flags & FLAG_REPLY) return fail('a reply where a request was expected');
-    if (size > MAX_PAYLOAD) return fail(`payload of ${size} bytes is over ${MAX_PAYLOAD}`);
-    let payload: Buffer;
-    try {
-      payload = size > 0 ? native.readExact(this.#fd, size, PAYLOAD_TIMEOUT_MS) : Buffer.alloc(0);
-    } catch (error) {
-      return fail((error as Error).message);
-    }
     this.messages++;
     const ack = this.session.wantsAck(flags);
     try {
-      const { reply } = this.session.handle({ request, flags, payload, fds: header.fds });
+      const { reply } = this.session.handle({ request, flags, payload, fds });
       if (reply) this.#send(request, reply);
       else if (ack) this.#send(request, encodeU64(0));
       return true;
     } catch (error) {
       const code = errorCode(error) ?? 'EIO';
       this.log('request-failed', { request: requestName(request), code, error: (error as Error).message });
-      if (ack && !HAS_REPLY.has(request)) {
+      if (ack && !hasReply(request)) {
         this.#send(request, encodeU64(1));
         return true;
       }
       // A malformed message, or a question we cannot answer: the frontend cannot go on either.
-      return code !== 'EPROTO' && !HAS_REPLY.has(request);
+      return code !== 'EPROTO' && !hasReply(request);
     }
   }
 

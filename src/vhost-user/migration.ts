@@ -3,7 +3,6 @@
 // LOG_SHMFD) and turns logging on and off with VHOST_F_LOG_ALL in
 // SET_FEATURES, while the rings run. Logging is in force when both are there.
 import { errorCode, makeError } from '../errors';
-import { native } from '../native';
 import { DIRTY_LOG_PAGE_SIZE, DirtyLog } from '../virtio/dirty-log';
 import type { VirtioNetDevice } from '../virtio/net-device';
 import type { LogDescription } from './protocol';
@@ -11,7 +10,6 @@ import type { LogDescription } from './protocol';
 export class MigrationLog {
   #log: DirtyLog | undefined;
   #logAll = false;
-  #logFd: number | undefined;
 
   constructor(private readonly device: VirtioNetDevice) {}
 
@@ -40,12 +38,6 @@ export class MigrationLog {
     old?.close(); // the queues already write to the new one; their mapping of the old goes with their switch
   }
 
-  /** SET_LOG_FD: kept for the connection's life; vhost-tap never needs to signal it (it updates the log in place). */
-  setFd(fd: number | undefined): void {
-    if (this.#logFd !== undefined) closeQuietly(this.#logFd);
-    this.#logFd = fd;
-  }
-
   /** VHOST_F_LOG_ALL in SET_FEATURES. */
   setLogAll(on: boolean): void {
     if (on === this.#logAll) return;
@@ -72,19 +64,10 @@ export class MigrationLog {
     this.#apply();
     this.#log?.close();
     this.#log = undefined;
-    this.setFd(undefined);
   }
 
   #apply(): void {
     if (this.#logAll && this.#log) this.device.startDirtyLog(this.#log);
     else this.device.stopDirtyLog();
-  }
-}
-
-function closeQuietly(fd: number): void {
-  try {
-    native.closeFd(fd);
-  } catch {
-    // already closed
   }
 }

@@ -49,6 +49,89 @@ export enum Request {
   GET_STATUS = 40,
 }
 
+/** What the fds of a request must be: eventfds (kick, call, err), or files to map (guest memory). */
+export type FdKind = 'eventfd' | 'memory';
+
+interface RequestShape {
+  /**
+   * The fds it carries: 'one'; 'regions', one per region of the table; 'vring', one
+   * unless bit 8 of its u64 says there is none; 'optional', 0 or 1. Default: none.
+   */
+  fds?: 'one' | 'regions' | 'vring' | 'optional';
+  fdKind?: FdKind;
+  /** Answered with a reply of its own; the others get a reply-ack when the frontend asks (REPLY_ACK). */
+  reply?: true;
+}
+
+/**
+ * Each request this backend serves, with what it carries and how it is answered
+ * (QEMU docs/interop/vhost-user.rst, "Front-end message types"), in one table as
+ * DPDK's lib/vhost/vhost_user.c keeps its own: fds are counted and checked
+ * against it in one place before a request changes anything. A request not
+ * listed is not supported and may carry no fds.
+ */
+const REQUEST_SHAPES: Readonly<Record<number, RequestShape>> = {
+  [Request.GET_FEATURES]: { reply: true },
+  [Request.SET_FEATURES]: {},
+  [Request.SET_OWNER]: {},
+  [Request.RESET_OWNER]: {},
+  [Request.SET_MEM_TABLE]: { fds: 'regions', fdKind: 'memory' },
+  [Request.SET_VRING_NUM]: {},
+  [Request.SET_VRING_ADDR]: {},
+  [Request.SET_VRING_BASE]: {},
+  [Request.GET_VRING_BASE]: { reply: true },
+  [Request.SET_VRING_KICK]: { fds: 'vring', fdKind: 'eventfd' },
+  [Request.SET_VRING_CALL]: { fds: 'vring', fdKind: 'eventfd' },
+  [Request.SET_VRING_ERR]: { fds: 'vring', fdKind: 'eventfd' },
+  [Request.GET_PROTOCOL_FEATURES]: { reply: true },
+  [Request.SET_PROTOCOL_FEATURES]: {},
+  [Request.GET_QUEUE_NUM]: { reply: true },
+  [Request.SET_VRING_ENABLE]: {},
+  [Request.GET_CONFIG]: { reply: true },
+  [Request.SET_CONFIG]: {},
+  [Request.RESET_DEVICE]: {},
+  [Request.GET_MAX_MEM_SLOTS]: { reply: true },
+  [Request.ADD_MEM_REG]: { fds: 'one', fdKind: 'memory' },
+  // Some frontends send the region's fd again, others none: either is accepted (and the fd closed).
+  [Request.REM_MEM_REG]: { fds: 'optional', fdKind: 'memory' },
+  [Request.SET_STATUS]: {},
+  [Request.GET_STATUS]: { reply: true },
+  // Live migration (LOG_SHMFD): the log region; QEMU waits for a reply with no payload.
+  [Request.SET_LOG_BASE]: { fds: 'one', fdKind: 'memory', reply: true },
+  [Request.SET_LOG_FD]: { fds: 'one', fdKind: 'eventfd' },
+  [Request.SEND_RARP]: {},
+};
+
+/** Whether the request is answered with a reply of its own rather than a reply-ack. */
+export function hasReply(request: number): boolean {
+  return REQUEST_SHAPES[request]?.reply === true;
+}
+
+/**
+ * The fds a request must carry: how many (at most `max`, at least `min`; the
+ * count of a payload too short to say is checked with the payload) and of what kind.
+ */
+export function fdRule(request: number, payload: Buffer): { min: number; max: number; kind?: FdKind } {
+  const shape = REQUEST_SHAPES[request];
+  const kind = shape?.fdKind ? { kind: shape.fdKind } : {};
+  switch (shape?.fds) {
+    case 'one':
+      return { min: 1, max: 1, ...kind };
+    case 'optional':
+      return { min: 0, max: 1, ...kind };
+    case 'regions': {
+      const regions = payload.length >= 4 ? payload.readUInt32LE(0) : 0;
+      return { min: regions, max: regions, ...kind };
+    }
+    case 'vring': {
+      const count = payload.length === 8 && (payload.readBigUInt64LE(0) & 0x100n) === 0n ? 1 : 0;
+      return { min: count, max: count, ...kind };
+    }
+    default:
+      return { min: 0, max: 0 };
+  }
+}
+
 /** VHOST_USER_F_PROTOCOL_FEATURES, a virtio feature bit that vhost-user borrows. */
 export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
 

@@ -21,6 +21,8 @@ export interface VhostUserServerOptions {
   client?: boolean;
   /** Client mode: delay between connection attempts. Default 1000 ms. */
   reconnectMs?: number;
+  /** A message must be whole this long after its first byte, or its connection is dropped. Default 1000 ms. */
+  messageDeadlineMs?: number;
   log?: Logger;
 }
 
@@ -64,8 +66,9 @@ export class VhostUserServer extends EventEmitter<VhostUserServerEvents> {
       this.#listenFd = native.unixListen(path, 'stream', 1);
       this.#ownsPath = true;
     }
-    this.#log('listening', { socket: this.#options.socketPath ?? `fd ${this.#listenFd}` });
     this.#loop = this.#acceptLoop();
+    // Logged once the accept loop waits (and the fd poller it waits on exists): a frontend may connect now.
+    this.#log('listening', { socket: this.#options.socketPath ?? `fd ${this.#listenFd}` });
   }
 
   /** Closes the connection and the socket; resolves when everything is released. */
@@ -115,7 +118,7 @@ export class VhostUserServer extends EventEmitter<VhostUserServerEvents> {
   async #serve(fd: number): Promise<void> {
     this.served++;
     this.#log('connected', { connection: this.served });
-    const connection = new VhostUserConnection(fd, this.#options.device, this.#log);
+    const connection = new VhostUserConnection(fd, this.#options.device, this.#log, this.#options.messageDeadlineMs);
     this.#connection = connection;
     this.emit('connected');
     try {

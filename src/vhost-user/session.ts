@@ -3,18 +3,24 @@
 // control queue; it gives us guest memory, the rings and their eventfds, and
 // says which rings are enabled. Every fd received is owned here and closed when
 // replaced or when the connection ends.
+//
+// A request takes effect whole or not at all: what it changes in the rings or
+// the memory map is applied to the device as one step (#transaction), and if
+// the device cannot follow (a ring's worker does not start), everything is put
+// back as it was and the request fails. Fds and mappings are let go of only
+// once nothing refers to them any more.
 import { errorCode, makeError } from '../errors';
 import { native } from '../native';
 import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../virtio/device-status';
 import { featureBit } from '../virtio/features';
 import { GuestMemory } from '../virtio/guest-memory';
 import type { VirtioNetDevice } from '../virtio/net-device';
-import {
-  MAX_MEM_REGIONS, MAX_MEM_SLOTS, ProtocolFeature, Request, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG,
-  configAccess, encodeConfig, encodeU64, encodeVringState, logDescription, memoryTable, rarpMac, requestName, singleRegion, u64,
-  vringAddress, vringFdIndex, vringState, type MemoryRegionDescriptor,
-} from './protocol';
 import { MigrationLog } from './migration';
+import {
+  MAX_MEM_SLOTS, ProtocolFeature, Request, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, configAccess,
+  encodeConfig, encodeU64, encodeVringState, fdRule, logDescription, memoryTable, rarpMac, requestName, singleRegion, u64,
+  vringAddress, vringFdIndex, vringState, type FdKind, type MemoryRegionDescriptor,
+} from './protocol';
 
 export const SUPPORTED_PROTOCOL_FEATURES = [
   ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.RESET_DEVICE,
@@ -33,16 +39,27 @@ export type Outcome = { reply?: Buffer };
 
 export type Logger = (event: string, fields?: Record<string, unknown>) => void;
 
+/** A ring's addresses as SET_VRING_ADDR gives them: the frontend's virtual addresses. */
+interface RingAddresses {
+  desc: bigint;
+  avail: bigint;
+  used: bigint;
+}
+
 interface Ring {
-  kickFd?: number;
-  callFd?: number;
-  errFd?: number;
+  kickFd?: number | undefined;
+  callFd?: number | undefined;
+  errFd?: number | undefined;
   /** Kicked (SET_VRING_KICK) and not stopped since (GET_VRING_BASE). */
   started: boolean;
   enabled: boolean;
   configured: { num: boolean; addr: boolean };
-  /** The ring's guest-physical addresses as last set, to recognise a repeated SET_VRING_ADDR. */
-  addresses?: { descAddr: number; availAddr: number; usedAddr: number };
+  /**
+   * Kept, and translated to guest-physical again after every change of the
+   * memory map, as libvhost-user and DPDK do: a ring whose addresses are in no
+   * region waits, stopped, until a later change maps them again.
+   */
+  addresses?: RingAddresses;
 }
 
 interface Region extends MemoryRegionDescriptor {
@@ -51,25 +68,18 @@ interface Region extends MemoryRegionDescriptor {
   refs: number;
 }
 
-/** The messages that carry this many fds (others carry none). */
-function expectedFds(request: number, payload: Buffer): number | undefined {
-  switch (request) {
-    case Request.SET_MEM_TABLE:
-      return payload.length >= 4 ? payload.readUInt32LE(0) : undefined;
-    case Request.ADD_MEM_REG:
-    case Request.SET_LOG_BASE:
-    case Request.SET_LOG_FD:
-      return 1;
-    case Request.REM_MEM_REG:
-      return undefined; // some frontends send the fd again: accept 0 or 1
-    case Request.SET_VRING_KICK:
-    case Request.SET_VRING_CALL:
-    case Request.SET_VRING_ERR:
-      return payload.length === 8 && (payload.readBigUInt64LE(0) & 0x100n) === 0n ? 1 : 0;
-    default:
-      return 0;
-  }
+/** What a transaction may change, to put it back. */
+interface SessionState {
+  rings: Ring[];
+  regions: Region[];
+  memory: GuestMemory | undefined;
 }
+
+/** No eventfd gets this far honestly; one a frontend set up there would make our next signal overflow it. */
+const EVENTFD_COUNT_LIMIT = 1n << 63n;
+
+/** F_SEAL_SHRINK (linux/fcntl.h): the file cannot be made smaller. */
+const F_SEAL_SHRINK = 0x0002;
 
 export class VhostUserSession {
   #features = 0n;
@@ -95,21 +105,17 @@ export class VhostUserSession {
   /**
    * Applies one message. Throws an Error with a code when it cannot: EPROTO for
    * a malformed message (the connection should end), others for a request that
-   * was understood but refused. Fds of a refused message are closed here.
+   * was understood but refused, which then changed nothing. Every fd that came
+   * with the message is, once this returns or throws, held by a ring or a
+   * region, or closed.
    */
   handle(message: Message): Outcome {
     const { request, payload, fds } = message;
-    const expected = expectedFds(request, payload);
-    const fdCountOk = expected === undefined ? fds.length <= 1 : fds.length === expected;
-    if (!fdCountOk) {
-      closeFds(fds);
-      throw makeError('EPROTO', `${requestName(request)} came with ${fds.length} fds, expected ${String(expected)}`);
-    }
     try {
+      checkFds(request, payload, fds);
       return this.#dispatch(request, payload, fds);
-    } catch (error) {
-      closeFds(fds.filter((fd) => !this.#owns(fd)));
-      throw error;
+    } finally {
+      closeFds(fds.filter((fd) => !this.#holds(fd)));
     }
   }
 
@@ -149,8 +155,11 @@ export class VhostUserSession {
         none();
         return { reply: encodeU64(MAX_MEM_SLOTS) };
       case Request.SET_MEM_TABLE: {
-        const regions = memoryTable(payload, request);
-        this.#replaceMemory(regions.map((r, i) => ({ ...r, fd: fds[i]!, refs: 1 })), true);
+        const table = memoryTable(payload, request);
+        if (this.#memory && table.length === this.#regions.length && table.every((r, i) => sameRegion(r, this.#regions[i]!))) {
+          return {}; // a frontend with several queue pairs sends the same table once per pair: keep the mapping
+        }
+        this.#changeMemory(table.map((r, i) => ({ ...r, fd: fds[i]!, refs: 1 })));
         return {};
       }
       case Request.ADD_MEM_REG: {
@@ -159,26 +168,24 @@ export class VhostUserSession {
         if (existing) {
           // QEMU adds (and later removes) each region once per queue pair: count, map once.
           existing.refs++;
-          closeFds(fds);
           return {};
         }
         if (this.#regions.length >= MAX_MEM_SLOTS) throw makeError('ENOSPC', `all ${MAX_MEM_SLOTS} memory slots are in use`);
-        this.#replaceMemory([...this.#regions, { ...region, fd: fds[0]!, refs: 1 }], false);
+        this.#changeMemory([...this.#regions, { ...region, fd: fds[0]!, refs: 1 }]);
         return {};
       }
       case Request.REM_MEM_REG: {
         const region = singleRegion(payload, request);
+        // As libvhost-user's reg_equal: guest-physical address, size and user address name a region.
         const target = this.#regions.find((r) => r.guestPhysAddr === region.guestPhysAddr && r.size === region.size && r.userAddr === region.userAddr);
-        if (!target) throw makeError('ENOENT', 'REM_MEM_REG names no region in use');
-        if (--target.refs > 0) {
-          closeFds(fds); // still added by another queue pair
+        if (!target) {
+          throw makeError('ENOENT', `REM_MEM_REG names no region in use (0x${region.size.toString(16)} bytes at guest-physical 0x${region.guestPhysAddr.toString(16)})`);
+        }
+        if (target.refs > 1) {
+          target.refs--; // still added by another queue pair
           return {};
         }
-        const keep = this.#regions.filter((r) => r !== target);
-        const removed = this.#regions.filter((r) => !keep.includes(r));
-        this.#replaceMemory(keep, false);
-        closeFds(removed.map((r) => r.fd));
-        closeFds(fds); // a frontend may send the region's fd again
+        this.#changeMemory(this.#regions.filter((r) => r !== target));
         return {};
       }
       case Request.SET_VRING_NUM: {
@@ -190,42 +197,37 @@ export class VhostUserSession {
       case Request.SET_VRING_ADDR: {
         const a = vringAddress(payload, request);
         const index = this.#ringIndex(a.index);
-        const addresses = { descAddr: this.#toGuest(a.desc, 'descriptor table'), availAddr: this.#toGuest(a.avail, 'available ring'), usedAddr: this.#toGuest(a.used, 'used ring') };
+        const addresses = { desc: a.desc, avail: a.avail, used: a.used };
         const logAddr = a.flags & VHOST_VRING_F_LOG ? safeAddress(a.log, 'log_guest_addr') : undefined;
         const ring = this.#rings[index]!;
-        // QEMU sends it again for running rings when a migration starts (to add
-        // VHOST_VRING_F_LOG): the same addresses need no stop.
-        if (!(this.device.isPairRunning(index >> 1) && sameAddresses(ring.addresses, addresses))) {
-          if (this.device.isPairRunning(index >> 1)) this.device.getQueueBase(index);
-          this.device.setQueueAddresses(index, addresses);
-        }
+        // QEMU sends it again for the running rings when a migration starts, to add
+        // VHOST_VRING_F_LOG: the same addresses need no stop, only where the used ring is logged.
+        const unchanged = this.device.isPairRunning(index >> 1) && ring.addresses !== undefined &&
+          ring.addresses.desc === addresses.desc && ring.addresses.avail === addresses.avail && ring.addresses.used === addresses.used;
+        if (!unchanged) this.device.setQueueAddresses(index, this.#toGuest(addresses)); // EBUSY while its pair runs
         this.device.setQueueLogAddress(index, logAddr);
-        ring.addresses = addresses;
-        ring.configured.addr = true;
-        this.#reconcile();
+        Object.assign(ring, { addresses, configured: { ...ring.configured, addr: true } });
         return {};
       }
       case Request.SET_LOG_BASE: {
         if (!(this.#protocolFeatures & (1n << BigInt(ProtocolFeature.LOG_SHMFD)))) throw makeError('EPROTO', 'SET_LOG_BASE without the LOG_SHMFD protocol feature');
         const description = logDescription(payload, request);
-        // The frontend waits for this reply (with no payload, as QEMU and DPDK do) whatever
-        // happens, and it cannot carry a failure: a region we cannot use is reported, the
-        // log in use stays, and SET_FEATURES with VHOST_F_LOG_ALL is then refused (QEMU
-        // asks for an ack on it), which fails the migration and leaves the guest running.
+        // The frontend waits for this reply (with no payload, as QEMU and DPDK send it) whatever
+        // happens, and it cannot carry a failure: a region we cannot use is reported, the log in
+        // use stays, and SET_FEATURES with VHOST_F_LOG_ALL is then refused (QEMU asks for an ack
+        // there), which fails the migration and leaves the guest running.
         try {
           this.#migration.setBase(description, fds[0]!, this.#guestExtent());
           this.log('log-base', { bytes: this.#migration.logBytes, logging: this.#migration.logging });
         } catch (error) {
           this.log('request-failed', { request: requestName(request), code: errorCode(error), error: (error as Error).message });
-        } finally {
-          closeFds(fds); // mapped, or refused: the fd is not needed any more
         }
-        return { reply: Buffer.alloc(0) };
+        return { reply: Buffer.alloc(0) }; // the fd is closed by handle(): mapped, it is not needed any more
       }
-      case Request.SET_LOG_FD: {
-        this.#migration.setFd(fds[0]);
+      case Request.SET_LOG_FD:
+        // An eventfd to signal after updating the log: vhost-tap updates it in place as it writes
+        // and never signals, so handle() closes it like any fd nothing holds.
         return {};
-      }
       case Request.SEND_RARP: {
         const mac = rarpMac(payload, request);
         this.device.sendRarp(mac);
@@ -249,35 +251,38 @@ export class VhostUserSession {
         const { index, noFd } = vringFdIndex(payload, request);
         const ring = this.#rings[this.#ringIndex(index)]!;
         if (noFd) throw makeError('EOPNOTSUPP', 'polling rings (no kick fd) are not supported: give the ring a kick eventfd');
-        if (this.device.isPairRunning(index >> 1)) this.device.getQueueBase(index); // the frontend restarts a running ring
-        replaceFd(ring, 'kickFd', fds[0]);
-        this.device.setQueueKick(index, fds[0]!);
-        ring.started = true;
-        if (!this.#hasProtocolFeatures()) ring.enabled = true; // without them a ring starts enabled
-        this.#reconcile();
+        this.#transaction(() => {
+          this.#stopPairOf(index); // the frontend restarts a running ring
+          ring.kickFd = fds[0]!;
+          ring.started = true;
+          if (!this.#hasProtocolFeatures()) ring.enabled = true; // without them a ring starts enabled
+        });
         return {};
       }
       case Request.SET_VRING_CALL: {
         const { index, noFd } = vringFdIndex(payload, request);
         const ring = this.#rings[this.#ringIndex(index)]!;
-        // The worker writes to the old fd until setQueueCall has restarted it: close it after.
-        const fd = noFd ? undefined : fds[0];
-        this.device.setQueueCall(index, fd);
-        replaceFd(ring, 'callFd', fd);
+        this.#transaction(() => {
+          this.#stopPairOf(index); // a running pair restarts on the new call fd
+          ring.callFd = noFd ? undefined : fds[0];
+        });
         return {};
       }
       case Request.SET_VRING_ERR: {
         const { index, noFd } = vringFdIndex(payload, request);
-        replaceFd(this.#rings[this.#ringIndex(index)]!, 'errFd', noFd ? undefined : fds[0]);
+        const ring = this.#rings[this.#ringIndex(index)]!;
+        this.#transaction(() => {
+          ring.errFd = noFd ? undefined : fds[0];
+        });
         return {};
       }
       case Request.SET_VRING_ENABLE: {
         const { index, num } = vringState(payload, request);
         if (num > 1) throw makeError('EPROTO', `SET_VRING_ENABLE with ${num} (0 or 1)`);
         const ring = this.#rings[this.#ringIndex(index)]!;
-        ring.enabled = num === 1;
-        this.device.enableQueue(index, ring.enabled);
-        this.#reconcile();
+        this.#transaction(() => {
+          ring.enabled = num === 1;
+        });
         return {};
       }
       case Request.GET_CONFIG: {
@@ -312,26 +317,25 @@ export class VhostUserSession {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#migration.close();
     try {
       this.device.reset();
     } catch (error) {
       this.log('reset-failed', { error: (error as Error).message });
     }
-    this.#migration.close();
-    for (const ring of this.#rings) closeFds([ring.kickFd, ring.callFd, ring.errFd]);
+    closeFds(fdsOf(this.#state()));
     this.#rings = [];
-    closeFds(this.#regions.map((r) => r.fd));
     this.#regions = [];
     this.#memory?.close();
     this.#memory = undefined;
   }
 
   /** For logs and tests. */
-  describe(): { features: string; protocolFeatures: string; regions: number; rings: { started: boolean; enabled: boolean }[] } {
+  describe(): { features: string; protocolFeatures: string; regions: { guestPhysAddr: string; size: number; refs: number }[]; rings: { started: boolean; enabled: boolean }[] } {
     return {
       features: `0x${this.#features.toString(16)}`,
       protocolFeatures: `0x${this.#protocolFeatures.toString(16)}`,
-      regions: this.#regions.length,
+      regions: this.#regions.map((r) => ({ guestPhysAddr: `0x${r.guestPhysAddr.toString(16)}`, size: Number(r.size), refs: r.refs })),
       rings: this.#rings.map((r) => ({ started: r.started, enabled: r.enabled })),
     };
   }
@@ -351,8 +355,18 @@ export class VhostUserSession {
     return index;
   }
 
-  #owns(fd: number): boolean {
-    return this.#regions.some((r) => r.fd === fd) || this.#rings.some((r) => r.kickFd === fd || r.callFd === fd || r.errFd === fd);
+  /** Whether a ring or a region holds the fd. */
+  #holds(fd: number): boolean {
+    return fdsOf(this.#state()).includes(fd);
+  }
+
+  #state(): SessionState {
+    return { rings: this.#rings, regions: this.#regions, memory: this.#memory };
+  }
+
+  /** Stops the pair a ring belongs to, keeping where its rings are (the frontend is changing one of them). */
+  #stopPairOf(index: number): void {
+    if (this.device.isPairRunning(index >> 1)) this.device.getQueueBase(index);
   }
 
   /**
@@ -393,37 +407,67 @@ export class VhostUserSession {
     this.log('features', { features: `0x${virtio.toString(16)}`, protocolFeatures: this.#hasProtocolFeatures() });
   }
 
-  /** Maps a new region set (all fds kept open for the next change), then swaps it in under stopped queues. */
-  #replaceMemory(regions: Region[], closeOld: boolean): void {
-    const same = (a: MemoryRegionDescriptor, b: MemoryRegionDescriptor): boolean =>
-      a.guestPhysAddr === b.guestPhysAddr && a.size === b.size && a.userAddr === b.userAddr && a.mmapOffset === b.mmapOffset;
-    if (closeOld && this.#memory && regions.length === this.#regions.length && regions.every((r, i) => same(r, this.#regions[i]!))) {
-      // A frontend with several queue pairs sends the same table once per pair: keep the mapping.
-      closeFds(regions.map((r) => r.fd));
-      return;
-    }
-    if (regions.length > (closeOld ? MAX_MEM_REGIONS : MAX_MEM_SLOTS)) throw makeError('E2BIG', `${regions.length} memory regions is too many`);
-    let memory: GuestMemory;
+  /**
+   * Replaces the memory map: maps the new regions, stops the running pairs (they
+   * finish in the old map), and starts again every pair whose rings translate
+   * in the new one. A ring whose addresses left the map waits, stopped, until a
+   * later change maps them again: a frontend may remove a region and add it back
+   * (libvhost-user's vu_rem_mem_reg unmaps the rings in it the same way). If a
+   * pair cannot start on the new map, the old one stays as if nothing had been asked.
+   */
+  #changeMemory(regions: Region[]): void {
+    this.#transaction(() => {
+      const memory = regions.length > 0 ? mapRegions(regions) : undefined;
+      this.device.stopQueues();
+      this.#regions = regions;
+      this.#memory = memory;
+      if (this.#featuresSet) this.device.setMemory(memory);
+    });
+    const shrinkable = regions.filter((r) => !sealedAgainstShrinking(r.fd)).length;
+    this.log('memory', {
+      regions: regions.length,
+      bytes: regions.reduce((sum, r) => sum + Number(r.size), 0),
+      // A file that can be truncated under the mapping: its pages then read as zeros here (README).
+      ...(shrinkable > 0 ? { shrinkable, warning: `${shrinkable} of the regions' files are not sealed against shrinking (F_SEAL_SHRINK)` } : {}),
+    });
+  }
+
+  /**
+   * Runs `change` (which edits the rings, the regions or the memory) and applies
+   * the result to the device. If either throws, the session and the device are
+   * put back as they were, and the error is thrown: the request changed nothing.
+   * Once the change holds, the fds and the mapping it replaced are released.
+   */
+  #transaction(change: () => void): void {
+    const before = { rings: this.#rings.map(copyRing), regions: this.#regions, memory: this.#memory };
     try {
-      memory = GuestMemory.fromRegions(regions.map((r) => {
-        if (r.size > BigInt(Number.MAX_SAFE_INTEGER) || r.guestPhysAddr > BigInt(Number.MAX_SAFE_INTEGER) || r.mmapOffset > BigInt(Number.MAX_SAFE_INTEGER)) {
-          throw makeError('EINVAL', 'a memory region lies beyond 2^53');
-        }
-        return { guestPhysAddr: Number(r.guestPhysAddr), size: Number(r.size), fd: r.fd, offset: Number(r.mmapOffset) };
-      }));
+      change();
+      this.#reconcile();
     } catch (error) {
-      throw makeError(errorCode(error) ?? 'EINVAL', `cannot map the guest memory: ${(error as Error).message}`, error);
+      const failedMemory = this.#memory;
+      this.#restore(before);
+      if (failedMemory !== before.memory) failedMemory?.close();
+      throw error;
     }
-    const running = Array.from({ length: this.device.maxQueuePairs }, (_, i) => this.device.isPairRunning(i)).some(Boolean);
-    if (running) this.device.stopQueues();
-    const old = this.#regions;
-    this.#memory?.close();
-    this.#memory = memory;
-    this.#regions = regions;
-    if (this.#featuresSet) this.device.setMemory(memory);
-    if (closeOld) closeFds(old.map((r) => r.fd).filter((fd) => !regions.some((r) => r.fd === fd)));
-    this.log('memory', { regions: regions.length, bytes: regions.reduce((sum, r) => sum + Number(r.size), 0) });
-    if (running) this.#reconcile();
+    if (before.memory !== this.#memory) before.memory?.close();
+    const held = new Set(fdsOf(this.#state()));
+    closeFds(fdsOf(before).filter((fd) => !held.has(fd)));
+  }
+
+  #restore(state: SessionState): void {
+    if (this.#memory !== state.memory) {
+      this.device.stopQueues();
+      this.#memory = state.memory;
+      if (this.#featuresSet) this.device.setMemory(state.memory);
+    }
+    this.#regions = state.regions;
+    this.#rings = state.rings.map(copyRing);
+    try {
+      this.#reconcile();
+    } catch (error) {
+      // What ran before cannot run again (the tap refuses a queue now, say): it stays stopped.
+      this.log('restore-failed', { error: (error as Error).message, code: errorCode(error) });
+    }
   }
 
   /** The end of the highest region of guest-physical memory: what a dirty log must cover. */
@@ -431,23 +475,44 @@ export class VhostUserSession {
     return this.#regions.reduce((end, r) => Math.max(end, Number(r.guestPhysAddr + r.size)), 0);
   }
 
-  /** Translates a frontend virtual address (ring addresses in SET_VRING_ADDR) to guest-physical. */
-  #toGuest(address: bigint, what: string): number {
-    for (const r of this.#regions) {
-      if (address >= r.userAddr && address < r.userAddr + r.size) return Number(r.guestPhysAddr + (address - r.userAddr));
+  /** A ring's addresses in guest-physical space, translated through the memory map as it is now; throws EFAULT if one is in no region. */
+  #toGuest(addresses: RingAddresses): { descAddr: number; availAddr: number; usedAddr: number } {
+    const translate = (address: bigint, what: string): number => {
+      for (const r of this.#regions) {
+        if (address >= r.userAddr && address - r.userAddr < r.size) return Number(r.guestPhysAddr + (address - r.userAddr));
+      }
+      throw makeError('EFAULT', `the ${what} at frontend address 0x${address.toString(16)} is in no memory region (send the memory table first)`);
+    };
+    return {
+      descAddr: translate(addresses.desc, 'descriptor table'),
+      availAddr: translate(addresses.avail, 'available ring'),
+      usedAddr: translate(addresses.used, 'used ring'),
+    };
+  }
+
+  /** The ring's guest-physical addresses, or undefined while it has none or they are in no region. */
+  #guestAddressesOf(ring: Ring): { descAddr: number; availAddr: number; usedAddr: number } | undefined {
+    if (!ring.configured.addr || !ring.addresses) return undefined;
+    try {
+      return this.#toGuest(ring.addresses);
+    } catch {
+      return undefined;
     }
-    throw makeError('EFAULT', `the ${what} at frontend address 0x${address.toString(16)} is in no memory region (send SET_MEM_TABLE first)`);
   }
 
   /**
-   * The pairs in use are the leading pairs whose two rings are started and
-   * enabled: the same setActiveQueuePairs path as the control queue's.
+   * The pairs in use are the leading pairs whose two rings are started, enabled
+   * and mapped: the same setActiveQueuePairs path as the control queue's. A pair
+   * that starts gets its rings as the session has them (translated through the
+   * map of now). Throws if a pair that should run does not start; the device's
+   * setActiveQueuePairs and setDriverOk then leave it as it was.
    */
   #reconcile(): void {
-    if (!this.#featuresSet || !this.#memory) return;
+    if (!this.#featuresSet) return;
+    const addresses = this.#rings.map((r) => this.#guestAddressesOf(r));
     const ready = (i: number): boolean => {
       const r = this.#rings[i]!;
-      return r.started && r.enabled && r.configured.addr;
+      return r.started && r.enabled && r.kickFd !== undefined && addresses[i] !== undefined;
     };
     let pairs = 0;
     while (pairs < this.device.maxQueuePairs && ready(2 * pairs) && ready(2 * pairs + 1)) pairs++;
@@ -456,12 +521,18 @@ export class VhostUserSession {
       this.device.stopQueues();
       return;
     }
-    if (!(this.device.status & STATUS_DRIVER_OK)) {
-      this.device.setActiveQueuePairs(pairs);
-      this.device.writeStatus(this.device.status | STATUS_DRIVER_OK);
-    } else {
-      this.device.setActiveQueuePairs(pairs);
+    for (let pair = 0; pair < pairs; pair++) {
+      if (this.device.isPairRunning(pair)) continue;
+      for (const index of [2 * pair, 2 * pair + 1]) {
+        const ring = this.#rings[index]!;
+        this.device.setQueueAddresses(index, addresses[index]!);
+        this.device.setQueueKick(index, ring.kickFd!);
+        this.device.setQueueCall(index, ring.callFd);
+        this.device.enableQueue(index, true);
+      }
     }
+    this.device.setActiveQueuePairs(pairs);
+    if (!(this.device.status & STATUS_DRIVER_OK)) this.device.setDriverOk();
     if (pairs !== before) this.log('queue-pairs', { active: pairs, previous: before });
   }
 
@@ -470,21 +541,58 @@ export class VhostUserSession {
     this.device.reset();
     this.#featuresSet = false;
     this.#features = 0n;
-    for (const ring of this.#rings) {
-      closeFds([ring.kickFd, ring.callFd, ring.errFd]);
-      Object.assign(ring, newRing());
-    }
+    // Fresh rings: assigning newRing() over the old ones kept their (closed) fd
+    // numbers, which close() then closed again, whatever they had become by then.
+    for (const ring of this.#rings) closeFds([ring.kickFd, ring.callFd, ring.errFd]);
+    this.#rings = this.#rings.map(() => newRing());
     this.log('reset');
   }
 }
 
-function sameAddresses(a: Ring['addresses'], b: NonNullable<Ring['addresses']>): boolean {
-  return a !== undefined && a.descAddr === b.descAddr && a.availAddr === b.availAddr && a.usedAddr === b.usedAddr;
+/**
+ * The fds of a request: as many as its rule says, and each of the kind it
+ * needs, all checked before anything changes (the caller closes them on failure).
+ */
+function checkFds(request: number, payload: Buffer, fds: readonly number[]): void {
+  const rule = fdRule(request, payload);
+  if (fds.length < rule.min || fds.length > rule.max) {
+    const expected = rule.min === rule.max ? String(rule.min) : `${rule.min} to ${rule.max}`;
+    throw makeError('EPROTO', `${requestName(request)} came with ${fds.length} fds, expected ${expected}`);
+  }
+  if (rule.kind) for (const fd of fds) checkFdKind(request, fd, rule.kind);
 }
 
-function safeAddress(value: bigint, what: string): number {
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw makeError('EINVAL', `${what} 0x${value.toString(16)} lies beyond 2^53`);
-  return Number(value);
+function checkFdKind(request: number, fd: number, kind: FdKind): void {
+  const found = native.describeFd(fd);
+  if (kind === 'eventfd') {
+    // The data path watches kicks with epoll and writes calls: anything but an eventfd
+    // breaks the ring, or blocks its worker (a pipe whose buffer is full).
+    if (found.kind !== 'eventfd') throw makeError('EINVAL', `${requestName(request)}: the fd is a ${found.kind}, not an eventfd: give the ring an eventfd`);
+    if ((found.eventfdCount ?? 0n) >= EVENTFD_COUNT_LIMIT) {
+      throw makeError('EINVAL', `${requestName(request)}: the eventfd's counter is 0x${found.eventfdCount!.toString(16)}, at the edge of overflow: give the ring a fresh eventfd`);
+    }
+  } else if (found.kind !== 'file') {
+    throw makeError('EINVAL', `${requestName(request)}: a memory region's fd is a ${found.kind}, not a file to map (memfd, tmpfs or hugetlbfs)`);
+  }
+}
+
+/** Maps the regions (the fds stay the session's, for the next change). */
+function mapRegions(regions: readonly Region[]): GuestMemory {
+  try {
+    return GuestMemory.fromRegions(regions.map((r) => {
+      if (r.size > BigInt(Number.MAX_SAFE_INTEGER) || r.guestPhysAddr > BigInt(Number.MAX_SAFE_INTEGER) || r.mmapOffset > BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw makeError('EINVAL', 'a memory region lies beyond 2^53');
+      }
+      return { guestPhysAddr: Number(r.guestPhysAddr), size: Number(r.size), fd: r.fd, offset: Number(r.mmapOffset) };
+    }));
+  } catch (error) {
+    throw makeError(errorCode(error) ?? 'EINVAL', `cannot map the guest memory: ${(error as Error).message}`, error);
+  }
+}
+
+function sealedAgainstShrinking(fd: number): boolean {
+  const seals = native.describeFd(fd).seals ?? -1;
+  return seals >= 0 && (seals & F_SEAL_SHRINK) !== 0;
 }
 
 function sameRegion(a: MemoryRegionDescriptor, b: MemoryRegionDescriptor): boolean {
@@ -495,11 +603,17 @@ function newRing(): Ring {
   return { started: false, enabled: false, configured: { num: false, addr: false } };
 }
 
-function replaceFd(ring: Ring, key: 'kickFd' | 'callFd' | 'errFd', fd: number | undefined): void {
-  const old = ring[key];
-  if (old !== undefined && old !== fd) closeFds([old]);
-  if (fd === undefined) delete ring[key];
-  else ring[key] = fd;
+function copyRing(ring: Ring): Ring {
+  return { ...ring, configured: { ...ring.configured } };
+}
+
+/** Every fd the state holds. */
+function fdsOf(state: SessionState): number[] {
+  const fds = state.regions.map((r) => r.fd);
+  for (const ring of state.rings) {
+    for (const fd of [ring.kickFd, ring.callFd, ring.errFd]) if (fd !== undefined) fds.push(fd);
+  }
+  return fds;
 }
 
 function closeFds(fds: readonly (number | undefined)[]): void {
@@ -511,4 +625,9 @@ function closeFds(fds: readonly (number | undefined)[]): void {
       // already closed
     }
   }
+}
+
+function safeAddress(value: bigint, what: string): number {
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw makeError('EINVAL', `${what} 0x${value.toString(16)} lies beyond 2^53`);
+  return Number(value);
 }

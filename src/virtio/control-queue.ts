@@ -99,6 +99,13 @@ export function handleControlCommand(request: Buffer, features: bigint, handler:
   }
 }
 
+/**
+ * Commands answered before the event loop gets a turn. A guest can re-post a
+ * command as fast as the device answers it, and the VMM's timers, I/O and the
+ * other devices on this thread must not wait for it to stop.
+ */
+export const COMMANDS_PER_TURN = 64;
+
 /** Serves the control virtqueue: waits for kicks, answers each command, calls. */
 export class ControlQueue {
   readonly #queue: NativeVirtqueue;
@@ -148,11 +155,11 @@ export class ControlQueue {
     return this.#queue.lastAvailIdx();
   }
 
-  /** Answers every command waiting now; returns how many. */
-  drain(): number {
+  /** Answers the commands waiting now, at most `budget` of them; returns how many. */
+  drain(budget = COMMANDS_PER_TURN): number {
     if (this.#released) return 0;
     let answered = 0;
-    for (;;) {
+    while (answered < budget) {
       let chain: ReturnType<NativeVirtqueue['pop']>;
       try {
         this.#queue.disableNotify();
@@ -179,8 +186,14 @@ export class ControlQueue {
 
   async #serve(): Promise<void> {
     while (this.#running) {
-      this.drain();
+      const answered = this.drain();
       if (!this.#running) break;
+      if (answered >= COMMANDS_PER_TURN) {
+        // The budget ran out with commands maybe still waiting (notifications are
+        // still off): come back after the event loop's other work, not on a kick.
+        await new Promise((resolve) => setImmediate(resolve));
+        continue;
+      }
       await this.#kick.wait(1000);
     }
   }

@@ -250,6 +250,28 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.emit('status', this.#status);
   }
 
+  /**
+   * Sets DRIVER_OK and starts the queues, or, if they cannot start, throws and
+   * leaves the status as it was. For a vhost-user backend, whose frontend must
+   * hear in its reply-ack that a ring did not start; a transport writes the
+   * status register (writeStatus), where such a failure sets DEVICE_NEEDS_RESET.
+   */
+  setDriverOk(): void {
+    this.#assertOpen();
+    const previous = this.#status;
+    const problem = statusTransitionError(previous, previous | STATUS_DRIVER_OK);
+    if (problem) throw makeError('EINVAL', problem);
+    if (previous & STATUS_DRIVER_OK) return;
+    this.#status = previous | STATUS_DRIVER_OK;
+    try {
+      this.#startQueues();
+    } catch (error) {
+      this.#status = previous;
+      throw makeError(errorCode(error) ?? 'EIO', `cannot start the device: ${(error as Error).message}`, error);
+    }
+    this.emit('status', this.#status);
+  }
+
   /** Writes the driver features register; only before FEATURES_OK (later writes are ignored and reported). */
   setDriverFeatures(features: bigint): void {
     this.#assertOpen();
@@ -318,8 +340,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     return 2 * this.maxQueuePairs + (hasFeature(this.offeredFeatures, F.VIRTIO_NET_F_CTRL_VQ) ? 1 : 0);
   }
 
-  /** Guest memory the rings and buffers are in (vhost SET_MEM_TABLE); only while no queue runs. */
-  setMemory(memory: GuestMemory): void {
+  /** Guest memory the rings and buffers are in (vhost SET_MEM_TABLE), or none (every region removed); only while no queue runs. */
+  setMemory(memory: GuestMemory | undefined): void {
     if (this.#workers.some((w) => w) || this.#control) throw makeError('EBUSY', 'stop the queues (stopQueues or reset) before replacing guest memory');
     this.#memory = memory;
   }
@@ -740,14 +762,25 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
 
   #driverOk(): void {
     try {
-      if (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_CTRL_VQ)) this.#startControl();
-      // 5.1.6.5.5: until the driver sets more, one pair is in use.
-      const wanted = this.#active;
-      this.#active = 1;
-      const multiqueue = this.#frontendControl || hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MQ);
-      this.setActiveQueuePairs(Math.min(wanted, multiqueue ? this.maxQueuePairs : 1));
+      this.#startQueues();
     } catch (error) {
       this.#needsReset({ pair: 0, queue: 'rx', message: `cannot start the device: ${(error as Error).message}` });
+    }
+  }
+
+  /** What DRIVER_OK starts: the control queue, then the pairs in use. On failure nothing is left running. */
+  #startQueues(): void {
+    if (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_CTRL_VQ)) this.#startControl();
+    // 5.1.6.5.5: until the driver sets more, one pair is in use.
+    const wanted = this.#active;
+    this.#active = 1;
+    const multiqueue = this.#frontendControl || hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MQ);
+    try {
+      this.setActiveQueuePairs(Math.min(wanted, multiqueue ? this.maxQueuePairs : 1));
+    } catch (error) {
+      this.#active = wanted;
+      void this.#stopControl();
+      throw error;
     }
   }
 

@@ -5,12 +5,13 @@
 // memfd-backed GuestMemory whose fd goes to the backend in SET_MEM_TABLE.
 import { errorCode, makeError } from '../../src/errors';
 import { native } from '../../src/native';
+import { MessageReader, type ReceivedMessage } from '../../src/vhost-user/message-reader';
 import {
-  FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_MASK, HEADER_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES,
+  FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_MASK, MAX_PAYLOAD, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_USER_VERSION, encodeMessage, encodeU64, encodeVringState, requestName,
 } from '../../src/vhost-user/protocol';
 import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../../src/virtio/device-status';
-import { EventFd, cancelWait, waitReadable } from '../../src/virtio/eventfd';
+import { EventFd, cancelWait } from '../../src/virtio/eventfd';
 import * as F from '../../src/virtio/features';
 import { featureBit } from '../../src/virtio/features';
 import { GuestMemory } from '../../src/virtio/guest-memory';
@@ -80,6 +81,21 @@ export interface StartOptions {
   queueSize?: number;
 }
 
+export interface GuestOptions {
+  features?: Partial<VirtioNetFeatures>;
+  queueSize?: number;
+  bufferSize?: number;
+  timeoutMs?: number;
+}
+
+function driverOptions(pairs: number, options: GuestOptions): { queuePairs: number; queueSize: number; features: VirtioNetFeatures; rxBufferSize: number; txBufferSize: number; timeoutMs: number } {
+  return {
+    queuePairs: pairs, queueSize: options.queueSize ?? 256,
+    features: { version1: true, mergeableRx: true, eventIdx: true, indirectDesc: false, ...options.features },
+    rxBufferSize: options.bufferSize ?? 2048, txBufferSize: options.bufferSize ?? 2048, timeoutMs: options.timeoutMs ?? 2000,
+  };
+}
+
 /** The guest side: memory the backend maps, and the TS virtio-net driver on it. */
 export class VhostUserGuest {
   readonly features: bigint;
@@ -88,19 +104,26 @@ export class VhostUserGuest {
     this.features = virtioFeatures;
   }
 
-  static create(pairs: number, options: { features?: Partial<VirtioNetFeatures>; queueSize?: number; bufferSize?: number; timeoutMs?: number } = {}): VhostUserGuest {
-    const features: VirtioNetFeatures = { version1: true, mergeableRx: true, eventIdx: true, indirectDesc: false, ...options.features };
-    const driverOptions = {
-      queuePairs: pairs, queueSize: options.queueSize ?? 256, features,
-      rxBufferSize: options.bufferSize ?? 2048, txBufferSize: options.bufferSize ?? 2048, timeoutMs: options.timeoutMs ?? 2000,
-    };
-    const memory = GuestMemory.allocate(VirtioNetDriver.memoryNeeded(driverOptions) + (1 << 20));
+  /** A guest for `pairs` queue pairs on new memfd-backed memory of its own. */
+  static create(pairs: number, options: GuestOptions = {}): VhostUserGuest {
+    const memory = GuestMemory.allocate(VhostUserGuest.memoryNeeded(pairs, options));
     try {
-      return new VhostUserGuest(memory, VirtioNetDriver.create({ memory, ...driverOptions }), virtioFeaturesOf(features));
+      return VhostUserGuest.inMemory(memory, pairs, options);
     } catch (error) {
       memory.close();
       throw error;
     }
+  }
+
+  /** Bytes of guest memory a guest with these options needs: its rings and buffers, and 1 MiB of room, in whole pages. */
+  static memoryNeeded(pairs: number, options: GuestOptions = {}): number {
+    return Math.ceil((VirtioNetDriver.memoryNeeded(driverOptions(pairs, options)) + (1 << 20)) / 4096) * 4096;
+  }
+
+  /** A guest on memory the test made itself (several regions, a memfd that is not sealed...); the memory stays the test's. */
+  static inMemory(memory: GuestMemory, pairs: number, options: GuestOptions = {}): VhostUserGuest {
+    const config = driverOptions(pairs, options);
+    return new VhostUserGuest(memory, VirtioNetDriver.create({ memory, ...config }), virtioFeaturesOf(config.features));
   }
 
   /** The memory regions as the frontend sends them (the fds stay the guest's). */
@@ -167,6 +190,7 @@ const GONE = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
 
 export class VhostUserFrontend {
   #fd: number;
+  #reader: MessageReader | undefined;
   /** Negotiated with SET_PROTOCOL_FEATURES on this connection. */
   protocolFeatures = 0n;
   /** What GET_FEATURES answered, once asked. */
@@ -198,6 +222,7 @@ export class VhostUserFrontend {
   /** Closes our end (a frontend that dies, or QEMU quitting). */
   close(): void {
     if (this.#fd < 0) return;
+    this.#reader?.cancel();
     cancelWait(this.#fd);
     closeQuietly(this.#fd);
     this.#fd = -1;
@@ -226,42 +251,25 @@ export class VhostUserFrontend {
 
   /** The next message from the backend; undefined when it closed the connection. Rejects with ETIMEDOUT. */
   async readMessage(timeoutMs = 3000): Promise<Reply | undefined> {
-    if (this.peerClosed) return undefined;
-    const fd = this.fd;
-    if (!(await waitReadable(fd, timeoutMs))) {
-      if (this.#fd < 0) return undefined;
-      throw makeError('ETIMEDOUT', `no message from the backend within ${timeoutMs} ms`);
-    }
-    let header: { data: Buffer; fds: number[] };
+    if (this.peerClosed || this.#fd < 0) return undefined;
+    this.#reader ??= new MessageReader(this.#fd, { maxPayload: MAX_PAYLOAD, maxFds: 8, deadlineMs: 1000 });
+    let message: ReceivedMessage | undefined;
     try {
-      header = native.recvHeader(fd, HEADER_SIZE, 8, 1000);
+      message = await this.#reader.next(timeoutMs);
     } catch (error) {
       if (GONE.has(errorCode(error) ?? '')) {
         this.peerClosed = true;
         return undefined;
       }
+      if (errorCode(error) === 'ETIMEDOUT') throw makeError('ETIMEDOUT', `no message from the backend within ${timeoutMs} ms (${(error as Error).message})`);
       throw error;
     }
-    header.fds.forEach(closeQuietly);
-    if (header.data.length === 0) {
-      this.peerClosed = true;
+    if (!message) {
+      if (this.#fd >= 0) this.peerClosed = true;
       return undefined;
     }
-    const request = header.data.readUInt32LE(0);
-    const flags = header.data.readUInt32LE(4);
-    const size = header.data.readUInt32LE(8);
-    if (size > 4096) throw makeError('EPROTO', `backend reply of ${size} bytes`);
-    let payload: Buffer;
-    try {
-      payload = size > 0 ? native.readExact(fd, size, 1000) : Buffer.alloc(0);
-    } catch (error) {
-      if (GONE.has(errorCode(error) ?? '')) {
-        this.peerClosed = true;
-        return undefined;
-      }
-      throw error;
-    }
-    return { request, flags, payload };
+    message.fds.forEach(closeQuietly);
+    return { request: message.request, flags: message.flags, payload: message.payload };
   }
 
   /** A reply to `request` (checked), or undefined when the backend closed the connection instead. */
