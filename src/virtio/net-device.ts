@@ -9,7 +9,7 @@ import {
   STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, describeStatus, statusTransitionError,
 } from './device-status';
 import * as F from './features';
-import { featureBit, hasFeature, netHdrSize } from './features';
+import { describeRequirement, featureBit, hasFeature, netHdrSize, resolveRequirements } from './features';
 import type { GuestMemory } from './guest-memory';
 import { NetConfigSpace, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from './net-config';
 import { tapOffloadsForGuest } from './offloads';
@@ -36,26 +36,6 @@ const GUEST_OFFLOAD_FEATURES = [
 const GSO_GUEST_OFFLOADS = [
   F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_TSO6, F.VIRTIO_NET_F_GUEST_UFO, F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6,
 ].reduce((mask, bit) => mask | featureBit(bit), 0n);
-
-/** Feature dependencies of virtio 1.x 5.1.3.1: a driver that accepts the key without the values is refused. */
-const FEATURE_REQUIRES: [number, number[]][] = [
-  [F.VIRTIO_NET_F_GUEST_TSO4, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_GUEST_TSO6, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_GUEST_ECN, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_GUEST_UFO, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_GUEST_USO4, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_GUEST_USO6, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_HOST_TSO4, [F.VIRTIO_NET_F_CSUM]],
-  [F.VIRTIO_NET_F_HOST_TSO6, [F.VIRTIO_NET_F_CSUM]],
-  [F.VIRTIO_NET_F_HOST_ECN, [F.VIRTIO_NET_F_CSUM]],
-  [F.VIRTIO_NET_F_HOST_UFO, [F.VIRTIO_NET_F_CSUM]],
-  [F.VIRTIO_NET_F_HOST_USO, [F.VIRTIO_NET_F_CSUM]],
-  [F.VIRTIO_NET_F_CTRL_RX, [F.VIRTIO_NET_F_CTRL_VQ]],
-  [F.VIRTIO_NET_F_GUEST_ANNOUNCE, [F.VIRTIO_NET_F_CTRL_VQ]],
-  [F.VIRTIO_NET_F_MQ, [F.VIRTIO_NET_F_CTRL_VQ]],
-  [F.VIRTIO_NET_F_CTRL_MAC_ADDR, [F.VIRTIO_NET_F_CTRL_VQ]],
-  [F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, [F.VIRTIO_NET_F_CTRL_VQ]],
-];
 
 export interface VirtioNetDeviceOptions {
   /** The tap whose queues back the queue pairs: one tap queue per pair. */
@@ -98,6 +78,28 @@ interface VirtqueueState {
   enabled: boolean;
 }
 
+export interface DriverFeaturesOptions {
+  /**
+   * Who negotiated these features with the guest. 'driver' (the default): the
+   * guest's driver wrote them to this device, and FEATURES_OK is refused if they
+   * break a requirement of virtio 1.x 5.1.3.1 (the driver MUST NOT accept such a
+   * set, and 3.1.1 lets the device refuse it). 'frontend': a vhost-user frontend
+   * negotiated them with the guest on its own device model and passes them on as
+   * they are (QEMU with csum=off acks HOST_TSO4 without CSUM); refusing would cut
+   * off a guest that QEMU's own tap backend runs. Any subset of the offer is then
+   * accepted; a feature whose requirement is missing stays off in the data path
+   * (see activeFeatures) and is reported once, with 'features-inactive'.
+   */
+  negotiatedBy?: 'driver' | 'frontend';
+}
+
+export interface InactiveFeatures {
+  /** The negotiated features the data path leaves off. */
+  features: bigint;
+  /** Why, one requirement each: "GUEST_TSO4 (bit 7) needs GUEST_CSUM (bit 1)". */
+  reasons: string[];
+}
+
 export interface DeviceQueueError {
   /** Queue pair index, or 'ctrl' for the control queue. */
   pair: number | 'ctrl';
@@ -121,6 +123,8 @@ export interface VirtioNetDeviceEvents {
   status: [number];
   /** The driver broke a rule of the status protocol; the write was ignored. */
   'protocol-error': [string];
+  /** A frontend-negotiated feature set was accepted with features left off (see DriverFeaturesOptions). */
+  'features-inactive': [InactiveFeatures];
 }
 
 export interface DeviceStats {
@@ -149,6 +153,9 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   #memory: GuestMemory | undefined;
   #status = 0;
   #driverFeatures = 0n;
+  #negotiatedBy: 'driver' | 'frontend' = 'driver';
+  /** The driver features the data path uses (fixed at FEATURES_OK): all of them, unless a frontend negotiated some whose requirements are missing. */
+  #activeFeatures = 0n;
   #guestOffloads = 0n;
   #queues: VirtqueueState[] = [];
   #workers: (QueuePair | undefined)[] = [];
@@ -194,6 +201,15 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     return this.#driverFeatures;
   }
 
+  /**
+   * The features the data path follows once FEATURES_OK is accepted: the driver
+   * features less any whose requirement is missing (only a frontend's set can
+   * have such: see DriverFeaturesOptions). 0 before FEATURES_OK.
+   */
+  get activeFeatures(): bigint {
+    return this.#activeFeatures;
+  }
+
   /** Writes the device status register. 0 resets the device. A write that breaks the protocol is ignored and reported. */
   writeStatus(value: number): void {
     this.#assertOpen();
@@ -217,13 +233,14 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   }
 
   /** Writes the driver features register; only before FEATURES_OK (later writes are ignored and reported). */
-  setDriverFeatures(features: bigint): void {
+  setDriverFeatures(features: bigint, options: DriverFeaturesOptions = {}): void {
     this.#assertOpen();
     if (this.#status & STATUS_FEATURES_OK) {
       this.emit('protocol-error', 'features written after FEATURES_OK');
       return;
     }
     this.#driverFeatures = BigInt.asUintN(64, features);
+    this.#negotiatedBy = options.negotiatedBy ?? 'driver';
   }
 
   /** Resets the device: stops every queue, detaches every tap queue but the first, forgets the driver. */
@@ -271,7 +288,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
 
   /** Asks the guest to announce itself (after a migration): VIRTIO_NET_S_ANNOUNCE until it acks on the control queue. */
   announce(): void {
-    if (!hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_GUEST_ANNOUNCE)) {
+    if (!hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_GUEST_ANNOUNCE)) {
       throw makeError('EINVAL', 'the driver did not negotiate VIRTIO_NET_F_GUEST_ANNOUNCE');
     }
     if (this.#config.setStatus(this.#config.status | VIRTIO_NET_S_ANNOUNCE)) this.emit('config-change');
@@ -482,7 +499,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     return features;
   }
 
-  /** FEATURES_OK: refuse what was not offered or breaks a dependency; else fix the tap's header and offloads. */
+  /**
+   * FEATURES_OK: refuse what was not offered; refuse a broken requirement
+   * (5.1.3.1) from a driver, or leave the features that need it off when a
+   * frontend negotiated the set; then fix the tap's header and offloads.
+   */
   #acceptFeatures(): boolean {
     const features = this.#driverFeatures;
     const extra = features & ~this.offeredFeatures;
@@ -490,31 +511,33 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       this.emit('protocol-error', `the driver accepted features that were not offered: 0x${extra.toString(16)}`);
       return false;
     }
-    for (const [bit, needs] of FEATURE_REQUIRES) {
-      if (this.#frontendControl && needs.includes(F.VIRTIO_NET_F_CTRL_VQ)) continue; // the frontend has the control queue
-      if (hasFeature(features, bit) && needs.some((n) => !hasFeature(features, n))) {
-        this.emit('protocol-error', `feature ${bit} needs feature ${needs.join(', ')}`);
-        return false;
-      }
+    // A frontend that keeps the control queue provides what needs CTRL_VQ itself.
+    const provided = this.#frontendControl ? featureBit(F.VIRTIO_NET_F_CTRL_VQ) : 0n;
+    const { usable, unmet } = resolveRequirements(features, provided);
+    if (unmet.length > 0 && this.#negotiatedBy === 'driver') {
+      this.emit('protocol-error', `the driver broke a feature requirement (virtio 5.1.3.1): ${describeRequirement(unmet[0]!)}`);
+      return false;
     }
     try {
-      this.tap.setVnetHdrSize(netHdrSize(features));
-      this.#guestOffloads = features & GUEST_OFFLOAD_FEATURES;
+      this.tap.setVnetHdrSize(netHdrSize(usable));
+      this.#guestOffloads = usable & GUEST_OFFLOAD_FEATURES;
       this.tap.setOffload(tapOffloadsForGuest(this.#guestOffloads));
     } catch (error) {
       this.emit('protocol-error', `the tap refused the negotiated header or offloads: ${(error as Error).message}`);
       return false;
     }
+    this.#activeFeatures = usable;
+    if (unmet.length > 0) this.emit('features-inactive', { features: features & ~usable, reasons: unmet.map(describeRequirement) });
     return true;
   }
 
   #driverOk(): void {
     try {
-      if (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_CTRL_VQ)) this.#startControl();
+      if (hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_CTRL_VQ)) this.#startControl();
       // 5.1.6.5.5: until the driver sets more, one pair is in use.
       const wanted = this.#active;
       this.#active = 1;
-      const multiqueue = this.#frontendControl || hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MQ);
+      const multiqueue = this.#frontendControl || hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_MQ);
       this.setActiveQueuePairs(Math.min(wanted, multiqueue ? this.maxQueuePairs : 1));
     } catch (error) {
       this.#needsReset({ pair: 0, queue: 'rx', message: `cannot start the device: ${(error as Error).message}` });
@@ -530,7 +553,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
         throw makeError('EINVAL', `${which} of queue pair ${pair} is not set up (addresses and kick fd)`);
       }
       if (!q.enabled) throw makeError('EINVAL', `${which} of queue pair ${pair} is not enabled`);
-      const features = this.#driverFeatures;
+      const features = this.#activeFeatures;
       return {
         size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr, kickFd: q.kickFd,
         ...(q.callFd !== undefined ? { callFd: q.callFd } : {}),
@@ -542,11 +565,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     const worker = new QueuePair({
       memory: this.#memory,
       tapQueue: this.tap.queues[pair]!,
-      hdrSize: netHdrSize(this.#driverFeatures),
-      mergeableRx: hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MRG_RXBUF),
-      ...(this.#mtu ? { rxReserveBytes: this.#mtu + 18 + netHdrSize(this.#driverFeatures) } : {}),
+      hdrSize: netHdrSize(this.#activeFeatures),
+      mergeableRx: hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_MRG_RXBUF),
+      ...(this.#mtu ? { rxReserveBytes: this.#mtu + 18 + netHdrSize(this.#activeFeatures) } : {}),
       // Without guest segmentation offloads the tap's frames are at most its MTU plus Ethernet and VLAN headers.
-      rxMaxFrameBytes: this.#guestOffloads & GSO_GUEST_OFFLOADS ? 0 : netHdrSize(this.#driverFeatures) + 18 + this.tap.mtu(),
+      rxMaxFrameBytes: this.#guestOffloads & GSO_GUEST_OFFLOADS ? 0 : netHdrSize(this.#activeFeatures) + 18 + this.tap.mtu(),
       busyPollUs: this.#busyPollUs,
       rx: ring(rx, 'the receive queue'),
       tx: ring(tx, 'the transmit queue'),
@@ -577,7 +600,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
 
   /** 5.1.2: the control queue follows the last pair: virtqueue 2N with MQ (N = max pairs), virtqueue 2 without. */
   #controlIndex(): number {
-    return 2 * (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MQ) ? this.maxQueuePairs : 1);
+    return 2 * (hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_MQ) ? this.maxQueuePairs : 1);
   }
 
   #startControl(): void {
@@ -617,7 +640,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       },
       setGuestOffloads: (offloads) => this.#setGuestOffloads(offloads),
     };
-    const features = this.#driverFeatures;
+    const features = this.#activeFeatures;
     this.#control = new ControlQueue(this.#memory, {
       size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr, kickFd: q.kickFd,
       ...(q.callFd !== undefined ? { callFd: q.callFd } : {}),
@@ -636,11 +659,9 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
 
   /** 5.1.6.5.6.1: only offloads that were negotiated, and the tap follows them. */
   #setGuestOffloads(offloads: bigint): boolean {
-    const negotiated = this.#driverFeatures & GUEST_OFFLOAD_FEATURES;
+    const negotiated = this.#activeFeatures & GUEST_OFFLOAD_FEATURES;
     if (offloads & ~negotiated) return false;
-    for (const [bit, needs] of FEATURE_REQUIRES) {
-      if (hasFeature(offloads, bit) && (featureBit(bit) & GUEST_OFFLOAD_FEATURES) && needs.some((n) => !hasFeature(offloads, n))) return false;
-    }
+    if (resolveRequirements(offloads).unmet.length > 0) return false; // e.g. TSO4 without CSUM
     // Workers size their reads by whether GSO frames may come: restart the running
     // ones around the change so none reads a frame it did not expect.
     const running = Array.from({ length: this.maxQueuePairs }, (_, pair) => pair).filter((pair) => this.#workers[pair]);
@@ -673,6 +694,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   #resetState(): void {
     this.#status = 0;
     this.#driverFeatures = 0n;
+    this.#negotiatedBy = 'driver';
+    this.#activeFeatures = 0n;
     this.#guestOffloads = 0n;
     this.#active = 1;
     this.#queues = Array.from({ length: this.numQueues }, () => ({ size: 256, lastAvailIdx: 0, enabled: true }));
