@@ -199,6 +199,7 @@ test('negotiation: features, protocol features, queue count, memory slots, confi
       assert.ok(features & PROTOCOL_PROTOCOL_FEATURES, 'VHOST_USER_F_PROTOCOL_FEATURES (bit 30) offered');
       assert.not.ok(features & featureBit(F.VIRTIO_NET_F_CTRL_VQ), 'no CTRL_VQ: the frontend keeps the control queue');
       assert.not.ok(features & featureBit(F.VIRTIO_NET_F_CTRL_RX));
+      assert.ok(features & featureBit(F.VIRTIO_NET_F_GUEST_ANNOUNCE), 'GUEST_ANNOUNCE: QEMU asks the backend for it, and announces on its own control queue');
       assert.ok(features & featureBit(F.VIRTIO_F_VERSION_1));
       assert.ok(features & featureBit(F.VIRTIO_NET_F_MQ), 'MQ with 2 pairs');
       assert.is(features & ~PROTOCOL_PROTOCOL_FEATURES, rig.device.offeredFeatures);

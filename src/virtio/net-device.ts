@@ -56,7 +56,7 @@ export interface VirtioNetDeviceOptions {
    * Who serves the control virtqueue: this device ('device', the default), or the
    * frontend (a vhost-user frontend such as QEMU keeps it, and tells the backend
    * of queue changes with SET_VRING_ENABLE). With 'frontend' the CTRL_* features
-   * are not offered and multiqueue does not depend on them.
+   * are not offered, and multiqueue and GUEST_ANNOUNCE (which is) do not depend on them.
    */
   controlQueue?: 'device' | 'frontend';
   /**
@@ -494,7 +494,10 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     if (this.maxQueuePairs < 2) drop(F.VIRTIO_NET_F_MQ);
     if (this.#mtu === 0) drop(F.VIRTIO_NET_F_MTU);
     if (this.#frontendControl) {
-      drop(F.VIRTIO_NET_F_CTRL_VQ, F.VIRTIO_NET_F_CTRL_RX, F.VIRTIO_NET_F_CTRL_MAC_ADDR, F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, F.VIRTIO_NET_F_GUEST_ANNOUNCE);
+      // GUEST_ANNOUNCE stays: the frontend's control queue carries the announce, and QEMU
+      // asks the backend for this bit (vhost_net's feature bits): without it the guest never
+      // announces itself after a migration, and QEMU's RARP needs a protocol feature we lack.
+      drop(F.VIRTIO_NET_F_CTRL_VQ, F.VIRTIO_NET_F_CTRL_RX, F.VIRTIO_NET_F_CTRL_MAC_ADDR, F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS);
     }
     return features;
   }
