@@ -161,8 +161,11 @@ test('features: bits not offered and broken dependencies are refused at FEATURES
       assert.match(events.protocolErrors.at(-1)!, /not offered/);
     }
 
-    const dependencies: [number, number][] = [
+    // Each: the feature, then a set that meets its requirement (5.1.3.1).
+    const dependencies: [number, ...number[]][] = [
       [F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_CSUM],
+      [F.VIRTIO_NET_F_GUEST_ECN, F.VIRTIO_NET_F_GUEST_TSO6, F.VIRTIO_NET_F_GUEST_CSUM],
+      [F.VIRTIO_NET_F_HOST_ECN, F.VIRTIO_NET_F_HOST_TSO4, F.VIRTIO_NET_F_CSUM],
       [F.VIRTIO_NET_F_GUEST_TSO6, F.VIRTIO_NET_F_GUEST_CSUM],
       [F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_CSUM],
       [F.VIRTIO_NET_F_HOST_TSO4, F.VIRTIO_NET_F_CSUM],
@@ -173,18 +176,97 @@ test('features: bits not offered and broken dependencies are refused at FEATURES
       [F.VIRTIO_NET_F_CTRL_MAC_ADDR, F.VIRTIO_NET_F_CTRL_VQ],
       [F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, F.VIRTIO_NET_F_CTRL_VQ],
     ];
-    for (const [feature, needs] of dependencies) {
-      assert.ok(hasFeature(offered, feature) && hasFeature(offered, needs), `${feature} and ${needs} are offered`);
+    for (const [feature, ...needs] of dependencies) {
+      assert.ok(hasFeature(offered, feature) && needs.every((n) => hasFeature(offered, n)), `${feature} and ${needs.join(', ')} are offered`);
       const errors = events.protocolErrors.length;
-      assert.not.ok(negotiate(device, bits(F.VIRTIO_F_VERSION_1, feature)), `feature ${feature} without ${needs} was accepted`);
+      // Without the first of `needs`: what is left does not meet the requirement.
+      assert.not.ok(negotiate(device, bits(F.VIRTIO_F_VERSION_1, feature, ...needs.slice(1))), `feature ${feature} without ${needs[0]} was accepted`);
       assert.is(device.status, ACK | DRIVER);
-      assert.match(events.protocolErrors.at(-1)!, new RegExp(`feature ${feature} needs`));
+      assert.match(events.protocolErrors.at(-1)!, new RegExp(`\\(bit ${feature}\\) needs`));
       assert.is(events.protocolErrors.length, errors + 1);
-      assert.ok(negotiate(device, bits(F.VIRTIO_F_VERSION_1, feature, needs)), `feature ${feature} with ${needs} was refused`);
-      assert.is(device.driverFeatures, bits(F.VIRTIO_F_VERSION_1, feature, needs));
+      assert.ok(negotiate(device, bits(F.VIRTIO_F_VERSION_1, feature, ...needs)), `feature ${feature} with ${needs.join(', ')} was refused`);
+      assert.is(device.driverFeatures, bits(F.VIRTIO_F_VERSION_1, feature, ...needs));
+      assert.is(device.activeFeatures, device.driverFeatures, 'a driver\'s accepted set is used as it is');
     }
     // Everything offered minus the dependency of one of them: refused too.
     assert.not.ok(negotiate(device, offered & ~bits(F.VIRTIO_NET_F_GUEST_CSUM)));
+  });
+});
+
+test('features negotiated by a frontend (negotiatedBy "frontend"): offloads without their base are accepted and stay off; the tap and the data path follow', async () => {
+  await withDevice({ address: true }, async ({ device, events, tap, bringUp, hostMac }) => {
+    const inactive: { features: bigint; reasons: string[] }[] = [];
+    device.on('features-inactive', (e) => inactive.push(e));
+    const k = (): Record<string, string> => ethtoolFeatures(tap.name);
+    const bases = bits(F.VIRTIO_NET_F_CSUM, F.VIRTIO_NET_F_GUEST_CSUM);
+    const dependents = bits(F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_TSO6, F.VIRTIO_NET_F_GUEST_ECN, F.VIRTIO_NET_F_GUEST_UFO,
+      F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6, F.VIRTIO_NET_F_HOST_TSO4, F.VIRTIO_NET_F_HOST_TSO6, F.VIRTIO_NET_F_HOST_ECN,
+      F.VIRTIO_NET_F_HOST_UFO, F.VIRTIO_NET_F_HOST_USO);
+    // What QEMU passes on for csum=off,guest_csum=off: everything else the guest acked.
+    const csumOff = device.offeredFeatures & ~bases;
+    assert.is(csumOff & dependents, dependents, 'every dependent offload is offered (and so in the set)');
+
+    assert.not.ok(negotiate(device, csumOff), 'a driver\'s set with TSO but no CSUM is still refused (3.1.1, 5.1.3.1)');
+    assert.match(events.protocolErrors.at(-1)!, /GUEST_TSO4 \(bit 7\) needs GUEST_CSUM \(bit 1\)/);
+    assert.is(inactive.length, 0, 'a refusal reports no inactive features');
+
+    const errors = events.protocolErrors.length;
+    device.writeStatus(0);
+    device.writeStatus(ACK);
+    device.writeStatus(ACK | DRIVER);
+    device.setDriverFeatures(csumOff, { negotiatedBy: 'frontend' });
+    device.writeStatus(ACK | DRIVER | FEATURES_OK);
+    assert.is(device.status, ACK | DRIVER | FEATURES_OK, 'a frontend\'s set is accepted');
+    assert.is(events.protocolErrors.length, errors, 'no protocol error');
+    assert.is(device.driverFeatures, csumOff, 'driverFeatures: as the frontend wrote them');
+    assert.is(device.activeFeatures, csumOff & ~dependents, 'activeFeatures: every offload whose base is missing is off, ECN included');
+    assert.is(inactive.length, 1, 'reported once');
+    assert.is(inactive[0]!.features, dependents);
+    assert.ok(inactive[0]!.reasons.includes('HOST_TSO4 (bit 11) needs CSUM (bit 0)'), inactive[0]!.reasons.join('; '));
+    assert.ok(inactive[0]!.reasons.includes('GUEST_ECN (bit 9) needs GUEST_TSO4 (bit 7) or GUEST_TSO6 (bit 8)'), inactive[0]!.reasons.join('; '));
+    assert.is(k()['tx-checksumming'], 'off', 'TUNSETOFFLOAD: no partial checksums for a guest without GUEST_CSUM');
+    assert.is(k()['tcp-segmentation-offload'], 'off', 'TUNSETOFFLOAD: no TSO frames either');
+    device.writeStatus(0);
+    assert.is(device.activeFeatures, 0n, 'reset forgets the active set');
+
+    // GUEST_CSUM with ECN but no TSO: partial checksums yes, ECN off (5.1.3.1: it needs TSO4 or TSO6).
+    const ecnAlone = bits(F.VIRTIO_F_VERSION_1, F.VIRTIO_NET_F_GUEST_CSUM, F.VIRTIO_NET_F_GUEST_ECN);
+    assert.not.ok(negotiate(device, ecnAlone), 'refused from a driver');
+    device.writeStatus(0);
+    device.writeStatus(ACK);
+    device.writeStatus(ACK | DRIVER);
+    device.setDriverFeatures(ecnAlone, { negotiatedBy: 'frontend' });
+    device.writeStatus(ACK | DRIVER | FEATURES_OK);
+    assert.is(device.activeFeatures, ecnAlone & ~bits(F.VIRTIO_NET_F_GUEST_ECN));
+    assert.equal([k()['tx-checksumming'], k()['tx-tcp-ecn-segmentation']], ['on', 'off']);
+    assert.equal(inactive.at(-1), { features: bits(F.VIRTIO_NET_F_GUEST_ECN), reasons: ['GUEST_ECN (bit 9) needs GUEST_TSO4 (bit 7) or GUEST_TSO6 (bit 8)'] });
+
+    // The data path on the csum=off set: the guest gets whole, fully checksummed frames, and its own go out.
+    const guest = bringUp({ wantFeatures: csumOff, negotiatedBy: 'frontend' });
+    assert.is(device.status & DRIVER_OK, DRIVER_OK);
+    const host = await hostSocket(9310);
+    try {
+      await sendTo(host.socket, Buffer.alloc(4000, 7), 9311); // more than the MTU: the kernel must fragment, not hand over one big frame
+      await sendTo(host.socket, seqPayload(77, 0), 9311);
+      const frames: { flags: number; gsoType: number; length: number }[] = [];
+      const end = Date.now() + 5000;
+      while (!frames.some((f) => f.length < 100) && Date.now() < end) {
+        for (const r of await guest.driver.receive(0, { timeoutMs: 50 })) {
+          if (r.frame.readUInt16BE(12) === 0x0800 && r.frame[23] === 17) frames.push({ flags: r.hdr.flags, gsoType: r.hdr.gsoType, length: r.frame.length });
+        }
+      }
+      assert.ok(frames.length >= 4, `the fragments and the small datagram arrived: ${JSON.stringify(frames)}`);
+      for (const f of frames) {
+        assert.is(f.flags & 1, 0, `no NEEDS_CSUM for a guest without GUEST_CSUM (5.1.6.4.1): ${JSON.stringify(f)}`);
+        assert.is(f.gsoType, 0, `no GSO frame: ${JSON.stringify(f)}`);
+        assert.ok(f.length <= 1514, `no frame above the MTU: ${JSON.stringify(f)}`);
+      }
+      await guest.driver.send(0, guestDatagram({ device, hostMac }, 9311, 9310, seqPayload(78, 0)));
+      await until('the guest\'s datagram', () => host.received.length > 0);
+    } finally {
+      host.close();
+    }
+    assert.is(events.queueErrors.length, 0);
   });
 });
 

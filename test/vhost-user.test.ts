@@ -27,6 +27,7 @@ import {
 } from '../src/vhost-user/protocol';
 import { VhostUserServer } from '../src/vhost-user/server';
 import { GUEST_IP, HOST_IP } from './helpers/datapath';
+import { ethtoolFeatures } from './helpers/device';
 import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
 import { assertPrivateNetns, fdCount, run, sleep, uniqueName } from './helpers/system';
 import {
@@ -247,6 +248,7 @@ test('negotiation: features, protocol features, queue count, memory slots, confi
       assert.ok(features & PROTOCOL_PROTOCOL_FEATURES, 'VHOST_USER_F_PROTOCOL_FEATURES (bit 30) offered');
       assert.not.ok(features & featureBit(F.VIRTIO_NET_F_CTRL_VQ), 'no CTRL_VQ: the frontend keeps the control queue');
       assert.not.ok(features & featureBit(F.VIRTIO_NET_F_CTRL_RX));
+      assert.ok(features & featureBit(F.VIRTIO_NET_F_GUEST_ANNOUNCE), 'GUEST_ANNOUNCE: QEMU asks the backend for it, and announces on its own control queue');
       assert.ok(features & featureBit(F.VIRTIO_F_VERSION_1));
       assert.ok(features & featureBit(F.VIRTIO_NET_F_MQ), 'MQ with 2 pairs');
       // Besides the device's features: vhost-user's own bit 30, and vhost's LOG_ALL (26) for live migration.
@@ -280,6 +282,37 @@ test('negotiation: features, protocol features, queue count, memory slots, confi
       fe.close();
     }
     await rig.released();
+  });
+});
+
+test('SET_FEATURES as QEMU sends it for csum=off,guest_csum=off (TSO, ECN, UFO without CSUM and GUEST_CSUM): accepted, those stay off, one warning, traffic flows', async () => {
+  // What QEMU 7.2 sent for `-device virtio-net-pci,...,csum=off,guest_csum=off`: GUEST_TSO4/6, GUEST_ECN,
+  // GUEST_UFO, HOST_TSO4/6, HOST_ECN, HOST_UFO, MRG_RXBUF, MQ, INDIRECT_DESC, EVENT_IDX, VERSION_1.
+  const QEMU_CSUM_OFF = 0x1_3040_ff80n;
+  const offloads = [F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_TSO6, F.VIRTIO_NET_F_GUEST_ECN, F.VIRTIO_NET_F_GUEST_UFO,
+    F.VIRTIO_NET_F_HOST_TSO4, F.VIRTIO_NET_F_HOST_TSO6, F.VIRTIO_NET_F_HOST_ECN, F.VIRTIO_NET_F_HOST_UFO].reduce((m, b) => m | featureBit(b), 0n);
+  await withServer(2, async (rig) => {
+    const inactive: bigint[] = [];
+    rig.device.on('features-inactive', (e) => inactive.push(e.features));
+    const fe = rig.connect();
+    let guest: VhostUserGuest | undefined;
+    try {
+      guest = await fe.startDevice(2, { ackedFeatures: QEMU_CSUM_OFF });
+      assert.is(rig.device.driverFeatures, QEMU_CSUM_OFF, 'the frontend\'s set, as it sent it');
+      assert.is(rig.device.activeFeatures, QEMU_CSUM_OFF & ~offloads, 'the data path leaves every offload without its base off');
+      assert.equal(inactive, [offloads], 'reported once, though SET_FEATURES came once per pair');
+      const k = ethtoolFeatures(rig.tap.name);
+      assert.equal([k['tx-checksumming'], k['tcp-segmentation-offload']], ['off', 'off'], 'TUNSETOFFLOAD: nothing the guest cannot take');
+      assert.is(rig.tap.vnetHdrSize(), 12);
+      await guestToHost(rig.hostMac, guest, 0, 5150);
+      await guestToHost(rig.hostMac, guest, 1, 5151);
+      await hostToGuest(guest, [0, 1], 6150);
+      assert.not.ok(rig.logs.some((l) => l.event === 'request-failed'), JSON.stringify(rig.logs.filter((l) => l.event === 'request-failed')));
+    } finally {
+      fe.close();
+      await rig.released();
+      guest?.close();
+    }
   });
 });
 

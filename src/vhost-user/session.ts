@@ -373,6 +373,13 @@ export class VhostUserSession {
    * SET_FEATURES: negotiate as a driver would through the status register. A
    * frontend with several queue pairs sends it once per pair: the same features
    * again change nothing.
+   *
+   * The frontend negotiated these with the guest on its own device model, and
+   * QEMU passes on what the guest acked as it is (csum=off leaves HOST_TSO4
+   * without CSUM): any subset of the offer is taken, and features whose
+   * requirements are missing stay off in the data path (the device reports them
+   * with 'features-inactive'), as QEMU's own tap backend enables no offload
+   * whose base is missing. Refusing would leave the guest without a network.
    */
   #setFeatures(features: bigint): void {
     // VHOST_F_LOG_ALL turns dirty logging on and off while the rings run: not a device feature, no renegotiation.
@@ -397,7 +404,7 @@ export class VhostUserSession {
     }
     this.device.writeStatus(STATUS_ACKNOWLEDGE);
     this.device.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-    this.device.setDriverFeatures(virtio);
+    this.device.setDriverFeatures(virtio, { negotiatedBy: 'frontend' });
     this.device.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
     if (!(this.device.status & STATUS_FEATURES_OK)) throw makeError('EINVAL', `the device refused features 0x${virtio.toString(16)}`);
     if (this.#memory) this.device.setMemory(this.#memory);

@@ -42,3 +42,75 @@ export function hasFeature(features: bigint, bit: number): boolean {
 export function netHdrSize(features: bigint): 10 | 12 {
   return hasFeature(features, VIRTIO_F_VERSION_1) || hasFeature(features, VIRTIO_NET_F_MRG_RXBUF) ? 12 : 10;
 }
+
+const FEATURE_NAMES: Record<number, string> = {
+  [VIRTIO_NET_F_CSUM]: 'CSUM', [VIRTIO_NET_F_GUEST_CSUM]: 'GUEST_CSUM', [VIRTIO_NET_F_CTRL_GUEST_OFFLOADS]: 'CTRL_GUEST_OFFLOADS',
+  [VIRTIO_NET_F_MTU]: 'MTU', [VIRTIO_NET_F_MAC]: 'MAC', [VIRTIO_NET_F_GUEST_TSO4]: 'GUEST_TSO4', [VIRTIO_NET_F_GUEST_TSO6]: 'GUEST_TSO6',
+  [VIRTIO_NET_F_GUEST_ECN]: 'GUEST_ECN', [VIRTIO_NET_F_GUEST_UFO]: 'GUEST_UFO', [VIRTIO_NET_F_HOST_TSO4]: 'HOST_TSO4',
+  [VIRTIO_NET_F_HOST_TSO6]: 'HOST_TSO6', [VIRTIO_NET_F_HOST_ECN]: 'HOST_ECN', [VIRTIO_NET_F_HOST_UFO]: 'HOST_UFO',
+  [VIRTIO_NET_F_MRG_RXBUF]: 'MRG_RXBUF', [VIRTIO_NET_F_STATUS]: 'STATUS', [VIRTIO_NET_F_CTRL_VQ]: 'CTRL_VQ',
+  [VIRTIO_NET_F_CTRL_RX]: 'CTRL_RX', [VIRTIO_NET_F_CTRL_VLAN]: 'CTRL_VLAN', [VIRTIO_NET_F_GUEST_ANNOUNCE]: 'GUEST_ANNOUNCE',
+  [VIRTIO_NET_F_MQ]: 'MQ', [VIRTIO_NET_F_CTRL_MAC_ADDR]: 'CTRL_MAC_ADDR', [VIRTIO_RING_F_INDIRECT_DESC]: 'INDIRECT_DESC',
+  [VIRTIO_RING_F_EVENT_IDX]: 'EVENT_IDX', [VIRTIO_F_VERSION_1]: 'VERSION_1', [VIRTIO_NET_F_GUEST_USO4]: 'GUEST_USO4',
+  [VIRTIO_NET_F_GUEST_USO6]: 'GUEST_USO6', [VIRTIO_NET_F_HOST_USO]: 'HOST_USO',
+};
+
+/** "GUEST_TSO4 (bit 7)", or "bit 40" for a bit this code has no name for. */
+export function featureName(bit: number): string {
+  const name = FEATURE_NAMES[bit];
+  return name === undefined ? `bit ${bit}` : `${name} (bit ${bit})`;
+}
+
+/** A feature that means something only together with one of `oneOf` (virtio 1.x 5.1.3.1 "Requires"). */
+export interface FeatureRequirement {
+  feature: number;
+  oneOf: readonly number[];
+}
+
+/** Virtio 1.x 5.1.3.1, "Feature bit requirements", for the bits this code knows. */
+export const FEATURE_REQUIREMENTS: readonly FeatureRequirement[] = [
+  { feature: VIRTIO_NET_F_GUEST_TSO4, oneOf: [VIRTIO_NET_F_GUEST_CSUM] },
+  { feature: VIRTIO_NET_F_GUEST_TSO6, oneOf: [VIRTIO_NET_F_GUEST_CSUM] },
+  { feature: VIRTIO_NET_F_GUEST_ECN, oneOf: [VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6] },
+  { feature: VIRTIO_NET_F_GUEST_UFO, oneOf: [VIRTIO_NET_F_GUEST_CSUM] },
+  { feature: VIRTIO_NET_F_GUEST_USO4, oneOf: [VIRTIO_NET_F_GUEST_CSUM] },
+  { feature: VIRTIO_NET_F_GUEST_USO6, oneOf: [VIRTIO_NET_F_GUEST_CSUM] },
+  { feature: VIRTIO_NET_F_HOST_TSO4, oneOf: [VIRTIO_NET_F_CSUM] },
+  { feature: VIRTIO_NET_F_HOST_TSO6, oneOf: [VIRTIO_NET_F_CSUM] },
+  { feature: VIRTIO_NET_F_HOST_ECN, oneOf: [VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6] },
+  { feature: VIRTIO_NET_F_HOST_UFO, oneOf: [VIRTIO_NET_F_CSUM] },
+  { feature: VIRTIO_NET_F_HOST_USO, oneOf: [VIRTIO_NET_F_CSUM] },
+  { feature: VIRTIO_NET_F_CTRL_RX, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
+  { feature: VIRTIO_NET_F_CTRL_VLAN, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
+  { feature: VIRTIO_NET_F_GUEST_ANNOUNCE, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
+  { feature: VIRTIO_NET_F_MQ, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
+  { feature: VIRTIO_NET_F_CTRL_MAC_ADDR, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
+  // Not in 5.1.3.1's list, but its commands travel on the control queue (5.1.6.5.6.1).
+  { feature: VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
+];
+
+/** "GUEST_ECN (bit 9) needs GUEST_TSO4 (bit 7) or GUEST_TSO6 (bit 8)". */
+export function describeRequirement(requirement: FeatureRequirement): string {
+  return `${featureName(requirement.feature)} needs ${requirement.oneOf.map(featureName).join(' or ')}`;
+}
+
+/**
+ * Splits `features` into the ones that can be used together and the
+ * requirements that leave the others out. `provided` counts as negotiated
+ * without being in `features` (a vhost-user frontend's own control queue).
+ * Repeated until nothing changes: HOST_ECN goes when HOST_TSO4 and HOST_TSO6
+ * went for want of CSUM. `unmet` lists the direct breaks first.
+ */
+export function resolveRequirements(features: bigint, provided = 0n): { usable: bigint; unmet: FeatureRequirement[] } {
+  let usable = features;
+  const unmet: FeatureRequirement[] = [];
+  // Each pass removes at least one feature or ends: bounded by the table's length.
+  for (let pass = 0; pass <= FEATURE_REQUIREMENTS.length; pass++) {
+    const have = usable | provided;
+    const broken = FEATURE_REQUIREMENTS.filter((r) => hasFeature(usable, r.feature) && !r.oneOf.some((bit) => hasFeature(have, bit)));
+    if (broken.length === 0) break;
+    for (const r of broken) usable &= ~featureBit(r.feature);
+    unmet.push(...broken);
+  }
+  return { usable, unmet };
+}

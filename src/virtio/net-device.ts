@@ -12,7 +12,7 @@ import {
 } from './device-status';
 import { DirtyLog, DirtyLogSlot } from './dirty-log';
 import * as F from './features';
-import { featureBit, hasFeature, netHdrSize } from './features';
+import { describeRequirement, featureBit, hasFeature, netHdrSize, resolveRequirements } from './features';
 import type { GuestMemory } from './guest-memory';
 import { NetConfigSpace, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from './net-config';
 import { tapOffloadsForGuest } from './offloads';
@@ -40,26 +40,6 @@ const GSO_GUEST_OFFLOADS = [
   F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_TSO6, F.VIRTIO_NET_F_GUEST_UFO, F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6,
 ].reduce((mask, bit) => mask | featureBit(bit), 0n);
 
-/** Feature dependencies of virtio 1.x 5.1.3.1: a driver that accepts the key without the values is refused. */
-const FEATURE_REQUIRES: [number, number[]][] = [
-  [F.VIRTIO_NET_F_GUEST_TSO4, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_GUEST_TSO6, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_GUEST_ECN, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_GUEST_UFO, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_GUEST_USO4, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_GUEST_USO6, [F.VIRTIO_NET_F_GUEST_CSUM]],
-  [F.VIRTIO_NET_F_HOST_TSO4, [F.VIRTIO_NET_F_CSUM]],
-  [F.VIRTIO_NET_F_HOST_TSO6, [F.VIRTIO_NET_F_CSUM]],
-  [F.VIRTIO_NET_F_HOST_ECN, [F.VIRTIO_NET_F_CSUM]],
-  [F.VIRTIO_NET_F_HOST_UFO, [F.VIRTIO_NET_F_CSUM]],
-  [F.VIRTIO_NET_F_HOST_USO, [F.VIRTIO_NET_F_CSUM]],
-  [F.VIRTIO_NET_F_CTRL_RX, [F.VIRTIO_NET_F_CTRL_VQ]],
-  [F.VIRTIO_NET_F_GUEST_ANNOUNCE, [F.VIRTIO_NET_F_CTRL_VQ]],
-  [F.VIRTIO_NET_F_MQ, [F.VIRTIO_NET_F_CTRL_VQ]],
-  [F.VIRTIO_NET_F_CTRL_MAC_ADDR, [F.VIRTIO_NET_F_CTRL_VQ]],
-  [F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, [F.VIRTIO_NET_F_CTRL_VQ]],
-];
-
 export interface VirtioNetDeviceOptions {
   /** The tap whose queues back the queue pairs: one tap queue per pair. */
   tap: Tap;
@@ -79,7 +59,7 @@ export interface VirtioNetDeviceOptions {
    * Who serves the control virtqueue: this device ('device', the default), or the
    * frontend (a vhost-user frontend such as QEMU keeps it, and tells the backend
    * of queue changes with SET_VRING_ENABLE). With 'frontend' the CTRL_* features
-   * are not offered and multiqueue does not depend on them.
+   * are not offered, and multiqueue and GUEST_ANNOUNCE (which is) do not depend on them.
    */
   controlQueue?: 'device' | 'frontend';
   /**
@@ -117,6 +97,8 @@ export interface VirtioNetDeviceState {
   maxQueuePairs: number;
   /** Hex. */
   driverFeatures: string;
+  /** Who negotiated them (setDriverFeatures' negotiatedBy): what the destination derives its active set with. */
+  negotiatedBy: 'driver' | 'frontend';
   status: number;
   mac: string;
   linkUp: boolean;
@@ -128,6 +110,28 @@ export interface VirtioNetDeviceState {
   rxMode: { promisc: boolean; allmulti: boolean };
   macTable: { unicast: string[]; multicast: string[] };
   queues: { size: number; descAddr?: number; availAddr?: number; usedAddr?: number; lastAvailIdx: number; enabled: boolean }[];
+}
+
+export interface DriverFeaturesOptions {
+  /**
+   * Who negotiated these features with the guest. 'driver' (the default): the
+   * guest's driver wrote them to this device, and FEATURES_OK is refused if they
+   * break a requirement of virtio 1.x 5.1.3.1 (the driver MUST NOT accept such a
+   * set, and 3.1.1 lets the device refuse it). 'frontend': a vhost-user frontend
+   * negotiated them with the guest on its own device model and passes them on as
+   * they are (QEMU with csum=off acks HOST_TSO4 without CSUM); refusing would cut
+   * off a guest that QEMU's own tap backend runs. Any subset of the offer is then
+   * accepted; a feature whose requirement is missing stays off in the data path
+   * (see activeFeatures) and is reported once, with 'features-inactive'.
+   */
+  negotiatedBy?: 'driver' | 'frontend';
+}
+
+export interface InactiveFeatures {
+  /** The negotiated features the data path leaves off. */
+  features: bigint;
+  /** Why, one requirement each: "GUEST_TSO4 (bit 7) needs GUEST_CSUM (bit 1)". */
+  reasons: string[];
 }
 
 export interface DeviceQueueError {
@@ -153,6 +157,8 @@ export interface VirtioNetDeviceEvents {
   status: [number];
   /** The driver broke a rule of the status protocol; the write was ignored. */
   'protocol-error': [string];
+  /** A frontend-negotiated feature set was accepted with features left off (see DriverFeaturesOptions). */
+  'features-inactive': [InactiveFeatures];
 }
 
 export interface DeviceStats {
@@ -181,6 +187,9 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   #memory: GuestMemory | undefined;
   #status = 0;
   #driverFeatures = 0n;
+  #negotiatedBy: 'driver' | 'frontend' = 'driver';
+  /** The driver features the data path uses (fixed at FEATURES_OK): all of them, unless a frontend negotiated some whose requirements are missing. */
+  #activeFeatures = 0n;
   #guestOffloads = 0n;
   #queues: VirtqueueState[] = [];
   #workers: (QueuePair | undefined)[] = [];
@@ -228,6 +237,15 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     return this.#driverFeatures;
   }
 
+  /**
+   * The features the data path follows once FEATURES_OK is accepted: the driver
+   * features less any whose requirement is missing (only a frontend's set can
+   * have such: see DriverFeaturesOptions). 0 before FEATURES_OK.
+   */
+  get activeFeatures(): bigint {
+    return this.#activeFeatures;
+  }
+
   /** Writes the device status register. 0 resets the device. A write that breaks the protocol is ignored and reported. */
   writeStatus(value: number): void {
     this.#assertOpen();
@@ -273,13 +291,14 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   }
 
   /** Writes the driver features register; only before FEATURES_OK (later writes are ignored and reported). */
-  setDriverFeatures(features: bigint): void {
+  setDriverFeatures(features: bigint, options: DriverFeaturesOptions = {}): void {
     this.#assertOpen();
     if (this.#status & STATUS_FEATURES_OK) {
       this.emit('protocol-error', 'features written after FEATURES_OK');
       return;
     }
     this.#driverFeatures = BigInt.asUintN(64, features);
+    this.#negotiatedBy = options.negotiatedBy ?? 'driver';
   }
 
   /** Resets the device: stops every queue, detaches every tap queue but the first, forgets the driver. */
@@ -327,7 +346,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
 
   /** Asks the guest to announce itself (after a migration): VIRTIO_NET_S_ANNOUNCE until it acks on the control queue. */
   announce(): void {
-    if (!hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_GUEST_ANNOUNCE)) {
+    if (!hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_GUEST_ANNOUNCE)) {
       throw makeError('EINVAL', 'the driver did not negotiate VIRTIO_NET_F_GUEST_ANNOUNCE');
     }
     if (this.#config.setStatus(this.#config.status | VIRTIO_NET_S_ANNOUNCE)) this.emit('config-change');
@@ -543,7 +562,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   resume(): void {
     this.#assertOpen();
     if (!(this.#status & STATUS_DRIVER_OK)) return;
-    if (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_CTRL_VQ) && !this.#control) this.#startControl();
+    if (hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_CTRL_VQ) && !this.#control) this.#startControl();
     this.setActiveQueuePairs(this.#active);
   }
 
@@ -557,6 +576,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       version: DEVICE_STATE_VERSION,
       maxQueuePairs: this.maxQueuePairs,
       driverFeatures: `0x${this.#driverFeatures.toString(16)}`,
+      negotiatedBy: this.#negotiatedBy,
       status: this.#status & ~STATUS_DEVICE_NEEDS_RESET,
       mac: this.mac,
       linkUp: this.linkUp,
@@ -586,6 +606,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     if (this.#status !== 0) throw makeError('EBUSY', 'restoreState needs a device that was not started: reset it first');
     try {
       this.#driverFeatures = plan.features;
+      this.#negotiatedBy = state.negotiatedBy;
       if (!this.#acceptFeatures()) throw makeError('EINVAL', 'the saved features cannot be backed by this tap');
       this.#guestOffloads = plan.guestOffloads;
       this.tap.setOffload(tapOffloadsForGuest(this.#guestOffloads));
@@ -603,7 +624,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       this.#status = state.status & ~STATUS_DRIVER_OK;
       if (state.status & STATUS_DRIVER_OK) {
         this.#status = state.status;
-        if (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_CTRL_VQ)) this.#startControl();
+        if (hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_CTRL_VQ)) this.#startControl();
         const wanted = this.#active;
         this.#active = 1;
         this.setActiveQueuePairs(wanted);
@@ -622,7 +643,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
    * from the guest's MAC into the tap, as QEMU does after a migration.
    */
   announceMove(mac?: string): void {
-    if (mac === undefined && hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_GUEST_ANNOUNCE)) {
+    if (mac === undefined && hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_GUEST_ANNOUNCE)) {
       this.announce();
       return;
     }
@@ -656,6 +677,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     const guestOffloads = bigHex(state.guestOffloads, 'guestOffloads');
     if (features & ~this.offeredFeatures) bad(`features 0x${(features & ~this.offeredFeatures).toString(16)} are not offered here`);
     if (guestOffloads & ~features) bad('guest offloads beyond the features');
+    if (state.negotiatedBy !== 'driver' && state.negotiatedBy !== 'frontend') bad('negotiatedBy is neither driver nor frontend');
     if (!Number.isInteger(state.status) || state.status < 0 || state.status > 0xff || state.status & 0x80) bad('status is not a live device status');
     if (state.status & STATUS_DRIVER_OK && !(state.status & STATUS_FEATURES_OK)) bad('DRIVER_OK without FEATURES_OK');
     try {
@@ -729,12 +751,19 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     if (this.maxQueuePairs < 2) drop(F.VIRTIO_NET_F_MQ);
     if (this.#mtu === 0) drop(F.VIRTIO_NET_F_MTU);
     if (this.#frontendControl) {
-      drop(F.VIRTIO_NET_F_CTRL_VQ, F.VIRTIO_NET_F_CTRL_RX, F.VIRTIO_NET_F_CTRL_MAC_ADDR, F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, F.VIRTIO_NET_F_GUEST_ANNOUNCE);
+      // GUEST_ANNOUNCE stays: the frontend's control queue carries the announce, and QEMU
+      // asks the backend for this bit (vhost_net's feature bits): without it the guest never
+      // announces itself after a migration, and QEMU's RARP needs a protocol feature we lack.
+      drop(F.VIRTIO_NET_F_CTRL_VQ, F.VIRTIO_NET_F_CTRL_RX, F.VIRTIO_NET_F_CTRL_MAC_ADDR, F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS);
     }
     return features;
   }
 
-  /** FEATURES_OK: refuse what was not offered or breaks a dependency; else fix the tap's header and offloads. */
+  /**
+   * FEATURES_OK: refuse what was not offered; refuse a broken requirement
+   * (5.1.3.1) from a driver, or leave the features that need it off when a
+   * frontend negotiated the set; then fix the tap's header and offloads.
+   */
   #acceptFeatures(): boolean {
     const features = this.#driverFeatures;
     const extra = features & ~this.offeredFeatures;
@@ -742,21 +771,23 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       this.emit('protocol-error', `the driver accepted features that were not offered: 0x${extra.toString(16)}`);
       return false;
     }
-    for (const [bit, needs] of FEATURE_REQUIRES) {
-      if (this.#frontendControl && needs.includes(F.VIRTIO_NET_F_CTRL_VQ)) continue; // the frontend has the control queue
-      if (hasFeature(features, bit) && needs.some((n) => !hasFeature(features, n))) {
-        this.emit('protocol-error', `feature ${bit} needs feature ${needs.join(', ')}`);
-        return false;
-      }
+    // A frontend that keeps the control queue provides what needs CTRL_VQ itself.
+    const provided = this.#frontendControl ? featureBit(F.VIRTIO_NET_F_CTRL_VQ) : 0n;
+    const { usable, unmet } = resolveRequirements(features, provided);
+    if (unmet.length > 0 && this.#negotiatedBy === 'driver') {
+      this.emit('protocol-error', `the driver broke a feature requirement (virtio 5.1.3.1): ${describeRequirement(unmet[0]!)}`);
+      return false;
     }
     try {
-      this.tap.setVnetHdrSize(netHdrSize(features));
-      this.#guestOffloads = features & GUEST_OFFLOAD_FEATURES;
+      this.tap.setVnetHdrSize(netHdrSize(usable));
+      this.#guestOffloads = usable & GUEST_OFFLOAD_FEATURES;
       this.tap.setOffload(tapOffloadsForGuest(this.#guestOffloads));
     } catch (error) {
       this.emit('protocol-error', `the tap refused the negotiated header or offloads: ${(error as Error).message}`);
       return false;
     }
+    this.#activeFeatures = usable;
+    if (unmet.length > 0) this.emit('features-inactive', { features: features & ~usable, reasons: unmet.map(describeRequirement) });
     return true;
   }
 
@@ -770,11 +801,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
 
   /** What DRIVER_OK starts: the control queue, then the pairs in use. On failure nothing is left running. */
   #startQueues(): void {
-    if (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_CTRL_VQ)) this.#startControl();
+    if (hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_CTRL_VQ)) this.#startControl();
     // 5.1.6.5.5: until the driver sets more, one pair is in use.
     const wanted = this.#active;
     this.#active = 1;
-    const multiqueue = this.#frontendControl || hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MQ);
+    const multiqueue = this.#frontendControl || hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_MQ);
     try {
       this.setActiveQueuePairs(Math.min(wanted, multiqueue ? this.maxQueuePairs : 1));
     } catch (error) {
@@ -793,7 +824,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
         throw makeError('EINVAL', `${which} of queue pair ${pair} is not set up (addresses and kick fd)`);
       }
       if (!q.enabled) throw makeError('EINVAL', `${which} of queue pair ${pair} is not enabled`);
-      const features = this.#driverFeatures;
+      const features = this.#activeFeatures;
       return {
         size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr, kickFd: q.kickFd,
         ...(q.callFd !== undefined ? { callFd: q.callFd } : {}),
@@ -807,11 +838,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       dirtyLog: this.#dirtyLog,
       memory: this.#memory,
       tapQueue: this.tap.queues[pair]!,
-      hdrSize: netHdrSize(this.#driverFeatures),
-      mergeableRx: hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MRG_RXBUF),
-      ...(this.#mtu ? { rxReserveBytes: this.#mtu + 18 + netHdrSize(this.#driverFeatures) } : {}),
+      hdrSize: netHdrSize(this.#activeFeatures),
+      mergeableRx: hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_MRG_RXBUF),
+      ...(this.#mtu ? { rxReserveBytes: this.#mtu + 18 + netHdrSize(this.#activeFeatures) } : {}),
       // Without guest segmentation offloads the tap's frames are at most its MTU plus Ethernet and VLAN headers.
-      rxMaxFrameBytes: this.#guestOffloads & GSO_GUEST_OFFLOADS ? 0 : netHdrSize(this.#driverFeatures) + 18 + this.tap.mtu(),
+      rxMaxFrameBytes: this.#guestOffloads & GSO_GUEST_OFFLOADS ? 0 : netHdrSize(this.#activeFeatures) + 18 + this.tap.mtu(),
       busyPollUs: this.#busyPollUs,
       rx: ring(rx, 'the receive queue'),
       tx: ring(tx, 'the transmit queue'),
@@ -842,7 +873,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
 
   /** 5.1.2: the control queue follows the last pair: virtqueue 2N with MQ (N = max pairs), virtqueue 2 without. */
   #controlIndex(): number {
-    return 2 * (hasFeature(this.#driverFeatures, F.VIRTIO_NET_F_MQ) ? this.maxQueuePairs : 1);
+    return 2 * (hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_MQ) ? this.maxQueuePairs : 1);
   }
 
   #startControl(): void {
@@ -882,7 +913,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       },
       setGuestOffloads: (offloads) => this.#setGuestOffloads(offloads),
     };
-    const features = this.#driverFeatures;
+    const features = this.#activeFeatures;
     this.#control = new ControlQueue(this.#memory, {
       size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr, kickFd: q.kickFd,
       ...(q.callFd !== undefined ? { callFd: q.callFd } : {}),
@@ -903,11 +934,9 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
 
   /** 5.1.6.5.6.1: only offloads that were negotiated, and the tap follows them. */
   #setGuestOffloads(offloads: bigint): boolean {
-    const negotiated = this.#driverFeatures & GUEST_OFFLOAD_FEATURES;
+    const negotiated = this.#activeFeatures & GUEST_OFFLOAD_FEATURES;
     if (offloads & ~negotiated) return false;
-    for (const [bit, needs] of FEATURE_REQUIRES) {
-      if (hasFeature(offloads, bit) && (featureBit(bit) & GUEST_OFFLOAD_FEATURES) && needs.some((n) => !hasFeature(offloads, n))) return false;
-    }
+    if (resolveRequirements(offloads).unmet.length > 0) return false; // e.g. TSO4 without CSUM
     // Workers size their reads by whether GSO frames may come: restart the running
     // ones around the change so none reads a frame it did not expect.
     const running = Array.from({ length: this.maxQueuePairs }, (_, pair) => pair).filter((pair) => this.#workers[pair]);
@@ -940,6 +969,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   #resetState(): void {
     this.#status = 0;
     this.#driverFeatures = 0n;
+    this.#negotiatedBy = 'driver';
+    this.#activeFeatures = 0n;
     this.#guestOffloads = 0n;
     this.#active = 1;
     this.#queues = Array.from({ length: this.numQueues }, () => ({ size: 256, lastAvailIdx: 0, enabled: true }));

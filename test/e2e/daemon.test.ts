@@ -12,7 +12,7 @@ import { native } from '../../src/native';
 import { FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Request, VHOST_USER_VERSION } from '../../src/vhost-user/protocol';
 import { waitReadable } from '../../src/virtio/eventfd';
 import { assertPrivateNetns, sleep } from '../helpers/system';
-import { startDaemon, type Daemon } from './daemon';
+import { assertReleased, gbps, hostToGuest as hostToGuestAt, idleResources, says, seconds, serveOnce, startDaemon, until, type Daemon } from './daemon';
 import { Netns, ensureGuest, parseIperf3, requireTools, startGuest, tail, type RunningGuest } from './guest';
 
 assertPrivateNetns();
@@ -20,19 +20,6 @@ assertPrivateNetns();
 const QUEUES = 4;
 const HOST = '10.0.2.1';
 const GUEST = '10.0.2.2';
-
-/** The guest's output, in assertion messages. */
-function says(output: string): string {
-  return `\n--- guest output ---\n${tail(output, 60)}\n---`;
-}
-
-function seconds(since: number): string {
-  return `${((Date.now() - since) / 1000).toFixed(1)} s`;
-}
-
-function gbps(value: number | undefined): string {
-  return value === undefined ? '?' : `${value.toFixed(2)} Gbit/s`;
-}
 
 /** The tools every test here needs; a clear failure (with the packages to install) if one is missing. */
 function requireAll(): void {
@@ -76,50 +63,9 @@ function guestOn(ns: Netns, daemon: Daemon, commands: string, timeoutMs = 90_000
   });
 }
 
-/** Polls `read` until `ok` or the deadline; returns the last value. */
-async function until<T>(read: () => T, ok: (value: T) => boolean, timeoutMs = 5_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let value = read();
-  while (!ok(value) && Date.now() < end) {
-    await sleep(50);
-    value = read();
-  }
-  return value;
-}
-
-/** The daemon's threads and fds once it is idle again (no frontend), polled: teardown is asynchronous. */
-async function assertReleased(daemon: Daemon, idle: { threads: number; fds: number }, what: string): Promise<void> {
-  const tap = await until(() => daemon.tapState(), (t) => t.numDisabled === QUEUES - 1 && t.numQueues === 1);
-  assert.equal([tap.numQueues, tap.numDisabled], [1, QUEUES - 1], `${what}: the tap is back to 1 attached queue and ${QUEUES - 1} detached`);
-  const now = await until(() => daemon.resources(), (r) => r.fds === idle.fds && r.threads <= idle.threads);
-  assert.is(now.fds, idle.fds, `${what}: the daemon's open fds are back to ${idle.fds} (rings' eventfds, guest memory, workers' fds closed)`);
-  assert.ok(now.threads <= idle.threads, `${what}: no worker thread left (${now.threads} threads, ${idle.threads} when idle)`);
-  const maps = await until(() => fs.readFileSync(`/proc/${daemon.servingPid()}/maps`, 'utf8'), (m) => !/memfd:mem\b/.test(m));
-  assert.not.match(maps, /memfd:mem\b/, `${what}: the guest's memory (QEMU's memfd) is unmapped, not left to a garbage collection that an idle daemon never runs`);
-}
-
-/** Threads and fds of the daemon before its first frontend (the poller is up by then). */
-async function idleResources(daemon: Daemon): Promise<{ threads: number; fds: number }> {
-  await sleep(300);
-  return daemon.resources();
-}
-
-/**
- * Guest commands: serve one iperf3 test in the background, print `GUEST: <marker>`
- * once it listens, and wait for the host's test to end. The host, which may have
- * no ping, reaches the guest with hostToGuest(): a TCP connection it opens.
- */
-function serveOnce(marker: string): string {
-  return `{ iperf3 -s -1 > /dev/null & P=$!; sleep 0.5; echo GUEST: ${marker}; wait $P; }`;
-}
-
 /** iperf3 from the namespace to the guest's server (host -> guest); the receiver's Gbit/s. */
-async function hostToGuest(ns: Netns, guest: RunningGuest, args: string[], what: string): Promise<number> {
-  const r = await ns.run('iperf3', ['-c', GUEST, ...args], { timeoutMs: 30_000 });
-  assert.is(r.code, 0, `${what}: host -> guest iperf3 failed:\n${r.stdout}${r.stderr}${says(guest.output)}`);
-  const [run] = parseIperf3(r.stdout);
-  assert.ok(run && run.receiverGbps! > 0, `${what}: no host -> guest throughput:\n${r.stdout}`);
-  return run!.receiverGbps!;
+function hostToGuest(ns: Netns, guest: RunningGuest, args: string[], what: string): Promise<number> {
+  return hostToGuestAt(ns, guest, GUEST, args, what);
 }
 
 /* ------------------------------------------------------------------ tests */

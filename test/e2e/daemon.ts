@@ -6,7 +6,10 @@ import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { Netns, REPO_ROOT, requireTools, tail } from './guest';
+import * as assert from 'uvu/assert';
+
+import { sleep } from '../helpers/system';
+import { Netns, REPO_ROOT, parseIperf3, requireTools, tail, type RunningGuest } from './guest';
 
 /** The compiled CLI (dist/src/cli/vhost-tap.js) of this checkout. */
 export const DAEMON_CLI = path.join(REPO_ROOT, 'dist', 'src', 'cli', 'vhost-tap.js');
@@ -55,6 +58,8 @@ export interface Daemon {
   readonly process: ChildProcess;
   readonly socket: string;
   readonly tap: string;
+  /** The tap's queues (--queues). */
+  readonly queues: number;
   readonly netns: Netns;
   /** Every JSON log line so far, in order. */
   readonly lines: readonly DaemonLine[];
@@ -228,6 +233,7 @@ export async function startDaemon(netns: Netns, options: DaemonOptions = {}): Pr
     process: child,
     socket,
     tap,
+    queues: options.queues ?? 4,
     netns,
     lines,
     log: () => text,
@@ -299,4 +305,71 @@ export function linkExists(netns: Netns, name: string): boolean {
   } catch {
     return false;
   }
+}
+
+/* ------------------------------------------------- checks shared by the tests */
+
+/** The guest's output, in assertion messages. */
+export function says(output: string): string {
+  return `\n--- guest output ---\n${tail(output, 60)}\n---`;
+}
+
+export function seconds(since: number): string {
+  return `${((Date.now() - since) / 1000).toFixed(1)} s`;
+}
+
+export function gbps(value: number | undefined): string {
+  return value === undefined ? '?' : `${value.toFixed(2)} Gbit/s`;
+}
+
+/** Polls `read` until `ok` or the deadline; returns the last value. */
+export async function until<T>(read: () => T, ok: (value: T) => boolean, timeoutMs = 5_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let value = read();
+  while (!ok(value) && Date.now() < end) {
+    await sleep(50);
+    value = read();
+  }
+  return value;
+}
+
+/** The daemon's threads and fds once it is idle again (no frontend), polled: teardown is asynchronous. */
+export async function assertReleased(daemon: Daemon, idle: { threads: number; fds: number }, what: string): Promise<void> {
+  const detached = daemon.queues - 1;
+  const tap = await until(() => daemon.tapState(), (t) => t.numDisabled === detached && t.numQueues === 1);
+  assert.equal([tap.numQueues, tap.numDisabled], [1, detached], `${what}: the tap is back to 1 attached queue and ${detached} detached`);
+  const now = await until(() => daemon.resources(), (r) => r.fds === idle.fds && r.threads <= idle.threads);
+  assert.is(now.fds, idle.fds, `${what}: the daemon's open fds are back to ${idle.fds} (rings' eventfds, guest memory, workers' fds closed)`);
+  assert.ok(now.threads <= idle.threads, `${what}: no worker thread left (${now.threads} threads, ${idle.threads} when idle)`);
+  const maps = await until(() => fs.readFileSync(`/proc/${daemon.servingPid()}/maps`, 'utf8'), (m) => !/memfd:mem\b/.test(m));
+  assert.not.match(maps, /memfd:mem\b/, `${what}: the guest's memory (QEMU's memfd) is unmapped, not left to a garbage collection that an idle daemon never runs`);
+}
+
+/** Threads and fds of the daemon before its first frontend (the poller is up by then). */
+export async function idleResources(daemon: Daemon): Promise<{ threads: number; fds: number }> {
+  await sleep(300);
+  return daemon.resources();
+}
+
+/**
+ * Guest commands: serve one iperf3 test in the background, print `GUEST: <marker>`
+ * once it listens, and wait for the host's test to end. The host, which may have
+ * no ping, reaches the guest with hostToGuest(): a TCP connection it opens.
+ */
+export function serveOnce(marker: string): string {
+  return `{ iperf3 -s -1 > /dev/null & P=$!; sleep 0.5; echo GUEST: ${marker}; wait $P; }`;
+}
+
+/**
+ * iperf3 from the namespace to the guest's server at guestIp (host -> guest); the
+ * receiver's Gbit/s, or the sender's when iperf3 printed a receiver line of 0 bytes
+ * (it does for a transfer over before its first interval, e.g. -n 1M).
+ */
+export async function hostToGuest(ns: Netns, guest: RunningGuest, guestIp: string, args: string[], what: string): Promise<number> {
+  const r = await ns.run('iperf3', ['-c', guestIp, ...args], { timeoutMs: 30_000 });
+  assert.is(r.code, 0, `${what}: host -> guest iperf3 failed:\n${r.stdout}${r.stderr}${says(guest.output)}`);
+  const [run] = parseIperf3(r.stdout);
+  const gbps = run?.receiverGbps || run?.senderGbps;
+  assert.ok(gbps !== undefined && gbps > 0, `${what}: no host -> guest throughput:\n${r.stdout}`);
+  return gbps;
 }

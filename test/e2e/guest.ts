@@ -368,6 +368,12 @@ export interface GuestOptions {
   /** Guest RAM in MiB (default 512); memfd-backed and shared for vhost-user. */
   memoryMb?: number;
   mac?: string;
+  /**
+   * virtio-net-pci properties over the harness's own (netdev, mq=on, vectors):
+   * e.g. { csum: 'off', rx_queue_size: 1024 }. A property given here replaces the
+   * harness's value (mq: 'off'), it is never given twice.
+   */
+  device?: Record<string, string | number>;
   /** Appended to the QEMU command line. */
   extraArgs?: string[];
 }
@@ -428,7 +434,10 @@ export function qemuArgs(options: Omit<GuestOptions, 'netns' | 'timeoutMs'>, gue
     '-kernel', path.join(guest, 'vmlinux'), '-initrd', path.join(guest, 'initramfs.img'),
     '-append', guestCmdline(options.guestIp, options.commands),
   ];
-  const mac = options.mac ? `,mac=${options.mac}` : '';
+  const device = (vectors: number): string => {
+    const properties = { netdev: 'n0', mq: 'on', vectors, ...(options.mac ? { mac: options.mac } : {}), ...options.device };
+    return ['virtio-net-pci', ...Object.entries(properties).map(([key, value]) => `${key}=${value}`)].join(',');
+  };
   if (netdev.kind === 'vhost-user') {
     const reconnect = netdev.reconnectSeconds ? `,reconnect=${netdev.reconnectSeconds}` : '';
     args.push(
@@ -437,12 +446,12 @@ export function qemuArgs(options: Omit<GuestOptions, 'netns' | 'timeoutMs'>, gue
       '-chardev', `socket,id=c0,path=${netdev.socket}${reconnect}`,
       '-netdev', `vhost-user,id=n0,chardev=c0,queues=${netdev.queues}`,
       // vectors=0 (INTx): QEMU 7.2 crashes with vhost-user + MSI-X under TCG (no irqfd)
-      '-device', `virtio-net-pci,netdev=n0,mq=on,vectors=0${mac}`,
+      '-device', device(0),
     );
   } else {
     args.push(
       '-netdev', `tap,id=n0,ifname=${netdev.ifname},script=no,downscript=no,queues=${netdev.queues},vhost=off`,
-      '-device', `virtio-net-pci,netdev=n0,mq=on,vectors=${2 * netdev.queues + 2}${mac}`,
+      '-device', device(2 * netdev.queues + 2),
     );
   }
   args.push(...(options.extraArgs ?? []));

@@ -39,8 +39,13 @@ export async function warmUp(): Promise<void> {
 
 /** `ethtool -k` as { feature: 'on' | 'off' }. */
 export function ethtoolFeatures(name: string): Record<string, string> {
+  return parseEthtoolFeatures(run('ethtool', ['-k', name]));
+}
+
+/** The text of `ethtool -k` as { feature: 'on' | 'off' }. */
+export function parseEthtoolFeatures(text: string): Record<string, string> {
   return Object.fromEntries(
-    run('ethtool', ['-k', name]).split('\n').map((l) => l.trim().match(/^([\w-]+): (on|off)/))
+    text.split('\n').map((l) => l.trim().match(/^([\w-]+): (on|off)/))
       .filter((m): m is RegExpMatchArray => m !== null).map((m) => [m[1]!, m[2]!]),
   );
 }

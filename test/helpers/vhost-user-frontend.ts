@@ -78,6 +78,12 @@ export interface StartOptions {
   status?: boolean;
   /** Features of the guest driver. Default VERSION_1, MRG_RXBUF and EVENT_IDX. */
   features?: Partial<VirtioNetFeatures>;
+  /**
+   * The virtio features SET_FEATURES carries, instead of the guest driver's own:
+   * what QEMU passes on is whatever its guest acked, offloads the TS driver
+   * ignores included (they are still masked with the backend's offer).
+   */
+  ackedFeatures?: bigint;
   queueSize?: number;
 }
 
@@ -463,7 +469,7 @@ export class VhostUserFrontend {
     });
     const status = options.status ?? (this.protocolFeatures & pf(ProtocolFeature.STATUS)) !== 0n;
     try {
-      const features = (guest.features & this.offeredFeatures) | PROTOCOL_PROTOCOL_FEATURES;
+      const features = ((options.ackedFeatures ?? guest.features) & this.offeredFeatures) | PROTOCOL_PROTOCOL_FEATURES;
       const regions = guest.regions();
       for (let pair = 0; pair < pairs; pair++) {
         await this.setFeatures(features);

@@ -13,6 +13,8 @@ export interface GuestBringUpOptions {
   memory: GuestMemory;
   /** Features the guest would like; it takes those the device offers. Default: everything offered. */
   wantFeatures?: bigint;
+  /** Who negotiated them, as setDriverFeatures takes it: 'frontend' to act as a vhost-user frontend. Default 'driver'. */
+  negotiatedBy?: 'driver' | 'frontend';
   queueSize?: number;
   rxBufferSize?: number;
   txBufferSize?: number;
@@ -38,7 +40,7 @@ export class VirtioNetGuest {
     device.writeStatus(STATUS_ACKNOWLEDGE);
     device.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
     const features = device.offeredFeatures & (options.wantFeatures ?? device.offeredFeatures);
-    device.setDriverFeatures(features);
+    device.setDriverFeatures(features, { negotiatedBy: options.negotiatedBy ?? 'driver' });
     device.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
     if (!(device.status & STATUS_FEATURES_OK)) throw makeError('EINVAL', 'the device refused the features (FEATURES_OK did not stick)');
 
