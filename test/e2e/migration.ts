@@ -645,6 +645,18 @@ export class MigratingGuest {
     return { ...exit, console: this.console };
   }
 
+  /**
+   * If the guest's kernel crashed: one line saying where (which QEMU, after how many
+   * migrations) and how. The first thing a failure message should say: a check that
+   * timed out after that is only a consequence.
+   */
+  crashSummary(): string | undefined {
+    const crash = guestCrash(this.console, 1);
+    if (!crash) return undefined;
+    const where = this.current ? `QEMU #${this.current.id} (side ${this.current.side.name})` : 'its QEMU';
+    return `the guest's kernel crashed on ${where} after ${this.migrations.length} migration(s): ${crash.trim()}`;
+  }
+
   /** QEMU's stderr and the console of every QEMU, the migrations so far: for failure messages. */
   describe(): string {
     const parts = this.instances.map((i) =>
@@ -710,6 +722,8 @@ export async function withTopology(
     topology.assertBackendsHealthy();
   } catch (error) {
     const e = error instanceof Error ? error : new Error(String(error));
+    const crash = guests.map((g) => g.crashSummary()).find(Boolean);
+    if (crash) e.message = `${crash}\n(the check that failed: ${e.message})`;
     e.message += `\n${guests.map((g) => g.describe()).join('\n')}\n${topology.describe()}`;
     throw e;
   } finally {
