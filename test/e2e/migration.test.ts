@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { assertPrivateNetns } from '../helpers/system';
+import { assertPrivateNetns, sleep } from '../helpers/system';
 import { parseIperf3, requireTools } from './guest';
 import {
   GUEST_IP, GUEST_MAC, HOST_IP, MigratingGuest, formatMigration, formatRate, startPing, withTopology, writeRandomFile,
@@ -36,10 +36,6 @@ function migrationTest(name: string, body: () => Promise<void>): void {
 }
 
 const HTTP_PORT = 8000;
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 /** When ping -D printed its last reply. */
 function lastReplyAt(output: string): number {
@@ -69,7 +65,7 @@ async function until(ok: () => boolean, timeoutMs: number, what: string): Promis
   const end = Date.now() + timeoutMs;
   while (!ok()) {
     if (Date.now() > end) throw new Error(`${what}: not after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
 }
 
