@@ -6,7 +6,9 @@
 //              logging (VHOST_F_LOG_ALL, VHOST_USER_PROTOCOL_F_LOG_SHMFD) QEMU refuses
 //              to migrate, and these fail with QEMU's "Migration disabled: vhost-user
 //              backend lacks VHOST_USER_PROTOCOL_F_LOG_SHMFD feature".
-// MIGRATION_BACKENDS=vhost-tap (or tap; default both) runs one backend's variants only.
+// Knobs (environment): MIGRATION_BACKENDS=vhost-tap (or tap; default both) runs one
+// backend's variants only; MIGRATION_ONLY=REGEXP the tests whose name matches;
+// MIGRATION_SMP=N gives the guest N vCPUs (default 1: see migrationSmp()).
 import path from 'node:path';
 import fs from 'node:fs';
 
