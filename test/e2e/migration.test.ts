@@ -6,14 +6,16 @@
 //              logging (VHOST_F_LOG_ALL, VHOST_USER_PROTOCOL_F_LOG_SHMFD) QEMU refuses
 //              to migrate, and these fail with QEMU's "Migration disabled: vhost-user
 //              backend lacks VHOST_USER_PROTOCOL_F_LOG_SHMFD feature".
-// MIGRATION_BACKENDS=vhost-tap (or tap; default both) runs one backend's variants only.
+// Knobs (environment): MIGRATION_BACKENDS=vhost-tap (or tap; default both) runs one
+// backend's variants only; MIGRATION_ONLY=REGEXP the tests whose name matches;
+// MIGRATION_SMP=N gives the guest N vCPUs (default 1: see migrationSmp()).
 import path from 'node:path';
 import fs from 'node:fs';
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { assertPrivateNetns } from '../helpers/system';
+import { assertPrivateNetns, sleep } from '../helpers/system';
 import { parseIperf3, requireTools } from './guest';
 import {
   GUEST_IP, GUEST_MAC, HOST_IP, MigratingGuest, formatMigration, formatRate, startPing, withTopology, writeRandomFile,
@@ -36,10 +38,6 @@ function migrationTest(name: string, body: () => Promise<void>): void {
 }
 
 const HTTP_PORT = 8000;
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 /** When ping -D printed its last reply. */
 function lastReplyAt(output: string): number {
@@ -69,7 +67,7 @@ async function until(ok: () => boolean, timeoutMs: number, what: string): Promis
   const end = Date.now() + timeoutMs;
   while (!ok()) {
     if (Date.now() > end) throw new Error(`${what}: not after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
 }
 

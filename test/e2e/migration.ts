@@ -15,6 +15,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import crypto from 'node:crypto';
 
+import { sleep } from '../helpers/system';
 import { startDaemon, readTapState, type Daemon, type TapState } from './daemon';
 import { Netns, ensureGuest, requireTools, startGuest, tail, type GuestExit, type GuestNetdev, type RunningGuest } from './guest';
 
@@ -28,10 +29,6 @@ export const GUEST_MAC = '52:54:00:12:34:56';
 
 function codedError(code: string, message: string): Error {
   return Object.assign(new Error(message), { code });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /* -------------------------------------------------------------------- QMP */
@@ -453,6 +450,17 @@ export interface MigrationOptions {
   keepSource?: boolean;
 }
 
+/** The QEMUs whose process has gone (and whose output is complete). */
+const exitedQemus = new WeakSet<RunningGuest>();
+
+function watchExit(qemu: RunningGuest): void {
+  void qemu.exited.catch(() => undefined).then(() => exitedQemus.add(qemu));
+}
+
+function isAlive(qemu: RunningGuest): boolean {
+  return !exitedQemus.has(qemu);
+}
+
 /** `quit` over QMP; SIGKILL if QEMU is still there 10 s later. */
 async function quit(instance: Instance): Promise<void> {
   await instance.qmp.execute('quit').catch(() => undefined);
@@ -515,6 +523,7 @@ export class MigratingGuest {
       mac: GUEST_MAC,
       extraArgs: ['-qmp', `unix:${qmpPath},server=on,wait=off`, ...(incoming ? ['-incoming', incoming] : [])],
     });
+    watchExit(qemu);
     const alive = (): boolean => isAlive(qemu);
     let qmp: Qmp;
     try {
@@ -628,9 +637,6 @@ export class MigratingGuest {
       if (guestCrash(this.console)) throw codedError('EGUESTCRASH', `the guest's kernel crashed before it printed ${re}`);
       const running = this.current;
       if (!running || !isAlive(running.qemu)) {
-        await sleep(100); // the last chunk of its output may still be in the pipe
-        const late = this.console.match(re);
-        if (late) return late;
         throw codedError('EGUESTEXITED', `the guest's QEMU #${running?.id} exited before the guest printed ${re}`);
       }
       if (Date.now() > end) throw codedError('ETIMEDOUT', `no ${re} on the guest's console after ${timeoutMs} ms`);
@@ -643,6 +649,18 @@ export class MigratingGuest {
     if (!this.current) throw codedError('ENOTRUNNING', 'the guest was never booted');
     const exit = await this.current.qemu.exited;
     return { ...exit, console: this.console };
+  }
+
+  /**
+   * If the guest's kernel crashed: one line saying where (which QEMU, after how many
+   * migrations) and how. The first thing a failure message should say: a check that
+   * timed out after that is only a consequence.
+   */
+  crashSummary(): string | undefined {
+    const crash = guestCrash(this.console, 1);
+    if (!crash) return undefined;
+    const where = this.current ? `QEMU #${this.current.id} (side ${this.current.side.name})` : 'its QEMU';
+    return `the guest's kernel crashed on ${where} after ${this.migrations.length} migration(s): ${crash.trim()}`;
   }
 
   /** QEMU's stderr and the console of every QEMU, the migrations so far: for failure messages. */
@@ -669,16 +687,6 @@ export function guestCrash(console: string, lines = 30): string | undefined {
   const at = console.search(/^.*(------------\[ cut here \]|BUG: |Oops: |general protection fault|Kernel panic|invalid opcode: )/m);
   if (at < 0) return undefined;
   return console.slice(at).split('\n').slice(0, lines).join('\n');
-}
-
-function isAlive(qemu: RunningGuest): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${qemu.pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
 }
 
 export function formatMigration(m: MigrationStats): string {
@@ -710,6 +718,8 @@ export async function withTopology(
     topology.assertBackendsHealthy();
   } catch (error) {
     const e = error instanceof Error ? error : new Error(String(error));
+    const crash = guests.map((g) => g.crashSummary()).find(Boolean);
+    if (crash) e.message = `${crash}\n(the check that failed: ${e.message})`;
     e.message += `\n${guests.map((g) => g.describe()).join('\n')}\n${topology.describe()}`;
     throw e;
   } finally {
