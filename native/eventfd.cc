@@ -155,6 +155,10 @@ class FdPoller : public Napi::ObjectWrap<FdPoller> {
     ev.events = EPOLLIN | EPOLLONESHOT;
     ev.data.fd = fd;
     if (epoll_ctl(epoll_, op, fd, op == EPOLL_CTL_DEL ? nullptr : &ev) < 0) {
+      // Unwatching an fd that was closed meanwhile (closing removes it from epoll) is done
+      // already. Throwing here would abort the process when it happens in a callback that
+      // runs while Node tears the environment down, where no exception can be thrown.
+      if (op == EPOLL_CTL_DEL && (errno == EBADF || errno == ENOENT)) return true;
       throwErrno(env, errno, std::string(what) + " fd " + std::to_string(fd));
       return false;
     }
