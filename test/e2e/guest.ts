@@ -367,6 +367,13 @@ export interface GuestOptions {
   smp?: number;
   /** Guest RAM in MiB (default 512); memfd-backed and shared for vhost-user. */
   memoryMb?: number;
+  /** Guest RAM in KiB, a multiple of 8 (QEMU rounds -m to that); overrides memoryMb. */
+  memoryKb?: number;
+  /**
+   * Guest RAM in this file (memory-backend-file, share=on) instead of a memfd (vhost-user)
+   * or anonymous memory (tap), so that a test can read the guest's RAM from outside.
+   */
+  ramFile?: string;
   mac?: string;
   /**
    * virtio-net-pci properties over the harness's own (netdev, mq=on, vectors):
@@ -426,10 +433,12 @@ export function guestCmdline(guestIp: string, commands: string): string {
 export function qemuArgs(options: Omit<GuestOptions, 'netns' | 'timeoutMs'>, guest = ensureGuest()): string[] {
   const { netdev } = options;
   const smp = options.smp ?? 2;
-  const mem = options.memoryMb ?? 512;
+  const memoryKb = options.memoryKb ?? (options.memoryMb ?? 512) * 1024;
+  if (!Number.isInteger(memoryKb) || memoryKb <= 0 || memoryKb % 8 !== 0) throw new Error(`guest RAM of ${memoryKb} KiB: expected a positive multiple of 8 KiB`);
+  const mem = `${memoryKb}K`;
   if (!Number.isInteger(netdev.queues) || netdev.queues < 1) throw new Error(`netdev.queues ${netdev.queues}: expected a positive integer`);
   const args = [
-    '-accel', 'tcg', '-M', 'q35', '-smp', String(smp), '-m', `${mem}M`,
+    '-accel', 'tcg', '-M', 'q35', '-smp', String(smp), '-m', mem,
     '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot',
     '-kernel', path.join(guest, 'vmlinux'), '-initrd', path.join(guest, 'initramfs.img'),
     '-append', guestCmdline(options.guestIp, options.commands),
@@ -438,11 +447,12 @@ export function qemuArgs(options: Omit<GuestOptions, 'netns' | 'timeoutMs'>, gue
     const properties = { netdev: 'n0', mq: 'on', vectors, ...(options.mac ? { mac: options.mac } : {}), ...options.device };
     return ['virtio-net-pci', ...Object.entries(properties).map(([key, value]) => `${key}=${value}`)].join(',');
   };
+  const ramFile = options.ramFile ? ['-object', `memory-backend-file,id=mem,size=${mem},share=on,mem-path=${options.ramFile}`, '-numa', 'node,memdev=mem'] : [];
   if (netdev.kind === 'vhost-user') {
     const reconnect = netdev.reconnectSeconds ? `,reconnect=${netdev.reconnectSeconds}` : '';
     args.push(
       // the backend maps guest RAM: it must be a shareable fd
-      '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`, '-numa', 'node,memdev=mem',
+      ...(ramFile.length ? ramFile : ['-object', `memory-backend-memfd,id=mem,size=${mem},share=on`, '-numa', 'node,memdev=mem']),
       '-chardev', `socket,id=c0,path=${netdev.socket}${reconnect}`,
       '-netdev', `vhost-user,id=n0,chardev=c0,queues=${netdev.queues}`,
       // vectors=0 (INTx): QEMU 7.2 crashes with vhost-user + MSI-X under TCG (no irqfd)
@@ -450,6 +460,7 @@ export function qemuArgs(options: Omit<GuestOptions, 'netns' | 'timeoutMs'>, gue
     );
   } else {
     args.push(
+      ...ramFile,
       '-netdev', `tap,id=n0,ifname=${netdev.ifname},script=no,downscript=no,queues=${netdev.queues},vhost=off`,
       '-device', device(2 * netdev.queues + 2),
     );
