@@ -8,7 +8,8 @@
 //              backend lacks VHOST_USER_PROTOCOL_F_LOG_SHMFD feature".
 // Knobs (environment): MIGRATION_BACKENDS=vhost-tap (or tap; default both) runs one
 // backend's variants only; MIGRATION_ONLY=REGEXP the tests whose name matches;
-// MIGRATION_SMP=N gives the guest N vCPUs (default 1: see migrationSmp()).
+// MIGRATION_SMP=N gives the guest N vCPUs (default 1: see migrationSmp()); MIGRATION_REPEATED=1
+// also runs the repeated test with vhost-tap (an open bug: see REPEATED_WITH_VHOST_TAP).
 import path from 'node:path';
 import fs from 'node:fs';
 
