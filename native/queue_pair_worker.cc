@@ -210,8 +210,9 @@ bool QueuePairWorker::start(std::string* error) {
   return true;
 }
 
-void QueuePairWorker::stop() {
+void QueuePairWorker::stop(bool discardTx) {
   if (thread_.joinable()) {
+    discardTxOnStop_.store(discardTx, std::memory_order_relaxed);
     stopping_.store(true, std::memory_order_release);
     uint64_t one = 1;
     ssize_t ignored = write(stopFd_, &one, sizeof one);  // our own non-blocking eventfd
@@ -303,8 +304,21 @@ void QueuePairWorker::run() {
     spillFrameBytes_ = 0;
   }
   giveBackHeldRx();
+  if (discardTxOnStop_.load(std::memory_order_relaxed)) discardTx();
   if (rx_.flushUsed() || rxCallPending_) signal(true);
   if (tx_.flushUsed() || txCallPending_) signal(false);
+}
+
+void QueuePairWorker::discardTx() {
+  if (txBroken_) return;
+  for (uint32_t n = 0; n < tx_.size(); n++) {
+    Chain chain;
+    PopResult r = tx_.pop(false, txIov_.data(), kMaxIov, &chain);
+    if (r == PopResult::kNoRoom) r = PopResult::kBroken;
+    if (r != PopResult::kChain) break;  // empty, or a malformed chain: leave the rest
+    tx_.pushUsed(chain.head, 0);
+    bump(txStats.dropStopped);
+  }
 }
 
 void QueuePairWorker::signal(bool rx) {

@@ -69,7 +69,11 @@ class QueuePairWorker {
   // Stops and joins the thread, then closes every fd the worker holds and lets go
   // of guest memory. Every chain it popped is completed or given back. Nothing the
   // worker does waits on a frontend's fd, so this returns promptly.
-  void stop();
+  // discardTx: the pair is being taken out of use while its rings stay started
+  // (VQ_PAIRS_SET, SET_VRING_ENABLE 0): chains the driver left on the tx ring are
+  // completed unsent, as vhost-user.rst ("Ring states") asks of a started but
+  // disabled ring, so the guest gets its buffers (and their sockets' memory) back.
+  void stop(bool discardTx = false);
   bool running() const { return thread_.joinable(); }
 
   // Valid once stopped: where the device is in each available ring (vhost GET_VRING_BASE).
@@ -106,6 +110,8 @@ class QueuePairWorker {
   };
 
   void run();
+  // Completes every chain on the tx ring without sending it (at most the ring's size).
+  void discardTx();
   int waitForWork(struct epoll_event* events, int max, bool idle, bool* txMore, bool* rxMore);
   bool handleTx();
   // Writes chains txBatch_[0..count) to the tap and returns them on the used ring;
@@ -138,6 +144,7 @@ class QueuePairWorker {
   int epoll_ = -1;
   int stopFd_ = -1;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> discardTxOnStop_{false};
   std::atomic<bool> rxBroken_{false};
   std::atomic<bool> txBroken_{false};
   bool tapFailed_ = false;

@@ -91,6 +91,8 @@ export class VhostUserSession {
   #frontendStatus = 0;
   #closed = false;
   readonly #migration: MigrationLog;
+  /** A SET_VRING_ENABLE 0 is being applied: pairs it takes out of use discard their tx chains. */
+  #disabling = false;
 
   constructor(private readonly device: VirtioNetDevice, private readonly log: Logger) {
     this.#rings = Array.from({ length: 2 * device.maxQueuePairs }, () => newRing());
@@ -280,9 +282,16 @@ export class VhostUserSession {
         const { index, num } = vringState(payload, request);
         if (num > 1) throw makeError('EPROTO', `SET_VRING_ENABLE with ${num} (0 or 1)`);
         const ring = this.#rings[this.#ringIndex(index)]!;
-        this.#transaction(() => {
-          ring.enabled = num === 1;
-        });
+        // A ring disabled while started discards what the guest left on it (vhost-user.rst
+        // "Ring states"), unlike a ring stopped by GET_VRING_BASE, which keeps it for later.
+        this.#disabling = num === 0;
+        try {
+          this.#transaction(() => {
+            ring.enabled = num === 1;
+          });
+        } finally {
+          this.#disabling = false;
+        }
         return {};
       }
       case Request.GET_CONFIG: {
@@ -538,7 +547,7 @@ export class VhostUserSession {
         this.device.enableQueue(index, true);
       }
     }
-    this.device.setActiveQueuePairs(pairs);
+    this.device.setActiveQueuePairs(pairs, { discardTx: this.#disabling });
     if (!(this.device.status & STATUS_DRIVER_OK)) this.device.setDriverOk();
     if (pairs !== before) this.log('queue-pairs', { active: pairs, previous: before });
   }

@@ -455,7 +455,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
    * kernel never steers a frame into a queue nobody reads. On failure the
    * previous set stays in force and the error is thrown.
    */
-  setActiveQueuePairs(n: number): void {
+  setActiveQueuePairs(n: number, options: { discardTx?: boolean } = {}): void {
     this.#assertOpen();
     if (!Number.isInteger(n) || n < 1 || n > this.maxQueuePairs) {
       throw makeError('EINVAL', `queue pairs must be 1 to ${this.maxQueuePairs}, got ${String(n)}`);
@@ -488,7 +488,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       throw makeError(errorCode(error) ?? 'EIO', `could not use ${n} queue pairs (still ${previous}): ${(error as Error).message}`, error);
     }
     for (let i = n; i < this.maxQueuePairs; i++) {
-      this.#stopPair(i);
+      // A pair the driver stops using: its tx chains are completed unsent (QueuePair.stop).
+      this.#stopPair(i, options.discardTx ?? false);
       this.#detachQuietly(i);
     }
     this.#active = n;
@@ -852,10 +853,10 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.#workers[pair] = worker;
   }
 
-  #stopPair(pair: number): void {
+  #stopPair(pair: number, discardTx = false): void {
     const worker = this.#workers[pair];
     if (!worker) return;
-    const { rxLastAvailIdx, txLastAvailIdx } = worker.stop();
+    const { rxLastAvailIdx, txLastAvailIdx } = worker.stop({ discardTx });
     this.#queues[2 * pair]!.lastAvailIdx = rxLastAvailIdx;
     this.#queues[2 * pair + 1]!.lastAvailIdx = txLastAvailIdx;
     this.#workers[pair] = undefined;
@@ -904,7 +905,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       setQueuePairs: (pairs) => {
         if (pairs < 1 || pairs > this.maxQueuePairs) return false; // the guest's mistake: ERR, nothing to report
         try {
-          this.setActiveQueuePairs(pairs);
+          this.setActiveQueuePairs(pairs, { discardTx: true });
           return true;
         } catch (error) {
           this.emit('queue-error', { pair: 'ctrl', queue: 'ctrl', message: (error as Error).message });

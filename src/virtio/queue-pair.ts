@@ -161,8 +161,13 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
    * every chain it took is completed or given back, and its fds and guest memory are
    * released. Returns where each ring stopped.
    */
-  stop(): QueuePairPosition {
-    const { rxLastAvailIdx, txLastAvailIdx } = this.#native.stop();
+  stop(options: { discardTx?: boolean } = {}): QueuePairPosition {
+    // discardTx: the pair goes out of use while its rings stay started (a queue-pair
+    // change): what the driver left on the tx ring is completed unsent, so it gets
+    // those buffers back (vhost-user.rst "Ring states": a started but disabled ring
+    // discards its TX packets). Never for a stop that keeps the ring where it is
+    // (GET_VRING_BASE, a migration): those chains are the destination's to send.
+    const { rxLastAvailIdx, txLastAvailIdx } = this.#native.stop(options.discardTx ?? false);
     return { rxLastAvailIdx, txLastAvailIdx };
   }
 
