@@ -25,9 +25,7 @@ export class MigrationLog {
     }
     let log: DirtyLog;
     try {
-      if (description.mmapSize > BigInt(Number.MAX_SAFE_INTEGER) || description.mmapOffset > BigInt(Number.MAX_SAFE_INTEGER)) {
-        throw makeError('EINVAL', 'the log region lies beyond 2^53');
-      }
+      // The native map bounds size and offset (up to 4 GiB of log at an offset below 1 TiB).
       log = DirtyLog.fromFd(fd, description.mmapSize, description.mmapOffset);
     } catch (error) {
       throw makeError(errorCode(error) ?? 'EINVAL', `cannot use the log region: ${(error as Error).message}`, error);
@@ -51,14 +49,14 @@ export class MigrationLog {
   }
 
   get logging(): boolean {
-    return this.#logAll && this.#log !== undefined;
+    return this.#logAll && this.hasBase;
   }
 
   get logBytes(): number | undefined {
     return this.#log?.bytes;
   }
 
-  /** Ends logging and releases the region and the fd. */
+  /** Ends logging and unmaps the region. */
   close(): void {
     this.#logAll = false;
     this.#apply();
@@ -67,7 +65,7 @@ export class MigrationLog {
   }
 
   #apply(): void {
-    if (this.#logAll && this.#log) this.device.startDirtyLog(this.#log);
+    if (this.logging) this.device.startDirtyLog(this.#log!);
     else this.device.stopDirtyLog();
   }
 }
