@@ -89,8 +89,11 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     WorkerOptions options;
     options.memory = GuestMemoryBinding::MapOf(env, c.Get("memory"));
     if (!options.memory) return;
+    // txDiscardOnly: a pair out of use whose tx ring stays started (see WorkerOptions):
+    // no tap, no rx ring.
+    options.txDiscardOnly = c.Get("txDiscardOnly").ToBoolean().Value();
     double tapFd, hdrSize, reserve, maxFrame, busyPollUs;
-    if (!readNumber(env, c, "tapFd", 0, INT32_MAX, &tapFd) || !readNumber(env, c, "hdrSize", 10, 12, &hdrSize) ||
+    if (!readNumber(env, c, "tapFd", options.txDiscardOnly ? -1 : 0, INT32_MAX, &tapFd) || !readNumber(env, c, "hdrSize", 10, 12, &hdrSize) ||
         !readNumber(env, c, "rxReserveBytes", 0, 1 << 20, &reserve) ||
         !readNumber(env, c, "rxMaxFrameBytes", 0, 1 << 20, &maxFrame) ||
         !readNumber(env, c, "busyPollUs", 0, 1000000, &busyPollUs))
@@ -101,7 +104,9 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     options.hdrSize = static_cast<uint32_t>(hdrSize);
     options.rxReserveBytes = static_cast<uint32_t>(reserve);
     options.mergeableRx = c.Get("mergeableRx").ToBoolean().Value();
-    if (!readQueue(env, c.Get("rx"), "rx", &options.rx) || !readQueue(env, c.Get("tx"), "tx", &options.tx)) return;
+    if ((!options.txDiscardOnly && !readQueue(env, c.Get("rx"), "rx", &options.rx)) ||
+        !readQueue(env, c.Get("tx"), "tx", &options.tx))
+      return;
     if (!c.Get("dirtyLog").IsUndefined()) {
       // Live migration: both rings log their writes to the device's slot.
       std::shared_ptr<DirtyLogSlot> slot = DirtyLogSlotOf(env, c.Get("dirtyLog"));

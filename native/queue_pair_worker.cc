@@ -83,7 +83,7 @@ bool QueuePairWorker::adoptFds(std::string* error, const char** code) {
     int* fd;
     bool required;
     const char* what;
-  } fds[] = {{&options_.rx.kickFd, true, "receive kick"},
+  } fds[] = {{&options_.rx.kickFd, !options_.txDiscardOnly, "receive kick"},
              {&options_.tx.kickFd, true, "transmit kick"},
              {&options_.rx.callFd, false, "receive call"},
              {&options_.tx.callFd, false, "transmit call"}};
@@ -151,9 +151,10 @@ bool QueuePairWorker::start(std::string* error) {
     return fail("rxMaxFrameBytes must be 0 (unknown) or at least the vnet header plus 14 (" +
                 std::to_string(options_.hdrSize + 14) + ")");
   }
-  if (options_.tapFd < 0) return fail("a tap fd is required");
+  const bool forwarding = !options_.txDiscardOnly;
+  if (forwarding && options_.tapFd < 0) return fail("a tap fd is required");
   std::string e;
-  if (!rx_.setup(options_.memory, options_.rx, &e)) return fail("receive queue: " + e);
+  if (forwarding && !rx_.setup(options_.memory, options_.rx, &e)) return fail("receive queue: " + e);
   if (!tx_.setup(options_.memory, options_.tx, &e)) return fail("transmit queue: " + e);
   if ((options_.rx.callFd >= 0 || options_.tx.callFd >= 0) && !callNotifier_.open(&e)) return fail(e);
   txIov_.assign(kTxIovCapacity, {});
@@ -163,9 +164,9 @@ bool QueuePairWorker::start(std::string* error) {
   rxBatch_.assign(kRxBatch, {});
   rxResults_.assign(kRxBatch, 0);
   rxBatchOff_ = false;
-  uring_ = std::make_unique<Uring>();
-  if (!uring_->init(std::max(kTxBatch, kRxBatch))) uring_.reset();
-  else uring_->registerFile(options_.tapFd);  // best effort: it saves a file lookup per frame
+  uring_ = forwarding ? std::make_unique<Uring>() : nullptr;
+  if (uring_ && !uring_->init(std::max(kTxBatch, kRxBatch))) uring_.reset();
+  if (uring_) uring_->registerFile(options_.tapFd);  // best effort: it saves a file lookup per frame
   rxIov_.assign(kMaxIov + 1, {});
   maxHeld_ = options_.mergeableRx ? std::min<size_t>(rx_.size(), kMaxIov) : 1;
   held_.assign(maxHeld_, {});
@@ -196,6 +197,7 @@ bool QueuePairWorker::start(std::string* error) {
                  {options_.tx.kickFd, kTagTxKick, "transmit kick eventfd"},
                  {options_.tapFd, kTagTap, "tap queue fd"}};
   for (auto& w : watches) {
+    if (!forwarding && (w.tag == kTagRxKick || w.tag == kTagTap)) continue;
     struct epoll_event ev = {};
     // Kicks are edge-triggered: every write to an eventfd queues a new edge, so the
     // counter need not be read back, which saves a system call per kick (~1 us where
@@ -205,8 +207,8 @@ bool QueuePairWorker::start(std::string* error) {
     ev.data.u32 = w.tag;
     if (epoll_ctl(epoll_, EPOLL_CTL_ADD, w.fd, &ev) < 0) return fail(std::string("cannot watch the ") + w.what + ": " + strerror(errno));
   }
-  tapEvents_ = EPOLLIN;
-  thread_ = std::thread([this] { run(); });
+  tapEvents_ = forwarding ? static_cast<uint32_t>(EPOLLIN) : 0u;
+  thread_ = std::thread([this] { options_.txDiscardOnly ? runDiscardingTx() : run(); });
   return true;
 }
 
@@ -304,21 +306,69 @@ void QueuePairWorker::run() {
     spillFrameBytes_ = 0;
   }
   giveBackHeldRx();
-  if (discardTxOnStop_.load(std::memory_order_relaxed)) discardTx();
+  if (discardTxOnStop_.load(std::memory_order_relaxed)) discardTx(tx_.size(), false);
   if (rx_.flushUsed() || rxCallPending_) signal(true);
   if (tx_.flushUsed() || txCallPending_) signal(false);
 }
 
-void QueuePairWorker::discardTx() {
-  if (txBroken_) return;
-  for (uint32_t n = 0; n < tx_.size(); n++) {
+void QueuePairWorker::runDiscardingTx() {
+  bool more = true;  // the driver may have posted chains before we started
+  struct epoll_event events[4];
+  while (!stopping_.load(std::memory_order_acquire)) {
+    if (more) more = discardTx(kBudget, true);
+    if (txCallPending_) signal(false);
+    int n = epoll_wait(epoll_, events, 4, more ? 0 : txCallPending_ ? 1 : -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      sink_("tx", std::string("epoll_wait failed: ") + strerror(errno));
+      break;
+    }
+    for (int i = 0; i < n; i++) {
+      if (events[i].data.u32 != kTagTxKick) continue;
+      bump(txStats.kicks);
+      more = true;
+    }
+  }
+  // Chains posted after the last pass stay on the ring: whoever starts the ring
+  // next (a forwarding worker when the pair is used again, or the destination of a
+  // migration) takes them from the index we stopped at.
+  if (tx_.flushUsed() || txCallPending_) signal(false);
+}
+
+bool QueuePairWorker::discardTx(uint32_t budget, bool reportBroken) {
+  if (txBroken_) return false;
+  // Notifications stay on while the budget lasts: every chain is completed at
+  // once, so there is no batch for a kick to interrupt, and the recheck after
+  // enableNotify() below is the one that matters (event idx moves avail_event).
+  // `looks` bounds the loop by what it reads, not only by what it consumes: a
+  // driver flipping avail->idx back and forth could make every recheck say "more".
+  for (uint32_t done = 0, looks = 0; done < budget && looks < 2 * budget; looks++) {
     Chain chain;
     PopResult r = tx_.pop(false, txIov_.data(), kMaxIov, &chain);
-    if (r == PopResult::kNoRoom) r = PopResult::kBroken;
-    if (r != PopResult::kChain) break;  // empty, or a malformed chain: leave the rest
+    if (r == PopResult::kNoRoom) {
+      tx_.markBroken("transmit chain has more than " + std::to_string(kMaxIov) + " segments");
+      r = PopResult::kBroken;
+    }
+    if (r == PopResult::kBroken) {
+      if (reportBroken) breakQueue(false);
+      break;
+    }
+    if (r == PopResult::kEmpty) {
+      if (tx_.enableNotify()) continue;  // posted while we looked: take it too
+      break;
+    }
     tx_.pushUsed(chain.head, 0);
     bump(txStats.dropStopped);
+    if (++done % kUsedBatch == 0 && tx_.flushUsed()) signal(false);
+    if (done == budget) {
+      if (tx_.flushUsed()) signal(false);
+      return true;
+    }
   }
+  if (tx_.flushUsed()) signal(false);
+  // Out of looks with chains still there: come back after the next epoll_wait, which
+  // also sees a stop.
+  return !txBroken_ && tx_.hasAvail();
 }
 
 void QueuePairWorker::signal(bool rx) {

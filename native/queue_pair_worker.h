@@ -45,6 +45,12 @@ struct WorkerOptions {
   uint32_t rxReserveBytes = 0;  // mergeable: room to gather before reading a frame (a typical frame)
   uint32_t rxMaxFrameBytes = 0; // the largest frame (with header) the tap can hand us; 0: unknown (GSO)
   uint64_t busyPollNs = 0;      // after work, look for more this long before sleeping (0: never spin)
+  // The pair is out of use while its tx ring stays started (vhost-user.rst "Ring
+  // states": a started but disabled ring "must process and discard any TX packets"
+  // and supply no new RX packets). The worker then touches neither the tap nor the
+  // rx ring (tapFd and rx may be unset) and completes each tx chain unsent as the
+  // driver posts it, so a guest never waits for buffers a queue out of use holds.
+  bool txDiscardOnly = false;
   QueueConfig rx;
   QueueConfig tx;
 };
@@ -110,8 +116,12 @@ class QueuePairWorker {
   };
 
   void run();
-  // Completes every chain on the tx ring without sending it (at most the ring's size).
-  void discardTx();
+  // Completes up to `budget` chains on the tx ring without sending them. Returns
+  // whether chains may remain (the budget ran out); a malformed chain breaks the
+  // queue when `reportBroken`, else the rest is left where it is.
+  bool discardTx(uint32_t budget, bool reportBroken);
+  // The loop of a txDiscardOnly worker.
+  void runDiscardingTx();
   int waitForWork(struct epoll_event* events, int max, bool idle, bool* txMore, bool* rxMore);
   bool handleTx();
   // Writes chains txBatch_[0..count) to the tap and returns them on the used ring;

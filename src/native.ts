@@ -66,7 +66,7 @@ export interface NativeQueuePair {
 
 export interface NativeQueuePairConfig {
   memory: NativeGuestMemory; tapFd: number; hdrSize: number; mergeableRx: boolean; rxReserveBytes: number; rxMaxFrameBytes: number; busyPollUs: number;
-  rx: NativeQueueRing; tx: NativeQueueRing; dirtyLog?: NativeDirtyLogSlot;
+  rx?: NativeQueueRing; tx: NativeQueueRing; dirtyLog?: NativeDirtyLogSlot; txDiscardOnly?: boolean;
 }
 
 export interface NativeVirtqueue {

@@ -3,12 +3,19 @@
 // packets). Before, the chains stayed there forever, and a Linux guest's socket
 // whose packets they held stayed throttled: after ethtool -L 2 -> 1 and a
 // migration, the guest -> host iperf3 stream stalled (test/e2e/migration.test.ts).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { readTapLinkInfo } from '../src';
-import { withDevice } from './helpers/device';
-import { assertPrivateNetns, sleep } from './helpers/system';
+import { Tap, VhostUserServer, VirtioNetDevice, readTapLinkInfo } from '../src';
+import type { GuestMemory } from '../src/virtio/guest-memory';
+import type { SplitQueueDriver } from '../src/virtio/driver/split-queue-driver';
+import { until, withDevice } from './helpers/device';
+import { assertPrivateNetns, sleep, uniqueName } from './helpers/system';
+import { VhostUserFrontend, VhostUserGuest } from './helpers/vhost-user-frontend';
 
 assertPrivateNetns();
 
@@ -33,6 +40,78 @@ test('VQ_PAIRS_SET 2 -> 1: chains the driver left on pair 1\'s tx ring are compl
     assert.is(readTapLinkInfo(rig.tap.name).stats.rxPackets, sentBefore, 'unsent: nothing reached the tap');
     assert.is(rig.device.activeQueuePairs, 1);
   });
+});
+
+/** Chains of one 60-byte frame each, published on `tx` from spare memory; kicked if asked. */
+function postFrames(memory: GuestMemory, tx: SplitQueueDriver<number>, count: number, kick: boolean): void {
+  const spare = memory.size - 8 * 4096;
+  for (let i = 0; i < count; i++) tx.add([{ addr: spare + (i % 8) * 4096, len: 12 + 60, writable: false }], 2000 + i);
+  tx.publish();
+  if (kick) tx.kick();
+}
+
+const ringIdx = (memory: GuestMemory, addr: number): number => memory.view(addr + 2, 2).getUint16(0, true);
+
+test('a pair out of use goes on completing the tx chains posted after the switch, unsent; back in use, it sends them', async () => {
+  await withDevice({ queues: 2, device: { maxQueuePairs: 2 } }, async (rig) => {
+    const guest = rig.bringUp();
+    assert.is(await guest.setQueuePairs(2), 0);
+    assert.is(await guest.setQueuePairs(1), 0);
+    const tx = guest.driver.txQueue(1);
+    const used = (): number => ringIdx(rig.memory, tx.layout.usedAddr);
+    const avail = (): number => ringIdx(rig.memory, tx.layout.availAddr);
+    const sentBefore = readTapLinkInfo(rig.tap.name).stats.rxPackets;
+    // A guest's skbs queued on the old queue as it switched: before, they waited there for ever.
+    postFrames(rig.memory, tx, 5, true);
+    await until('pair 1 to complete the chains posted after it went out of use', () => used() === avail());
+    const stats = rig.device.stats().pairs[1]!;
+    assert.ok(stats.discardingTx && !stats.running, JSON.stringify(stats));
+    assert.is(stats.tx!.drops.stopped, 5);
+    assert.is(readTapLinkInfo(rig.tap.name).stats.rxPackets, sentBefore, 'unsent: nothing reached the tap');
+
+    assert.is(await guest.setQueuePairs(2), 0);
+    postFrames(rig.memory, tx, 3, true);
+    await until('pair 1, back in use, to send what is posted', () => readTapLinkInfo(rig.tap.name).stats.rxPackets >= sentBefore + 3);
+    assert.ok(rig.device.stats().pairs[1]!.running);
+  });
+});
+
+test('vhost-user: a tx ring started but disabled discards what waits and what comes, until GET_VRING_BASE stops it', async () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'queue-disable-'));
+  const tap = Tap.create({ name: uniqueName('vqd'), queues: 2 });
+  const device = new VirtioNetDevice({ tap, controlQueue: 'frontend' });
+  const server = new VhostUserServer({ device, socketPath: path.join(tmp, 'sock') });
+  server.start();
+  const guest = VhostUserGuest.create(2);
+  const frontend = VhostUserFrontend.connect(path.join(tmp, 'sock'));
+  try {
+    const tx = guest.driver.txQueue(1);
+    const used = (): number => ringIdx(guest.memory, tx.layout.usedAddr);
+    const avail = (): number => ringIdx(guest.memory, tx.layout.availAddr);
+    // The destination of a migration after ethtool -L 2 -> 1: pair 1's rings are started from
+    // the source's bases, with chains the source left on tx 1, and never enabled.
+    postFrames(guest.memory, tx, 4, false);
+    await frontend.startDevice(2, { guest, enable: 1 });
+    await until('the chains left on the disabled tx ring to be completed', () => used() === avail());
+    postFrames(guest.memory, tx, 3, true);
+    await until('chains posted later to be completed too', () => used() === avail());
+    assert.is(device.stats().pairs[1]!.tx!.drops.stopped, 7);
+    assert.is(readTapLinkInfo(tap.name).stats.rxPackets, 0, 'unsent');
+
+    // Stopped, the ring is left alone: what comes now is for whoever starts it next.
+    assert.is(await frontend.getVringBase(3), avail());
+    postFrames(guest.memory, tx, 2, true);
+    await sleep(100);
+    assert.is((avail() - used()) & 0xffff, 2, 'a stopped ring keeps its chains');
+    assert.not.ok(device.stats().pairs[1]!.discardingTx);
+  } finally {
+    frontend.close();
+    await server.stop();
+    guest.close();
+    device.close();
+    tap.close();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
 });
 
 test.run();

@@ -82,7 +82,12 @@ test('1 → 4 → 2 → 4 → 1 → 3 pairs: workers, tap queues and the kernel 
 
         const after = device.stats();
         assert.equal(stopped.map((i) => usedIdx(memory, guest.driver.rxQueue(i).layout)), usedBefore, 'no frame went into a stopped pair\'s rx ring');
-        for (const i of stopped) assert.is(after.pairs[i]!.rx, undefined, `pair ${i} has no worker to count frames`);
+        for (const i of stopped) {
+          // Out of use, its tx ring still live: a worker only completes what the driver posts there, unsent.
+          assert.is(after.pairs[i]!.running, false, `pair ${i} forwards nothing`);
+          assert.is(after.pairs[i]!.discardingTx, true, `pair ${i} discards its tx chains`);
+          assert.is(after.pairs[i]!.rx!.packets, 0, `pair ${i} received nothing`);
+        }
         for (const i of active) {
           assert.ok(after.pairs[i]!.rx!.packets - packetsBefore[i]! >= perPair[i]!, `pair ${i}'s worker counted its frames`);
         }

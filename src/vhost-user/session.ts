@@ -375,7 +375,8 @@ export class VhostUserSession {
 
   /** Stops the pair a ring belongs to, keeping where its rings are (the frontend is changing one of them). */
   #stopPairOf(index: number): void {
-    if (this.device.isPairRunning(index >> 1)) this.device.getQueueBase(index);
+    const pair = index >> 1;
+    if (this.device.isPairRunning(pair) || this.device.isPairDiscardingTx(pair)) this.device.getQueueBase(index);
   }
 
   /**
@@ -539,8 +540,28 @@ export class VhostUserSession {
     }
     for (let pair = 0; pair < pairs; pair++) {
       if (this.device.isPairRunning(pair)) continue;
+      if (this.device.isPairDiscardingTx(pair)) this.device.getQueueBase(2 * pair + 1); // back in use: stop discarding, from where it is
       for (const index of [2 * pair, 2 * pair + 1]) {
         const ring = this.#rings[index]!;
+        this.device.setQueueAddresses(index, addresses[index]!);
+        this.device.setQueueKick(index, ring.kickFd!);
+        this.device.setQueueCall(index, ring.callFd);
+        this.device.enableQueue(index, true);
+      }
+    }
+    // vhost-user.rst "Ring states": a tx ring started but disabled discards what the
+    // driver posts there; the device does that once it knows where the ring is. A tx
+    // ring not started (never, or stopped by GET_VRING_BASE), or started and enabled
+    // in a pair out of use for another reason (its rx ring stopped first, as QEMU
+    // stops a device ring by ring), is left alone: its chains are for whoever starts
+    // it next, the destination of a migration included.
+    for (let pair = pairs; pair < this.device.maxQueuePairs; pair++) {
+      const index = 2 * pair + 1;
+      const ring = this.#rings[index]!;
+      const live = ring.started && !ring.enabled && ring.kickFd !== undefined && addresses[index] !== undefined;
+      if (!live) {
+        this.device.enableQueue(index, false);
+      } else if (!this.device.isPairRunning(pair) && !this.device.isPairDiscardingTx(pair)) {
         this.device.setQueueAddresses(index, addresses[index]!);
         this.device.setQueueKick(index, ring.kickFd!);
         this.device.setQueueCall(index, ring.callFd);

@@ -163,7 +163,12 @@ export interface VirtioNetDeviceEvents {
 
 export interface DeviceStats {
   activeQueuePairs: number;
-  pairs: ({ pair: number; running: boolean; tapAttached: boolean } & Partial<QueuePairStats>)[];
+  /**
+   * running: the pair forwards frames. discardingTx: the pair is out of use while its
+   * tx ring is live, and the chains the driver posts there are completed unsent
+   * (counted in tx.drops.stopped).
+   */
+  pairs: ({ pair: number; running: boolean; discardingTx: boolean; tapAttached: boolean } & Partial<QueuePairStats>)[];
   control: { ok: number; err: number };
 }
 
@@ -397,10 +402,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     const before = q.usedLogAddr ?? q.usedAddr;
     q.usedLogAddr = usedLogAddr;
     const pair = index >> 1;
-    if (index < 2 * this.maxQueuePairs && this.#workers[pair] && (usedLogAddr ?? q.usedAddr) !== before) {
-      this.#stopPair(pair);
-      this.#startPair(pair);
-    }
+    if (index < 2 * this.maxQueuePairs && (usedLogAddr ?? q.usedAddr) !== before) this.#restartPair(pair);
   }
 
   /** Where the device resumes in the available ring (vhost SET_VRING_BASE). */
@@ -430,15 +432,14 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     const q = this.#queue(index, false);
     q.callFd = fd === undefined || fd < 0 ? undefined : checkFd(fd);
     const pair = index >> 1;
-    if (index < 2 * this.maxQueuePairs && this.#workers[pair]) {
-      this.#stopPair(pair);
-      this.#startPair(pair);
-    }
+    if (index < 2 * this.maxQueuePairs) this.#restartPair(pair);
   }
 
   /** queue_enable of the transport. A pair runs when both its rings are enabled and it is among the active pairs. */
   enableQueue(index: number, enabled: boolean): void {
     this.#queue(index, false).enabled = enabled;
+    // A tx ring no longer live is not discarded from any more: stop where it is.
+    if (!enabled && index < 2 * this.maxQueuePairs && index % 2 === 1 && this.isPairDiscardingTx(index >> 1)) this.#stopPair(index >> 1);
   }
 
   // ---- queue pairs ----
@@ -465,7 +466,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       this.#active = n; // applied at DRIVER_OK
       return;
     }
-    if (n === previous && this.#workers.slice(0, n).every((w) => w)) return;
+    const forwarding = (i: number): boolean => this.isPairRunning(i);
+    if (n === previous && Array.from({ length: n }, (_, i) => i).every(forwarding)) {
+      this.#discardTxOfPairsOutOfUse(n);
+      return;
+    }
     const attached: number[] = [];
     const started: number[] = [];
     try {
@@ -477,7 +482,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
         }
       }
       for (let i = 0; i < n; i++) {
-        if (!this.#workers[i]) {
+        if (!forwarding(i)) {
+          this.#stopPair(i); // a pair coming back into use was discarding its tx chains
           this.#startPair(i);
           started.push(i);
         }
@@ -489,9 +495,10 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     }
     for (let i = n; i < this.maxQueuePairs; i++) {
       // A pair the driver stops using: its tx chains are completed unsent (QueuePair.stop).
-      this.#stopPair(i, options.discardTx ?? false);
+      if (forwarding(i)) this.#stopPair(i, options.discardTx ?? false);
       this.#detachQuietly(i);
     }
+    this.#discardTxOfPairsOutOfUse(n);
     this.#active = n;
     if (n !== previous) this.emit('queue-pairs', { active: n, previous });
   }
@@ -505,9 +512,14 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     for (let pair = 0; pair < this.maxQueuePairs; pair++) this.#stopPair(pair);
   }
 
-  /** Whether queue pair `pair` has a running worker. */
+  /** Whether queue pair `pair` forwards frames (has a running worker). */
   isPairRunning(pair: number): boolean {
-    return this.#workers[pair] !== undefined;
+    return this.#workers[pair] !== undefined && !this.#workers[pair]!.txDiscardOnly;
+  }
+
+  /** Whether queue pair `pair` is out of use with its tx ring live: the chains posted there are completed unsent. */
+  isPairDiscardingTx(pair: number): boolean {
+    return this.#workers[pair]?.txDiscardOnly ?? false;
   }
 
   /** Per-pair counters and states, read without stopping anything. */
@@ -516,7 +528,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       activeQueuePairs: this.#active,
       pairs: Array.from({ length: this.maxQueuePairs }, (_, pair) => {
         const worker = this.#workers[pair];
-        return { pair, running: worker?.running ?? false, tapAttached: this.tap.queues[pair]!.attached, ...(worker ? worker.stats() : {}) };
+        const forwarding = worker !== undefined && !worker.txDiscardOnly;
+        return {
+          pair, running: forwarding && worker.running, discardingTx: worker?.txDiscardOnly ?? false,
+          tapAttached: this.tap.queues[pair]!.attached, ...(worker ? worker.stats() : {}),
+        };
       }),
       control: this.#control ? { ...this.#control.counts } : { ok: 0, err: 0 },
     };
@@ -816,7 +832,29 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     }
   }
 
-  #startPair(pair: number): void {
+  /**
+   * vhost-user.rst "Ring states": a started but disabled ring "must process and
+   * discard any TX packets". Each pair from `active` up whose tx ring is live (set
+   * up and enabled: for a vhost-user frontend, started) gets a worker that does only
+   * that; a guest whose skbs sit on such a ring would otherwise wait for them for
+   * ever (a TCP socket stalls on its small-queue limit). Never throws: a pair that
+   * cannot get one is reported and left as it is.
+   */
+  #discardTxOfPairsOutOfUse(active: number): void {
+    for (let pair = active; pair < this.maxQueuePairs; pair++) {
+      const tx = this.#queues[2 * pair + 1]!;
+      const live = tx.enabled && tx.kickFd !== undefined && tx.descAddr !== undefined && tx.availAddr !== undefined && tx.usedAddr !== undefined;
+      if (this.#workers[pair] || !live || !this.#memory) continue;
+      try {
+        this.#startPair(pair, { txDiscardOnly: true });
+      } catch (error) {
+        this.emit('queue-error', { pair, queue: 'tx', message: `cannot discard the tx chains of queue pair ${pair}, which is out of use: ${(error as Error).message}` });
+      }
+    }
+  }
+
+  #startPair(pair: number, mode: { txDiscardOnly?: boolean } = {}): void {
+    const txDiscardOnly = mode.txDiscardOnly ?? false;
     if (!this.#memory) throw makeError('EINVAL', 'no guest memory: call setMemory() first');
     const rx = this.#queues[2 * pair]!;
     const tx = this.#queues[2 * pair + 1]!;
@@ -838,14 +876,13 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     const worker = new QueuePair({
       dirtyLog: this.#dirtyLog,
       memory: this.#memory,
-      tapQueue: this.tap.queues[pair]!,
+      ...(txDiscardOnly ? { txDiscardOnly } : { tapQueue: this.tap.queues[pair]!, rx: ring(rx, 'the receive queue') }),
       hdrSize: netHdrSize(this.#activeFeatures),
       mergeableRx: hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_MRG_RXBUF),
       ...(this.#mtu ? { rxReserveBytes: this.#mtu + 18 + netHdrSize(this.#activeFeatures) } : {}),
       // Without guest segmentation offloads the tap's frames are at most its MTU plus Ethernet and VLAN headers.
       rxMaxFrameBytes: this.#guestOffloads & GSO_GUEST_OFFLOADS ? 0 : netHdrSize(this.#activeFeatures) + 18 + this.tap.mtu(),
       busyPollUs: this.#busyPollUs,
-      rx: ring(rx, 'the receive queue'),
       tx: ring(tx, 'the transmit queue'),
     });
     worker.on('queue-error', ({ queue, message }) => this.#needsReset({ pair, queue, message }));
@@ -857,9 +894,17 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     const worker = this.#workers[pair];
     if (!worker) return;
     const { rxLastAvailIdx, txLastAvailIdx } = worker.stop({ discardTx });
-    this.#queues[2 * pair]!.lastAvailIdx = rxLastAvailIdx;
+    if (!worker.txDiscardOnly) this.#queues[2 * pair]!.lastAvailIdx = rxLastAvailIdx; // a discarding worker has no rx ring
     this.#queues[2 * pair + 1]!.lastAvailIdx = txLastAvailIdx;
     this.#workers[pair] = undefined;
+  }
+
+  /** Restarts a running pair from where it is, in the same mode (a new call fd, log address or offloads). */
+  #restartPair(pair: number): void {
+    const worker = this.#workers[pair];
+    if (!worker) return;
+    this.#stopPair(pair);
+    this.#startPair(pair, { txDiscardOnly: worker.txDiscardOnly });
   }
 
   #detachQuietly(pair: number): void {
@@ -940,7 +985,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     if (resolveRequirements(offloads).unmet.length > 0) return false; // e.g. TSO4 without CSUM
     // Workers size their reads by whether GSO frames may come: restart the running
     // ones around the change so none reads a frame it did not expect.
-    const running = Array.from({ length: this.maxQueuePairs }, (_, pair) => pair).filter((pair) => this.#workers[pair]);
+    const running = Array.from({ length: this.maxQueuePairs }, (_, pair) => pair).filter((pair) => this.isPairRunning(pair));
     for (const pair of running) this.#stopPair(pair);
     let ok = true;
     try {

@@ -34,8 +34,8 @@ export interface VirtqueueConfig {
 
 export interface QueuePairOptions {
   memory: GuestMemory;
-  /** The tap queue this pair moves frames through (or its fd). */
-  tapQueue: TapQueue | number;
+  /** The tap queue this pair moves frames through (or its fd). Not used with txDiscardOnly. */
+  tapQueue?: TapQueue | number;
   /** virtio_net_hdr size: must equal the tap's TUNSETVNETHDRSZ. */
   hdrSize: 10 | 12;
   /** VIRTIO_NET_F_MRG_RXBUF negotiated: a received frame may span several chains. */
@@ -62,8 +62,16 @@ export interface QueuePairOptions {
    * while the worker runs.
    */
   dirtyLog?: DirtyLogSlot;
-  /** Virtqueue 2i. */
-  rx: VirtqueueConfig;
+  /**
+   * The pair is out of use while its tx ring stays started: the worker supplies no
+   * rx frames, touches neither the tap nor the rx ring, and completes every chain
+   * the driver posts on the tx ring unsent, as vhost-user.rst ("Ring states") asks
+   * of a started but disabled ring, so the guest gets those buffers (and their
+   * sockets' memory) back. tapQueue and rx are then not needed.
+   */
+  txDiscardOnly?: boolean;
+  /** Virtqueue 2i (not needed with txDiscardOnly). */
+  rx?: VirtqueueConfig;
   /** Virtqueue 2i+1. */
   tx: VirtqueueConfig;
 }
@@ -117,12 +125,17 @@ export interface QueuePairEvents {
  */
 export class QueuePair extends EventEmitter<QueuePairEvents> {
   readonly #native: NativeQueuePair;
+  /** See QueuePairOptions.txDiscardOnly. */
+  readonly txDiscardOnly: boolean;
 
   constructor(options: QueuePairOptions) {
     super();
     const { memory, tapQueue, hdrSize, mergeableRx, rx, tx } = options;
+    const txDiscardOnly = options.txDiscardOnly === true;
+    this.txDiscardOnly = txDiscardOnly;
     if (hdrSize !== 10 && hdrSize !== 12) throw makeError('EINVAL', `hdrSize must be 10 or 12, got ${String(hdrSize)}`);
-    const tapFd = typeof tapQueue === 'number' ? tapQueue : tapQueue.fd;
+    if (!txDiscardOnly && tapQueue === undefined) throw makeError('EINVAL', 'a tap queue is required (only a txDiscardOnly pair has none)');
+    const tapFd = tapQueue === undefined ? -1 : typeof tapQueue === 'number' ? tapQueue : tapQueue.fd;
     const rxReserveBytes = options.rxReserveBytes ?? 1514 + 18 + hdrSize;
     const ring = (q: VirtqueueConfig, which: string) => {
       if (!q || typeof q !== 'object') throw makeError('EINVAL', `${which} queue config is missing`);
@@ -135,7 +148,7 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
     };
     try {
       this.#native = new native.NativeQueuePair(
-        { memory: memory.native, tapFd, hdrSize, mergeableRx, rxReserveBytes, rxMaxFrameBytes: options.rxMaxFrameBytes ?? 0, busyPollUs: options.busyPollUs ?? 0, rx: ring(rx, 'rx'), tx: ring(tx, 'tx'), ...(options.dirtyLog ? { dirtyLog: options.dirtyLog.native } : {}) },
+        { memory: memory.native, tapFd, hdrSize, mergeableRx, rxReserveBytes, rxMaxFrameBytes: options.rxMaxFrameBytes ?? 0, busyPollUs: options.busyPollUs ?? 0, ...(txDiscardOnly ? { txDiscardOnly } : { rx: ring(rx!, 'rx') }), tx: ring(tx, 'tx'), ...(options.dirtyLog ? { dirtyLog: options.dirtyLog.native } : {}) },
         (where, message) => this.emit('queue-error', { queue: where as QueueErrorEvent['queue'], message }),
       );
     } catch (error) {
