@@ -15,7 +15,8 @@ import type { GuestMemory } from '../src/virtio/guest-memory';
 import type { SplitQueueDriver } from '../src/virtio/driver/split-queue-driver';
 import { until, withDevice } from './helpers/device';
 import { assertPrivateNetns, sleep, uniqueName } from './helpers/system';
-import { VhostUserFrontend, VhostUserGuest } from './helpers/vhost-user-frontend';
+import { Request, VHOST_VRING_F_LOG } from '../src/vhost-user/protocol';
+import { VhostUserFrontend, VhostUserGuest, encodeVringAddr } from './helpers/vhost-user-frontend';
 
 assertPrivateNetns();
 
@@ -97,6 +98,15 @@ test('vhost-user: a tx ring started but disabled discards what waits and what co
     await until('chains posted later to be completed too', () => used() === avail());
     assert.is(device.stats().pairs[1]!.tx!.drops.stopped, 7);
     assert.is(readTapLinkInfo(tap.name).stats.rxPackets, 0, 'unsent');
+
+    // A migration starting: QEMU sends every started ring's address again with VHOST_VRING_F_LOG,
+    // the disabled pair's too (this was refused with EBUSY, and QEMU gave up the migration).
+    const config = guest.driver.queueConfig(1);
+    await frontend.ok(Request.SET_VRING_ADDR, encodeVringAddr(2, config.rx, VHOST_VRING_F_LOG));
+    await frontend.ok(Request.SET_VRING_ADDR, encodeVringAddr(3, config.tx, VHOST_VRING_F_LOG));
+    postFrames(guest.memory, tx, 2, true);
+    await until('the disabled ring to discard on, logging', () => used() === avail());
+    assert.is(device.stats().pairs[1]!.tx!.drops.stopped, 2, 'counted by the worker started again on the logged ring');
 
     // Stopped, the ring is left alone: what comes now is for whoever starts it next.
     assert.is(await frontend.getVringBase(3), avail());

@@ -204,11 +204,18 @@ export class VhostUserSession {
         const ring = this.#rings[index]!;
         // QEMU sends it again for the running rings when a migration starts, to add
         // VHOST_VRING_F_LOG: the same addresses need no stop, only where the used ring is logged.
-        const unchanged = this.device.isPairRunning(index >> 1) && ring.addresses !== undefined &&
+        // A pair out of use that only discards its tx chains counts as running here too.
+        const pair = index >> 1;
+        const discarding = this.device.isPairDiscardingTx(pair);
+        const unchanged = (this.device.isPairRunning(pair) || discarding) && ring.addresses !== undefined &&
           ring.addresses.desc === addresses.desc && ring.addresses.avail === addresses.avail && ring.addresses.used === addresses.used;
-        if (!unchanged) this.device.setQueueAddresses(index, this.#toGuest(addresses)); // EBUSY while its pair runs
+        if (!unchanged) {
+          if (discarding) this.#stopPairOf(index); // ours to stop: it starts again below, on the new addresses
+          this.device.setQueueAddresses(index, this.#toGuest(addresses)); // EBUSY while its pair forwards
+        }
         this.device.setQueueLogAddress(index, logAddr);
         Object.assign(ring, { addresses, configured: { ...ring.configured, addr: true } });
+        if (!unchanged && discarding) this.#reconcile();
         return {};
       }
       case Request.SET_LOG_BASE: {
