@@ -42,14 +42,15 @@ bool readQueue(Napi::Env env, Napi::Value value, const char* which, QueueConfig*
   if (!readNumber(env, o, "size", 1, 32768, &size) || !readNumber(env, o, "descAddr", 0, 9007199254740991.0, &desc) ||
       !readNumber(env, o, "availAddr", 0, 9007199254740991.0, &avail) ||
       !readNumber(env, o, "usedAddr", 0, 9007199254740991.0, &used) ||
-      !readNumber(env, o, "lastAvailIdx", 0, 65535, &last) || !readNumber(env, o, "kickFd", 0, INT32_MAX, &kick) ||
+      !readNumber(env, o, "lastAvailIdx", 0, o.Get("packed").ToBoolean().Value() ? 4294967295.0 : 65535, &last) || !readNumber(env, o, "kickFd", 0, INT32_MAX, &kick) ||
       !readNumber(env, o, "callFd", -1, INT32_MAX, &call))
     return false;
   q->size = static_cast<uint32_t>(size);
   q->descAddr = static_cast<uint64_t>(desc);
   q->availAddr = static_cast<uint64_t>(avail);
   q->usedAddr = static_cast<uint64_t>(used);
-  q->lastAvailIdx = static_cast<uint16_t>(last);
+  q->lastAvailIdx = static_cast<uint32_t>(last);
+  q->packed = o.Get("packed").ToBoolean().Value();
   q->kickFd = static_cast<int>(kick);
   q->callFd = static_cast<int>(call);
   q->eventIdx = o.Get("eventIdx").ToBoolean().Value();
@@ -216,8 +217,8 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
   using CleanupHook = Napi::Env::CleanupHook<void (*)(QueuePairBinding*), QueuePairBinding>;
 
   std::unique_ptr<QueuePairWorker> worker_;  // null once a start failed
-  uint16_t rxStartIdx_ = 0;
-  uint16_t txStartIdx_ = 0;
+  uint32_t rxStartIdx_ = 0;
+  uint32_t txStartIdx_ = 0;
   std::unique_ptr<CleanupHook> cleanupHook_;
   bool cleanupHookRan_ = false;
   JsCallback events_;

@@ -357,7 +357,7 @@ bool QueuePairWorker::discardTx(uint32_t budget, bool reportBroken) {
       if (tx_.enableNotify()) continue;  // posted while we looked: take it too
       break;
     }
-    tx_.pushUsed(chain.head, 0);
+    tx_.pushUsed(chain.head, 0, chain.descCount);
     bump(txStats.dropStopped);
     if (++done % kUsedBatch == 0 && tx_.flushUsed()) signal(false);
     if (done == budget) {
@@ -403,7 +403,7 @@ void QueuePairWorker::setTapInterest() {
 }
 
 void QueuePairWorker::breakQueue(bool rx) {
-  SplitQueue& queue = rx ? rx_ : tx_;
+  Virtqueue& queue = rx ? rx_ : tx_;
   QueueStats& stats = rx ? rxStats : txStats;
   bump(stats.errors);
   (rx ? rxBroken_ : txBroken_).store(true, std::memory_order_release);
@@ -446,7 +446,7 @@ bool QueuePairWorker::handleTx() {
         empty = true;
         break;
       }
-      txBatch_[batch++] = {chain.head, iovUsed, chain.iovCount, chain.bytes};
+      txBatch_[batch++] = {chain.head, chain.descCount, iovUsed, chain.iovCount, chain.bytes};
       iovUsed += chain.iovCount;
     }
     bool written = batch == 0 || transmitBatch(batch);
@@ -490,7 +490,7 @@ bool QueuePairWorker::transmitBatch(int count) {
     for (int i = 0; i < reaped; i++) account(txBatch_[txCqes_[i].user_data], txCqes_[i].res);
     for (int i = 0; i < count; i++) {
       if (txBatch_[i].bytes < hdr) bump(txStats.dropBadHeader);
-      tx_.pushUsed(txBatch_[i].head, 0);
+      tx_.pushUsed(txBatch_[i].head, 0, txBatch_[i].descCount);
     }
     return true;
   }
@@ -498,7 +498,7 @@ bool QueuePairWorker::transmitBatch(int count) {
     const TxChain& c = txBatch_[i];
     if (c.bytes < hdr) {
       bump(txStats.dropBadHeader);
-      tx_.pushUsed(c.head, 0);
+      tx_.pushUsed(c.head, 0, c.descCount);
       continue;
     }
     ssize_t n = writev(options_.tapFd, txIov_.data() + c.iovStart, c.iovCount);
@@ -510,7 +510,7 @@ bool QueuePairWorker::transmitBatch(int count) {
       return false;
     }
     account(c, n);
-    tx_.pushUsed(c.head, 0);
+    tx_.pushUsed(c.head, 0, c.descCount);
   }
   return true;
 }
@@ -547,7 +547,7 @@ QueuePairWorker::Gather QueuePairWorker::gatherRx(uint64_t want) {
       breakQueue(true);
       return Gather::kBroken;
     }
-    held_[heldCount_++] = {chain.head, static_cast<uint32_t>(std::min<uint64_t>(chain.bytes, UINT32_MAX)), heldIov_,
+    held_[heldCount_++] = {chain.head, chain.descCount, static_cast<uint32_t>(std::min<uint64_t>(chain.bytes, UINT32_MAX)), heldIov_,
                            chain.iovCount};
     heldIov_ += chain.iovCount;
     heldBytes_ += held_[heldCount_ - 1].bytes;
@@ -576,7 +576,7 @@ void QueuePairWorker::finishRxFrame(uint64_t frameBytes) {
   uint64_t usedBytes = 0;
   for (size_t i = 0; i < used; i++) {
     uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(left, held_[i].bytes));
-    rx_.pushUsed(held_[i].head, len);
+    rx_.pushUsed(held_[i].head, len, held_[i].descCount);
     left -= len;
     usedBytes += held_[i].bytes;
   }
@@ -630,7 +630,7 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
       if (r == PopResult::kChain) rx_.unpop(1);
       break;
     }
-    rxBatch_[sets++] = {chain.head, iovUsed, chain.iovCount, chain.bytes};
+    rxBatch_[sets++] = {chain.head, chain.descCount, iovUsed, chain.iovCount, chain.bytes};
     iovUsed += chain.iovCount;
   }
   if (sets == 0) return -1;
@@ -687,7 +687,7 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
       // the guest gets a runt it drops; from now on every frame goes the single way, with room to spare.
       bump(rxStats.dropTooBig);
       rxBatchOff_ = true;
-      rx_.pushUsed(target.head, 0);
+      rx_.pushUsed(target.head, 0, target.descCount);
       frames++;
       continue;
     }
@@ -702,7 +702,7 @@ int QueuePairWorker::receiveBatch(int budget, bool* drained) {
       copyToIov(rxBatchIov_.data() + target.iovStart, target.iovCount, 10, reinterpret_cast<uint8_t*>(&one), 2);
       rx_.logWrite(rxBatchIov_.data() + target.iovStart, target.iovCount, 10, 2);
     }
-    rx_.pushUsed(target.head, static_cast<uint32_t>(frameBytes));
+    rx_.pushUsed(target.head, static_cast<uint32_t>(frameBytes), target.descCount);
     bump(rxStats.packets);
     bump(rxStats.bytes, frameBytes - hdr);
     frames++;

@@ -16,7 +16,7 @@
 
 #include "call_notifier.h"
 #include "guest_memory.h"
-#include "split_queue.h"
+#include "virtqueue.h"
 #include "uring.h"
 
 namespace vhost_tap {
@@ -83,8 +83,9 @@ class QueuePairWorker {
   bool running() const { return thread_.joinable(); }
 
   // Valid once stopped: where the device is in each available ring (vhost GET_VRING_BASE).
-  uint16_t rxLastAvail() const { return rx_.lastAvailIdx(); }
-  uint16_t txLastAvail() const { return tx_.lastAvailIdx(); }
+  // (For a packed ring, the vhost-user encoding of both positions and wrap counters.)
+  uint32_t rxLastAvail() const { return rx_.ringBase(); }
+  uint32_t txLastAvail() const { return tx_.ringBase(); }
   bool rxBroken() const { return rxBroken_.load(std::memory_order_acquire); }
   bool txBroken() const { return txBroken_.load(std::memory_order_acquire); }
 
@@ -103,6 +104,7 @@ class QueuePairWorker {
 
   struct TxChain {
     uint16_t head;
+    uint16_t descCount;
     int iovStart;
     int iovCount;
     uint64_t bytes;
@@ -110,6 +112,7 @@ class QueuePairWorker {
 
   struct HeldChain {
     uint16_t head;
+    uint16_t descCount;
     uint32_t bytes;
     int iovStart;
     int iovCount;
@@ -146,8 +149,8 @@ class QueuePairWorker {
 
   WorkerOptions options_;
   WorkerEventSink sink_;
-  SplitQueue rx_;
-  SplitQueue tx_;
+  Virtqueue rx_;
+  Virtqueue tx_;
   std::thread thread_;
   bool fdsAdopted_ = false;
   CallNotifier callNotifier_;

@@ -11,6 +11,10 @@ bool SplitQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig
     *error = "queue size " + std::to_string(c.size) + " is not a power of two from 1 to 32768";
     return false;
   }
+  if (c.packed || c.lastAvailIdx > 0xffff) {
+    *error = c.packed ? "a packed ring cannot be driven as a split one" : "ring base " + std::to_string(c.lastAvailIdx) + " is not a 16-bit index";
+    return false;
+  }
   if ((c.descAddr & 15) || (c.availAddr & 1) || (c.usedAddr & 3)) {
     *error = "ring addresses are misaligned (descriptor table 16, available ring 2, used ring 4 bytes)";
     return false;
@@ -36,7 +40,7 @@ bool SplitQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig
   usedIdxPtr_ = usedFlags_ + 1;
   usedRing_ = reinterpret_cast<VringUsedElem*>(used + 4);
   availEvent_ = reinterpret_cast<uint16_t*>(used + 4 + 8ull * c.size);
-  lastAvail_ = c.lastAvailIdx;
+  lastAvail_ = static_cast<uint16_t>(c.lastAvailIdx);
   // The used index in guest memory is the driver's view of where we are.
   usedIdx_ = __atomic_load_n(usedIdxPtr_, __ATOMIC_ACQUIRE);
   pendingUsed_ = 0;
@@ -48,22 +52,6 @@ bool SplitQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig
   return true;
 }
 
-void SplitQueue::logWrite(const struct iovec* iov, int count, uint64_t offset, uint64_t len) {
-  if (!log_.attached()) return;
-  for (int i = 0; i < count && len > 0; i++) {
-    if (offset >= iov[i].iov_len) {
-      offset -= iov[i].iov_len;
-      continue;
-    }
-    uint64_t n = std::min<uint64_t>(len, iov[i].iov_len - offset);
-    uint64_t gpa;
-    // Every iovec came from translateIov() over this memory, within one region.
-    if (memory_->guestAddress(static_cast<const uint8_t*>(iov[i].iov_base) + offset, &gpa)) log_.mark(gpa, n);
-    len -= n;
-    offset = 0;
-  }
-}
-
 PopResult SplitQueue::fail(std::string reason) {
   broken_ = std::move(reason);
   return PopResult::kBroken;
@@ -71,29 +59,21 @@ PopResult SplitQueue::fail(std::string reason) {
 
 namespace {
 
-// The driver may rewrite a descriptor while we look at it: read it once, with
-// loads the compiler may neither repeat nor defer, and check only the copy. A
-// memcpy into a local is one read in today's code generation, but nothing keeps
-// an optimiser from fetching a field again from guest memory after its check.
+// The driver may rewrite a descriptor while we look at it: read it once
+// (loadDescriptorWords) and check only the copy.
 VringDesc readDescriptor(const VringDesc* desc) {
-  const uint64_t* words = reinterpret_cast<const uint64_t*>(desc);
-  uint64_t addr = __atomic_load_n(&words[0], __ATOMIC_RELAXED);
-  uint64_t rest = __atomic_load_n(&words[1], __ATOMIC_RELAXED);
+  const DescriptorWords w = loadDescriptorWords(desc, __ATOMIC_RELAXED);
   VringDesc d;
-  d.addr = addr;
-  d.len = static_cast<uint32_t>(rest);
-  d.flags = static_cast<uint16_t>(rest >> 32);
-  d.next = static_cast<uint16_t>(rest >> 48);
+  d.addr = w.addr;
+  d.len = static_cast<uint32_t>(w.rest);
+  d.flags = static_cast<uint16_t>(w.rest >> 32);
+  d.next = static_cast<uint16_t>(w.rest >> 48);
   return d;
 }
 
-// virtio 1.2 2.7.5.1: "Drivers MUST NOT add a descriptor chain longer than 2^32
-// bytes in total" (a used element's len is 32 bits).
-constexpr uint64_t kMaxChainBytes = 1ull << 32;
-
 }  // namespace
 
-PopResult SplitQueue::walk(Direction direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov) {
+PopResult SplitQueue::walk(ChainDirection direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov) {
   if (!broken_.empty()) return PopResult::kBroken;
   uint16_t availIdx = __atomic_load_n(availIdx_, __ATOMIC_ACQUIRE);
   uint16_t pending = static_cast<uint16_t>(availIdx - lastAvail_);
@@ -146,9 +126,9 @@ PopResult SplitQueue::walk(Direction direction, struct iovec* iov, int maxIov, C
       continue;
     }
     bool writable = (d.flags & VRING_DESC_F_WRITE) != 0;
-    if (direction == Direction::kWritable && !writable) return fail("read-only descriptor in a receive chain");
-    if (direction == Direction::kReadable && writable) return fail("write-only descriptor in a transmit chain");
-    if (direction == Direction::kReadThenWrite && seenWritable && !writable) {
+    if (direction == ChainDirection::kWritable && !writable) return fail("read-only descriptor in a receive chain");
+    if (direction == ChainDirection::kReadable && writable) return fail("write-only descriptor in a transmit chain");
+    if (direction == ChainDirection::kReadThenWrite && seenWritable && !writable) {
       return fail("read-only descriptor after a write-only one");
     }
     seenWritable = seenWritable || writable;

@@ -11,37 +11,10 @@
 
 #include "dirty_log.h"
 #include "guest_memory.h"
+#include "queue_common.h"
 #include "vring.h"
 
 namespace vhost_tap {
-
-struct QueueConfig {
-  uint32_t size = 0;
-  uint64_t descAddr = 0;
-  uint64_t availAddr = 0;
-  uint64_t usedAddr = 0;
-  bool eventIdx = false;
-  bool indirectDesc = false;
-  uint16_t lastAvailIdx = 0;  // where to resume (vhost SET_VRING_BASE)
-  int kickFd = -1;
-  int callFd = -1;
-  // Live migration: where the device's writes are logged (none: not logging), and
-  // the guest-physical address the used ring's writes are logged at (vhost-user's
-  // log_guest_addr; the used ring's own address unless the frontend says otherwise).
-  static constexpr uint64_t kLogAtUsedAddr = ~0ull;
-  std::shared_ptr<DirtyLogSlot> dirtyLog;
-  uint64_t usedLogAddr = kLogAtUsedAddr;
-};
-
-// A chain popped from the available ring, as iovecs into guest memory.
-struct Chain {
-  uint16_t head = 0;
-  int iovCount = 0;
-  uint64_t bytes = 0;  // sum of the descriptors' lengths
-};
-
-// kNoRoom: the chain needs more iovecs than were offered; nothing was consumed.
-enum class PopResult { kChain, kEmpty, kBroken, kNoRoom };
 
 class SplitQueue {
  public:
@@ -49,24 +22,20 @@ class SplitQueue {
   // inside it, misaligned, or the size is not a power of two up to 32768.
   bool setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& config, std::string* error);
 
-  // Which descriptors a chain may hold: all readable (tx), all writable (rx), or
-  // readable ones followed by writable ones (a request and its reply).
-  enum class Direction { kReadable, kWritable, kReadThenWrite };
-
   // Pops the next available chain into iov[0..maxIov). deviceWrites: an rx
   // chain (all descriptors writable) rather than a tx chain (all readable).
   PopResult pop(bool deviceWrites, struct iovec* iov, int maxIov, Chain* out) {
-    return walk(deviceWrites ? Direction::kWritable : Direction::kReadable, iov, maxIov, out, nullptr);
+    return walk(deviceWrites ? ChainDirection::kWritable : ChainDirection::kReadable, iov, maxIov, out, nullptr);
   }
   // Pops a request/reply chain; *readableIov is how many iovecs are readable (the rest are writable).
   PopResult popMixed(struct iovec* iov, int maxIov, Chain* out, int* readableIov) {
-    return walk(Direction::kReadThenWrite, iov, maxIov, out, readableIov);
+    return walk(ChainDirection::kReadThenWrite, iov, maxIov, out, readableIov);
   }
   // Gives back the last `count` popped chains (they were not used).
   void unpop(uint16_t count) { lastAvail_ = static_cast<uint16_t>(lastAvail_ - count); }
 
   // Adds a used entry; visible to the driver at flushUsed().
-  void pushUsed(uint16_t head, uint32_t len) {
+  void pushUsed(uint16_t head, uint32_t len, uint16_t /*descCount: a packed ring's*/ = 1) {
     VringUsedElem* e = &usedRing_[static_cast<uint16_t>(usedIdx_ + pendingUsed_) & (size_ - 1)];
     e->id = head;
     e->len = len;
@@ -78,7 +47,9 @@ class SplitQueue {
   // Marks in the dirty log (if one is current) the `len` bytes the device wrote
   // through iov[0..count), `offset` bytes in: call it once the write is complete,
   // before the used entry that hands the buffer to the driver.
-  void logWrite(const struct iovec* iov, int count, uint64_t offset, uint64_t len);
+  void logWrite(const struct iovec* iov, int count, uint64_t offset, uint64_t len) {
+    logIovWrite(log_, *memory_, iov, count, offset, len);
+  }
   // Whether the driver wants an interrupt for what flushUsed() published since the last call.
   bool needsCall();
 
@@ -88,7 +59,8 @@ class SplitQueue {
   bool enableNotify();
 
   bool hasAvail() const { return __atomic_load_n(availIdx_, __ATOMIC_ACQUIRE) != lastAvail_; }
-  uint16_t lastAvailIdx() const { return lastAvail_; }
+  // Where the ring stopped, as vhost GET_VRING_BASE gives it: the last avail index.
+  uint32_t ringBase() const { return lastAvail_; }
   uint16_t usedIdx() const { return usedIdx_; }
   uint32_t size() const { return size_; }
   const std::string& brokenReason() const { return broken_; }
@@ -106,7 +78,7 @@ class SplitQueue {
 
  private:
   PopResult fail(std::string reason);
-  PopResult walk(Direction direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov);
+  PopResult walk(ChainDirection direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov);
   // Marks bytes [offset, offset + len) of the used ring in the dirty log.
   void logUsed(uint64_t offset, uint64_t len) { log_.mark(usedLogAddr_ + offset, len); }
 

@@ -1,5 +1,5 @@
-// A split virtqueue served from JS (the control queue: rare and small).
-// The device-side walking is the same defensive SplitQueue the workers use;
+// A virtqueue served from JS (the control queue: rare and small), split or packed.
+// The device-side walking is the same defensive Virtqueue the workers use;
 // JS gets the readable bytes as a copy and hands back what to write.
 #include <napi.h>
 
@@ -11,7 +11,7 @@
 #include "dirty_log_binding.h"
 #include "guest_memory_binding.h"
 #include "modules.h"
-#include "split_queue.h"
+#include "virtqueue.h"
 
 namespace vhost_tap {
 namespace {
@@ -50,7 +50,13 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
     c.descAddr = static_cast<uint64_t>(num("descAddr"));
     c.availAddr = static_cast<uint64_t>(num("availAddr"));
     c.usedAddr = static_cast<uint64_t>(num("usedAddr"));
-    c.lastAvailIdx = static_cast<uint16_t>(num("lastAvailIdx"));
+    c.packed = o.Get("packed").ToBoolean().Value();
+    const double last = num("lastAvailIdx");
+    if (!(last >= 0 && last <= (c.packed ? 4294967295.0 : 65535.0)) || last != static_cast<double>(static_cast<uint32_t>(last))) {
+      throwCode(env, "EINVAL", c.packed ? "lastAvailIdx of a packed ring is a 32-bit ring base" : "lastAvailIdx is a 16-bit index");
+      return;
+    }
+    c.lastAvailIdx = static_cast<uint32_t>(last);
     c.eventIdx = o.Get("eventIdx").ToBoolean().Value();
     c.indirectDesc = o.Get("indirectDesc").ToBoolean().Value();
     if (!o.Get("dirtyLog").IsUndefined()) {
@@ -94,6 +100,7 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
     }
     pending_ = true;
     head_ = chain.head;
+    descCount_ = chain.descCount;
     iovCount_ = chain.iovCount;
     Napi::Object result = Napi::Object::New(env);
     result.Set("head", head_);
@@ -121,7 +128,7 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
       }
       queue_.logWrite(iov_.data() + readableIov_, iovCount_ - readableIov_, 0, written);
     }
-    queue_.pushUsed(head_, static_cast<uint32_t>(written));
+    queue_.pushUsed(head_, static_cast<uint32_t>(written), descCount_);
     queue_.flushUsed();
     pending_ = false;
     return Napi::Number::New(env, static_cast<double>(written));
@@ -140,7 +147,7 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
     return info.Env().Undefined();
   }
   // Still valid after release(): where the ring stopped (vhost GET_VRING_BASE).
-  Napi::Value LastAvailIdx(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), queue_.lastAvailIdx()); }
+  Napi::Value LastAvailIdx(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), queue_.ringBase()); }
 
   // release(): lets go of guest memory now rather than when the object is collected,
   // so a stopped control queue does not keep a VM's memory mapped (the VMM may unmap
@@ -157,11 +164,12 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
     return released_;
   }
 
-  SplitQueue queue_;
+  Virtqueue queue_;
   std::vector<struct iovec> iov_;
   int readableIov_ = 0;
   int iovCount_ = 0;
   uint16_t head_ = 0;
+  uint16_t descCount_ = 1;
   bool pending_ = false;
   bool released_ = false;
 };

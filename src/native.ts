@@ -36,7 +36,7 @@ export interface NativeFdPoller {
 
 export interface NativeQueueRing {
   size: number; descAddr: number; availAddr: number; usedAddr: number;
-  lastAvailIdx: number; kickFd: number; callFd: number; eventIdx: boolean; indirectDesc: boolean;
+  lastAvailIdx: number; packed: boolean; kickFd: number; callFd: number; eventIdx: boolean; indirectDesc: boolean;
   /** Where the used ring's writes are logged; default usedAddr. */
   usedLogAddr?: number;
 }

@@ -245,7 +245,8 @@ export class VhostUserSession {
       }
       case Request.SET_VRING_BASE: {
         const { index, num } = vringState(payload, request);
-        if (num > 0xffff) throw makeError('EINVAL', `ring base ${num} is not a 16-bit index (packed rings are not supported)`);
+        // Split: the last avail index. Packed: bits 0-14 and 15 the next descriptor and its
+        // wrap counter, 16-30 and 31 the used ones (the device checks which it has).
         this.device.setQueueBase(this.#ringIndex(index), num);
         return {};
       }

@@ -11,7 +11,7 @@ import {
   VIRTIO_NET_F_MQ, hasFeature,
 } from './features';
 import type { GuestMemory } from './guest-memory';
-import type { VirtqueueConfig } from './queue-pair';
+import { freshRingBase, type VirtqueueConfig } from './queue-pair';
 
 export const VIRTIO_NET_OK = 0;
 export const VIRTIO_NET_ERR = 1;
@@ -126,7 +126,8 @@ export class ControlQueue {
   ) {
     this.#queue = new native.NativeVirtqueue(memory.native, {
       size: ring.size, descAddr: ring.descAddr, availAddr: ring.availAddr, usedAddr: ring.usedAddr,
-      lastAvailIdx: ring.lastAvailIdx ?? 0, eventIdx: ring.eventIdx ?? false, indirectDesc: ring.indirectDesc ?? false,
+      lastAvailIdx: ring.lastAvailIdx ?? freshRingBase(ring.packed ?? false), packed: ring.packed ?? false,
+      eventIdx: ring.eventIdx ?? false, indirectDesc: ring.indirectDesc ?? false,
       ...(ring.dirtyLog ? { dirtyLog: ring.dirtyLog.native } : {}),
       ...(ring.usedLogAddr !== undefined ? { usedLogAddr: ring.usedLogAddr } : {}),
     });

@@ -16,7 +16,7 @@ import { describeRequirement, featureBit, hasFeature, netHdrSize, resolveRequire
 import type { GuestMemory } from './guest-memory';
 import { NetConfigSpace, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from './net-config';
 import { tapOffloadsForGuest } from './offloads';
-import { QueuePair, type QueuePairStats, type VirtqueueConfig } from './queue-pair';
+import { QueuePair, freshRingBase, type QueuePairStats, type VirtqueueConfig } from './queue-pair';
 
 /** Every feature this device knows how to provide, before asking the tap what it can do. */
 const IMPLEMENTED_FEATURES = [
@@ -75,7 +75,8 @@ interface VirtqueueState {
   descAddr?: number;
   availAddr?: number;
   usedAddr?: number;
-  lastAvailIdx: number;
+  /** Where the ring resumes (vhost SET_VRING_BASE; see VirtqueueConfig.lastAvailIdx); undefined: a ring that never ran. */
+  lastAvailIdx?: number;
   kickFd?: number;
   callFd?: number;
   enabled: boolean;
@@ -375,9 +376,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     return this.#memory;
   }
 
+  /** Queue Size: 1 to 32768, a power of two unless the driver negotiated VIRTIO_F_RING_PACKED (2.8 lets it be any). */
   setQueueSize(index: number, size: number): void {
-    if (!Number.isInteger(size) || size < 1 || size > 32768 || (size & (size - 1)) !== 0) {
-      throw makeError('EINVAL', `queue size must be a power of two from 1 to 32768, got ${size}`);
+    const packed = this.#ringPacked();
+    if (!Number.isInteger(size) || size < 1 || size > 32768 || (!packed && (size & (size - 1)) !== 0)) {
+      throw makeError('EINVAL', `queue size must be ${packed ? 'from 1 to 32768' : 'a power of two from 1 to 32768 (any size needs VIRTIO_F_RING_PACKED)'}, got ${size}`);
     }
     this.#queue(index, true).size = size;
   }
@@ -405,9 +408,17 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     if (index < 2 * this.maxQueuePairs && (usedLogAddr ?? q.usedAddr) !== before) this.#restartPair(pair);
   }
 
-  /** Where the device resumes in the available ring (vhost SET_VRING_BASE). */
+  /**
+   * Where the device resumes (vhost SET_VRING_BASE): the 16-bit index in the
+   * available ring, or for a packed ring (VIRTIO_F_RING_PACKED negotiated) both
+   * positions with their wrap counters as vhost-user encodes them (see
+   * VirtqueueConfig.lastAvailIdx).
+   */
   setQueueBase(index: number, lastAvailIdx: number): void {
-    if (!Number.isInteger(lastAvailIdx) || lastAvailIdx < 0 || lastAvailIdx > 0xffff) throw makeError('EINVAL', 'the ring base is a 16-bit index');
+    const max = this.#ringPacked() ? 0xffffffff : 0xffff;
+    if (!Number.isInteger(lastAvailIdx) || lastAvailIdx < 0 || lastAvailIdx > max) {
+      throw makeError('EINVAL', this.#ringPacked() ? 'the ring base of a packed ring is a 32-bit value' : 'the ring base is a 16-bit index (a larger one needs VIRTIO_F_RING_PACKED)');
+    }
     this.#queue(index, true).lastAvailIdx = lastAvailIdx;
   }
 
@@ -420,7 +431,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     } else if (index < 2 * this.maxQueuePairs) {
       this.#stopPair(index >> 1);
     }
-    return q.lastAvailIdx;
+    return this.#baseOf(q);
   }
 
   setQueueKick(index: number, fd: number): void {
@@ -603,7 +614,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       rxMode: { ...this.#rxMode },
       macTable: { unicast: this.#macTable.unicast.map(hex), multicast: this.#macTable.multicast.map(hex) },
       queues: this.#queues.map((q) => ({
-        size: q.size, lastAvailIdx: q.lastAvailIdx, enabled: q.enabled,
+        size: q.size, lastAvailIdx: this.#baseOf(q), enabled: q.enabled,
         ...(q.descAddr !== undefined ? { descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr } : {}),
       })),
     };
@@ -708,9 +719,10 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     if (!state.rxMode || typeof state.rxMode.promisc !== 'boolean' || typeof state.rxMode.allmulti !== 'boolean') bad('rxMode is malformed');
     if (!Number.isInteger(state.activeQueuePairs) || state.activeQueuePairs < 1 || state.activeQueuePairs > this.maxQueuePairs) bad('activeQueuePairs is out of range');
     if (!Array.isArray(state.queues) || state.queues.length !== this.numQueues) bad(`it has ${String(state.queues?.length)} virtqueues, this device ${this.numQueues}`);
+    const packed = hasFeature(features, F.VIRTIO_F_RING_PACKED);
     state.queues.forEach((q, i) => {
-      if (!q || !Number.isInteger(q.size) || q.size < 1 || q.size > 32768 || (q.size & (q.size - 1)) !== 0) bad(`queue ${i}: size`);
-      if (!Number.isInteger(q.lastAvailIdx) || q.lastAvailIdx < 0 || q.lastAvailIdx > 0xffff) bad(`queue ${i}: lastAvailIdx`);
+      if (!q || !Number.isInteger(q.size) || q.size < 1 || q.size > 32768 || (!packed && (q.size & (q.size - 1)) !== 0)) bad(`queue ${i}: size`);
+      if (!Number.isInteger(q.lastAvailIdx) || q.lastAvailIdx < 0 || q.lastAvailIdx > (packed ? 0xffffffff : 0xffff)) bad(`queue ${i}: lastAvailIdx`);
       if (typeof q.enabled !== 'boolean') bad(`queue ${i}: enabled`);
       for (const key of ['descAddr', 'availAddr', 'usedAddr'] as const) {
         if (q[key] !== undefined && (!Number.isSafeInteger(q[key]) || q[key]! < 0)) bad(`queue ${i}: ${key}`);
@@ -730,6 +742,16 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
 
   #assertOpen(): void {
     if (this.#closed) throw makeError('EBADF', 'the device is closed');
+  }
+
+  /** Whether the rings have the packed layout: VIRTIO_F_RING_PACKED among the features in force (or written, before FEATURES_OK). */
+  #ringPacked(): boolean {
+    return hasFeature(this.#status & STATUS_FEATURES_OK ? this.#activeFeatures : this.#driverFeatures, F.VIRTIO_F_RING_PACKED);
+  }
+
+  /** Where a queue resumes: what was set or where it stopped, else the start of a ring that never ran. */
+  #baseOf(q: VirtqueueState): number {
+    return q.lastAvailIdx ?? freshRingBase(this.#ringPacked());
   }
 
   #queue(index: number, mustBeStopped: boolean): VirtqueueState {
@@ -867,9 +889,10 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       return {
         size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr, kickFd: q.kickFd,
         ...(q.callFd !== undefined ? { callFd: q.callFd } : {}),
+        packed: this.#ringPacked(),
         eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX),
         indirectDesc: hasFeature(features, F.VIRTIO_RING_F_INDIRECT_DESC),
-        lastAvailIdx: q.lastAvailIdx,
+        lastAvailIdx: this.#baseOf(q),
         ...(q.usedLogAddr !== undefined ? { usedLogAddr: q.usedLogAddr } : {}),
       };
     };
@@ -963,9 +986,10 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.#control = new ControlQueue(this.#memory, {
       size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr, kickFd: q.kickFd,
       ...(q.callFd !== undefined ? { callFd: q.callFd } : {}),
+      packed: this.#ringPacked(),
       eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX),
       indirectDesc: hasFeature(features, F.VIRTIO_RING_F_INDIRECT_DESC),
-      lastAvailIdx: q.lastAvailIdx,
+      lastAvailIdx: this.#baseOf(q),
       ...(q.usedLogAddr !== undefined ? { usedLogAddr: q.usedLogAddr } : {}),
       dirtyLog: this.#dirtyLog,
     }, features, handler, (message) => this.#needsReset({ pair: 'ctrl', queue: 'ctrl', message }));
@@ -1019,7 +1043,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.#activeFeatures = 0n;
     this.#guestOffloads = 0n;
     this.#active = 1;
-    this.#queues = Array.from({ length: this.numQueues }, () => ({ size: 256, lastAvailIdx: 0, enabled: true }));
+    this.#queues = Array.from({ length: this.numQueues }, () => ({ size: 256, enabled: true }));
     this.#workers = new Array<QueuePair | undefined>(this.maxQueuePairs).fill(undefined);
     this.#rxMode = { promisc: true, allmulti: true };
     this.#macTable = { unicast: [], multicast: [] };

@@ -8,12 +8,18 @@ import type { GuestMemory } from './guest-memory';
 
 /** Where one virtqueue lives and how it signals: what vhost's SET_VRING_* messages carry. */
 export interface VirtqueueConfig {
-  /** Number of entries: a power of two up to 32768. */
+  /** Number of entries: up to 32768; a power of two for a split ring (a packed one need not be). */
   size: number;
-  /** Guest-physical addresses of the descriptor table, available ring and used ring. */
+  /**
+   * Guest-physical addresses. Split ring: the descriptor table, available ring and
+   * used ring. Packed ring: the descriptor ring, the driver event suppression area
+   * ("driver area") and the device event suppression area ("device area").
+   */
   descAddr: number;
   availAddr: number;
   usedAddr: number;
+  /** VIRTIO_F_RING_PACKED negotiated: the ring has the packed layout (virtio 1.2, 2.8). Default false. */
+  packed?: boolean;
   /**
    * Eventfd the driver signals when it adds buffers (KVM ioeventfd). The queue pair
    * takes its own copy when it is constructed (and closes it at stop()): the caller
@@ -26,7 +32,13 @@ export interface VirtqueueConfig {
   eventIdx?: boolean;
   /** VIRTIO_RING_F_INDIRECT_DESC negotiated. */
   indirectDesc?: boolean;
-  /** Where to resume in the available ring (vhost SET_VRING_BASE). Default 0. */
+  /**
+   * Where to resume (vhost SET_VRING_BASE). Split ring: the 16-bit index in the
+   * available ring, default 0. Packed ring, as vhost-user encodes it: bits 0-14 the
+   * next descriptor to read, bit 15 its wrap counter, bits 16-30 the next used
+   * slot, bit 31 its wrap counter; default 0x80008000, a ring that never ran. A
+   * value with bits 16-31 clear resumes with nothing in flight (used = avail).
+   */
   lastAvailIdx?: number;
   /** Live migration: the guest-physical address the used ring's writes are logged at (vhost's log_guest_addr). Default usedAddr. */
   usedLogAddr?: number;
@@ -101,7 +113,15 @@ export interface QueuePairStats {
   txBroken: boolean;
 }
 
-/** Where the device stopped in each available ring (vhost GET_VRING_BASE). */
+/** A packed ring's base before it ever ran: both positions 0, both wrap counters 1 (virtio 1.2 2.8.1). */
+export const PACKED_RING_FRESH_BASE = 0x80008000;
+
+/** Where a ring that never ran starts (vhost SET_VRING_BASE's default). */
+export function freshRingBase(packed: boolean): number {
+  return packed ? PACKED_RING_FRESH_BASE : 0;
+}
+
+/** Where the device stopped in each ring (vhost GET_VRING_BASE; for a packed ring, the encoding of VirtqueueConfig.lastAvailIdx). */
 export interface QueuePairPosition {
   rxLastAvailIdx: number;
   txLastAvailIdx: number;
@@ -141,7 +161,7 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
       if (!q || typeof q !== 'object') throw makeError('EINVAL', `${which} queue config is missing`);
       return {
         size: q.size, descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr,
-        lastAvailIdx: q.lastAvailIdx ?? 0, kickFd: q.kickFd, callFd: q.callFd ?? -1,
+        lastAvailIdx: q.lastAvailIdx ?? freshRingBase(q.packed ?? false), packed: q.packed ?? false, kickFd: q.kickFd, callFd: q.callFd ?? -1,
         eventIdx: q.eventIdx ?? false, indirectDesc: q.indirectDesc ?? false,
         ...(q.usedLogAddr !== undefined ? { usedLogAddr: q.usedLogAddr } : {}),
       };
