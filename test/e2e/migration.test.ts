@@ -8,8 +8,7 @@
 //              backend lacks VHOST_USER_PROTOCOL_F_LOG_SHMFD feature".
 // Knobs (environment): MIGRATION_BACKENDS=vhost-tap (or tap; default both) runs one
 // backend's variants only; MIGRATION_ONLY=REGEXP the tests whose name matches;
-// MIGRATION_SMP=N gives the guest N vCPUs (default 1: see migrationSmp()); MIGRATION_REPEATED=1
-// also runs the repeated test with vhost-tap (an open bug: see REPEATED_WITH_VHOST_TAP).
+// MIGRATION_SMP=N gives the guest N vCPUs (default 1: see migrationSmp()).
 import path from 'node:path';
 import fs from 'node:fs';
 
@@ -38,13 +37,6 @@ function migrationTest(name: string, body: () => Promise<void>): void {
   if (!ONLY || ONLY.test(name)) test(name, body);
 }
 
-/**
- * Known open bug (issue 11's closing note): with vhost-tap, after ethtool -L 2 -> 1 and
- * then a migration, the guest -> host stream stalls in about half of the runs (no crash,
- * no RAM difference). The repeated test with vhost-tap runs only when asked for, until
- * that is fixed: MIGRATION_REPEATED=1.
- */
-const REPEATED_WITH_VHOST_TAP = process.env.MIGRATION_REPEATED === '1';
 
 const HTTP_PORT = 8000;
 
@@ -165,7 +157,6 @@ for (const backend of BACKENDS) {
 }
 
 for (const backend of BACKENDS) {
-  if (backend === 'vhost-tap' && !REPEATED_WITH_VHOST_TAP) continue;
   migrationTest(`migration (${backend}): repeated a -> b -> a -> b with iperf3 both ways busy; after each, ethtool -L moves the destination tap's numdisabled`, async () => {
     const t0 = Date.now();
     await withTopology('mig3', { backend }, async (topology, track) => {
