@@ -31,6 +31,14 @@ bool PackedQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfi
     *error = std::string("ring base ") + base + " names a slot past the ring of " + std::to_string(c.size);
     return false;
   }
+  uint32_t* positionRecord = nullptr;
+  if (c.positionFile) {
+    positionRecord = reinterpret_cast<uint32_t*>(c.positionFile->translate(c.positionOffset, 8));
+    if (!positionRecord || (c.positionOffset & 3)) {
+      *error = "the ring position record is not inside its file or misaligned";
+      return false;
+    }
+  }
   auto* desc = memory->translate(c.descAddr, 16ull * c.size);
   auto* driverArea = memory->translate(c.availAddr, sizeof(PackedEventSuppress));
   auto* deviceArea = memory->translate(c.usedAddr, sizeof(PackedEventSuppress));
@@ -64,6 +72,12 @@ bool PackedQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfi
   // vhost-user's log_guest_addr is where QEMU logs "the used ring": for a packed ring,
   // the device area. Used descriptors go into the descriptor ring, logged at its own address.
   deviceEventLogAddr_ = c.usedLogAddr == QueueConfig::kLogAtUsedAddr ? c.usedAddr : c.usedLogAddr;
+  positionFile_ = c.positionFile;
+  positionRecord_ = positionRecord;
+  if (positionRecord_) {
+    __atomic_store_n(&positionRecord_[1], usedPosition(), __ATOMIC_RELAXED);
+    __atomic_store_n(&positionRecord_[0], usedPosition(), __ATOMIC_RELEASE);
+  }
   return true;
 }
 
@@ -178,8 +192,19 @@ void PackedQueue::unpop(uint16_t count) {
 bool PackedQueue::flushUsed() {
   if (pendingCount_ == 0) return false;
   const uint32_t firstSlot = usedSlot_;
-  uint16_t firstFlags = 0;
+  uint64_t firstRest = 0;
   uint32_t slotsUsed = 0;
+  if (positionRecord_) {
+    // Where this batch ends, before any of it is written: a daemon that dies in the middle
+    // resumes at [0] if the first descriptor's flags never landed, else at [1].
+    uint32_t slot = usedSlot_;
+    bool wrap = usedWrap_;
+    for (uint32_t i = 0; i < pendingCount_; i++) {
+      const uint16_t n = pending_[i].descCount;
+      advance(&slot, &wrap, n >= 1 && n <= size_ ? n : 1);
+    }
+    __atomic_store_n(&positionRecord_[1], slot | (static_cast<uint32_t>(wrap) << kPackedWrapBit), __ATOMIC_RELEASE);
+  }
   for (uint32_t i = 0; i < pendingCount_; i++) {
     const PendingUsed& u = pending_[i];
     // 2.8.2: the device marks a descriptor used with AVAIL and USED both equal to its wrap counter.
@@ -191,9 +216,9 @@ bool PackedQueue::flushUsed() {
     const uint64_t rest = static_cast<uint64_t>(u.len) | (static_cast<uint64_t>(u.id) << 32);
     uint64_t* word = &reinterpret_cast<uint64_t*>(d)[1];
     if (i == 0) {
-      __atomic_store_n(reinterpret_cast<uint32_t*>(word), u.len, __ATOMIC_RELAXED);
-      __atomic_store_n(&d->id, u.id, __ATOMIC_RELAXED);
-      firstFlags = flags;
+      // Not even id and len yet: until its flags say used, the driver may still read
+      // this slot as the available descriptor it wrote, and so may a restarted daemon.
+      firstRest = rest | (static_cast<uint64_t>(flags) << 48);
     } else {
       __atomic_store_n(word, rest | (static_cast<uint64_t>(flags) << 48), __ATOMIC_RELEASE);
     }
@@ -204,7 +229,8 @@ bool PackedQueue::flushUsed() {
     advance(&usedSlot_, &usedWrap_, skip);
     slotsUsed += skip;
   }
-  __atomic_store_n(&desc_[firstSlot].flags, firstFlags, __ATOMIC_RELEASE);
+  __atomic_store_n(&reinterpret_cast<uint64_t*>(&desc_[firstSlot])[1], firstRest, __ATOMIC_RELEASE);
+  if (positionRecord_) __atomic_store_n(&positionRecord_[0], usedPosition(), __ATOMIC_RELEASE);
   usedSinceCheck_ += slotsUsed;
   pendingCount_ = 0;
   return true;

@@ -70,6 +70,8 @@ class PackedQueue {
     memory_.reset();
     desc_ = nullptr;
     driverEvent_ = deviceEvent_ = nullptr;
+    positionFile_.reset();
+    positionRecord_ = nullptr;
   }
 
  private:
@@ -96,6 +98,7 @@ class PackedQueue {
     }
   }
   void writeDeviceEvent(uint16_t offWrap, uint16_t flags, bool withOffset);
+  uint32_t usedPosition() const { return usedSlot_ | (static_cast<uint32_t>(usedWrap_) << kPackedWrapBit); }
 
   std::shared_ptr<GuestMemoryMap> memory_;
   uint32_t size_ = 0;
@@ -121,6 +124,10 @@ class PackedQueue {
   DirtyLogCursor log_;
   uint64_t descLogAddr_ = 0;
   uint64_t deviceEventLogAddr_ = 0;
+  // QueueConfig::positionFile: [0] the used position (slot | wrap << 15) after the
+  // last complete batch, [1] where the batch being written ends.
+  std::shared_ptr<GuestMemoryMap> positionFile_;
+  uint32_t* positionRecord_ = nullptr;
 };
 
 }  // namespace vhost_tap

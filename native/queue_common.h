@@ -37,6 +37,13 @@ struct QueueConfig {
   static constexpr uint64_t kLogAtUsedAddr = ~0ull;
   std::shared_ptr<DirtyLogSlot> dirtyLog;
   uint64_t usedLogAddr = kLogAtUsedAddr;
+  // Packed rings of a daemon that may be restarted: where the ring's used
+  // position is kept outside the process (vhost-user's frontend has no way to
+  // learn it after a crash: a packed ring keeps no index in guest memory). Two
+  // u32 at positionOffset of positionFile: the position after the last batch
+  // of used descriptors, and the one the batch being written will end at.
+  std::shared_ptr<GuestMemoryMap> positionFile;
+  uint64_t positionOffset = 0;
 };
 
 // A chain popped from the ring, as iovecs into guest memory.

@@ -60,6 +60,13 @@ bool readQueue(Napi::Env env, Napi::Value value, const char* which, QueueConfig*
     if (!readNumber(env, o, "usedLogAddr", 0, 9007199254740991.0, &usedLog)) return false;
     q->usedLogAddr = static_cast<uint64_t>(usedLog);
   }
+  if (!o.Get("positionFile").IsUndefined()) {
+    // A packed ring's used position, kept in a file that outlives the process (see QueueConfig).
+    double offset;
+    q->positionFile = GuestMemoryBinding::MapOf(env, o.Get("positionFile"));
+    if (!q->positionFile || !readNumber(env, o, "positionOffset", 0, 9007199254740991.0, &offset)) return false;
+    q->positionOffset = static_cast<uint64_t>(offset);
+  }
   return true;
 }
 

@@ -39,6 +39,9 @@ export interface NativeQueueRing {
   lastAvailIdx: number; packed: boolean; kickFd: number; callFd: number; eventIdx: boolean; indirectDesc: boolean;
   /** Where the used ring's writes are logged; default usedAddr. */
   usedLogAddr?: number;
+  /** A packed ring's position record (two u32) at positionOffset of this mapped file. */
+  positionFile?: NativeGuestMemory;
+  positionOffset?: number;
 }
 
 export interface NativeDirtyLog {

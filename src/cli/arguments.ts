@@ -12,6 +12,10 @@ export interface ServeOptions {
   mac?: string;
   mtu?: number;
   busyPollUs: number;
+  /** Where packed rings' positions are kept across restarts; undefined with --no-ring-state. */
+  ringState?: string;
+  /** The path was not given (the default beside the socket): a failure to use it is a warning, not fatal. */
+  ringStateDefault: boolean;
 }
 
 export function usage(): string {
@@ -33,6 +37,10 @@ virtqueues and a multiqueue tap.
   --mtu N                             MTU of the tap, offered to the guest
   --busy-poll-us N                    after traffic, workers spin N us before sleeping: lower
                                       latency for CPU (default 0: never spin; never at idle)
+  --ring-state PATH                   where packed rings' positions are kept, so that the daemon
+                                      restarted under a running guest resumes them (QEMU cannot
+                                      tell it); default PATH.rings beside --socket
+  --no-ring-state                     keep none: after a restart a packed-ring guest needs a reset
   --print-capabilities                print {"type":"net"} and exit
 `;
 }
@@ -47,6 +55,7 @@ function integer(flag: string, value: string | undefined, min: number, max: numb
 
 export function parseServeArguments(args: string[]): ServeOptions {
   const options: Partial<ServeOptions> & { tapFds: number[]; client: boolean; reconnectMs: number } = { tapFds: [], client: false, reconnectMs: 1000, busyPollUs: 0 };
+  let ringState: string | false | undefined;
   for (let i = 0; i < args.length; i++) {
     const flag = args[i]!;
     const value = (): string => {
@@ -90,6 +99,12 @@ export function parseServeArguments(args: string[]): ServeOptions {
       case '--busy-poll-us':
         options.busyPollUs = integer(flag, value(), 0, 1_000_000);
         break;
+      case '--ring-state':
+        ringState = value();
+        break;
+      case '--no-ring-state':
+        ringState = false;
+        break;
       default:
         throw makeError('EINVAL', `unknown option ${flag}\n\n${usage()}`);
     }
@@ -101,5 +116,10 @@ export function parseServeArguments(args: string[]): ServeOptions {
   if (options.tapFds.length > 0 && options.queues !== undefined && options.queues !== options.tapFds.length) {
     throw makeError('EINVAL', `--queues ${options.queues} does not match the ${options.tapFds.length} --tap-fd fds`);
   }
-  return { ...options, tap: options.tap, queues: options.queues ?? (options.tapFds.length || 1) } as ServeOptions;
+  const ringStateDefault = ringState === undefined;
+  const ringStatePath = ringState === false ? undefined : ringState ?? (options.socket ? `${options.socket}.rings` : undefined);
+  return {
+    ...options, tap: options.tap, queues: options.queues ?? (options.tapFds.length || 1),
+    ...(ringStatePath !== undefined ? { ringState: ringStatePath } : {}), ringStateDefault,
+  } as ServeOptions;
 }

@@ -57,19 +57,31 @@ async function serve(options: ServeOptions): Promise<void> {
   device.on('queue-pairs', (e) => log('queue-pairs-changed', { active: e.active, previous: e.previous, numDisabled: tap.queues.filter((q) => !q.attached).length }));
   device.on('protocol-error', (e) => log('protocol-error', { error: e }));
   device.on('features-inactive', (e) => log('features-inactive', { level: 'warning', features: `0x${e.features.toString(16)}`, reasons: e.reasons }));
-  const server = new VhostUserServer({
+  const makeServer = (ringState: string | undefined): VhostUserServer => new VhostUserServer({
     device,
     ...(options.socket ? { socketPath: options.socket } : {}),
     ...(options.listenFd !== undefined ? { listenFd: options.listenFd } : {}),
     client: options.client,
     reconnectMs: options.reconnectMs,
+    ...(ringState !== undefined ? { ringPositionsPath: ringState } : {}),
     log,
   });
+  let server = makeServer(options.ringState);
   log('starting', {
     tap: tap.name, queues: tap.queues.length, socket: options.socket ?? `fd ${String(options.listenFd)}`,
     mode: options.client ? 'client' : 'server', netns: process.env[NETNS_MARK] ?? null, features: `0x${device.offeredFeatures.toString(16)}`,
+    ringState: options.ringState ?? null,
   });
-  server.start();
+  try {
+    server.start();
+  } catch (error) {
+    // The default file beside the socket (its directory may not be ours to write in): go on
+    // without it, and say what a restart then costs a packed-ring guest.
+    if (!options.ringStateDefault || options.ringState === undefined || !/ring positions/.test((error as Error).message)) throw error;
+    log('ring-state-unavailable', { level: 'warning', path: options.ringState, error: (error as Error).message, consequence: 'after a restart of this daemon, a guest with packed rings loses its network until it resets the device (--ring-state PATH to keep them elsewhere)' });
+    server = makeServer(undefined);
+    server.start();
+  }
   let stopping = false;
   const shutdown = async (signal: string): Promise<void> => {
     if (stopping) return;

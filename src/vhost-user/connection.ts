@@ -9,6 +9,7 @@ import { MessageReader, type ReceivedMessage } from './message-reader';
 import {
   FLAG_REPLY, FLAG_VERSION_MASK, MAX_FDS, MAX_PAYLOAD, VHOST_USER_VERSION, encodeMessage, encodeU64, hasReply, requestName,
 } from './protocol';
+import type { RingPositions } from './ring-positions';
 import { VhostUserSession, type Logger } from './session';
 
 /** A message must be whole this long after its first byte, or the connection is dropped. */
@@ -26,10 +27,10 @@ export class VhostUserConnection {
   /** Messages handled, for logs and tests. */
   messages = 0;
 
-  constructor(fd: number, device: VirtioNetDevice, private readonly log: Logger, messageDeadlineMs = DEFAULT_MESSAGE_DEADLINE_MS) {
+  constructor(fd: number, device: VirtioNetDevice, private readonly log: Logger, messageDeadlineMs = DEFAULT_MESSAGE_DEADLINE_MS, ringPositions?: RingPositions) {
     this.#fd = fd;
     this.#reader = new MessageReader(fd, { maxPayload: MAX_PAYLOAD, maxFds: MAX_FDS, deadlineMs: messageDeadlineMs });
-    this.session = new VhostUserSession(device, log);
+    this.session = new VhostUserSession(device, log, ringPositions);
   }
 
   /** Serves the connection until the frontend leaves, breaks the protocol, or close() is called. */

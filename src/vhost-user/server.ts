@@ -9,6 +9,7 @@ import { native } from '../native';
 import { cancelWait, waitReadable } from '../virtio/eventfd';
 import type { VirtioNetDevice } from '../virtio/net-device';
 import { VhostUserConnection } from './connection';
+import { RingPositions } from './ring-positions';
 import type { Logger } from './session';
 
 export interface VhostUserServerOptions {
@@ -23,6 +24,14 @@ export interface VhostUserServerOptions {
   reconnectMs?: number;
   /** A message must be whole this long after its first byte, or its connection is dropped. Default 1000 ms. */
   messageDeadlineMs?: number;
+  /**
+   * A file where packed rings' positions are kept, so that a server started after
+   * this one (the daemon restarted, or crashed) resumes a running guest's packed
+   * rings where they were: a frontend has no way to know it (see README,
+   * "Restarting the daemon"). Created mode 0600 if missing. Default: none, and a
+   * packed ring resumes from the base the frontend gives. Split rings need none.
+   */
+  ringPositionsPath?: string;
   log?: Logger;
 }
 
@@ -37,6 +46,7 @@ export class VhostUserServer extends EventEmitter<VhostUserServerEvents> {
   #listenFd = -1;
   #ownsPath = false;
   #connection: VhostUserConnection | undefined;
+  #ringPositions: RingPositions | undefined;
   #running = false;
   #loop: Promise<void> = Promise.resolve();
   /** Connections served so far. */
@@ -53,6 +63,13 @@ export class VhostUserServer extends EventEmitter<VhostUserServerEvents> {
   /** Starts listening (or connecting, in client mode); returns once the socket is ready. */
   start(): void {
     if (this.#running) return;
+    if (this.#options.ringPositionsPath !== undefined && !this.#ringPositions) {
+      try {
+        this.#ringPositions = RingPositions.open(this.#options.ringPositionsPath);
+      } catch (error) {
+        throw makeError(errorCode(error) ?? 'EINVAL', `cannot use ${this.#options.ringPositionsPath} to keep ring positions: ${(error as Error).message} (give another path, or none)`, error);
+      }
+    }
     this.#running = true;
     if (this.#options.client) {
       this.#loop = this.#connectLoop();
@@ -83,6 +100,9 @@ export class VhostUserServer extends EventEmitter<VhostUserServerEvents> {
       this.#listenFd = -1;
     }
     if (this.#ownsPath) fs.rmSync(this.#options.socketPath!, { force: true });
+    // The file stays: it is for the server that comes after this one.
+    this.#ringPositions?.close();
+    this.#ringPositions = undefined;
   }
 
   get connected(): boolean {
@@ -118,7 +138,7 @@ export class VhostUserServer extends EventEmitter<VhostUserServerEvents> {
   async #serve(fd: number): Promise<void> {
     this.served++;
     this.#log('connected', { connection: this.served });
-    const connection = new VhostUserConnection(fd, this.#options.device, this.#log, this.#options.messageDeadlineMs);
+    const connection = new VhostUserConnection(fd, this.#options.device, this.#log, this.#options.messageDeadlineMs, this.#ringPositions);
     this.#connection = connection;
     this.emit('connected');
     try {

@@ -9,13 +9,16 @@
 // the device cannot follow (a ring's worker does not start), everything is put
 // back as it was and the request fails. Fds and mappings are let go of only
 // once nothing refers to them any more.
+import fs from 'node:fs';
+
 import { errorCode, makeError } from '../errors';
 import { native } from '../native';
 import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../virtio/device-status';
-import { featureBit } from '../virtio/features';
+import { VIRTIO_F_RING_PACKED, featureBit, hasFeature } from '../virtio/features';
 import { GuestMemory } from '../virtio/guest-memory';
 import type { VirtioNetDevice } from '../virtio/net-device';
 import { MigrationLog } from './migration';
+import type { RingPositions } from './ring-positions';
 import {
   MAX_MEM_SLOTS, ProtocolFeature, Request, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, configAccess,
   encodeConfig, encodeU64, encodeVringState, fdRule, logDescription, memoryTable, rarpMac, requestName, singleRegion, u64,
@@ -60,6 +63,11 @@ interface Ring {
    * region waits, stopped, until a later change maps them again.
    */
   addresses?: RingAddresses;
+  /** SET_VRING_NUM's size. */
+  size?: number;
+  /** SET_VRING_BASE's base, and whether the ring has not started from it yet (a packed ring may resume elsewhere: RingPositions). */
+  givenBase?: number;
+  baseFromFrontend?: boolean;
 }
 
 interface Region extends MemoryRegionDescriptor {
@@ -94,7 +102,11 @@ export class VhostUserSession {
   /** A SET_VRING_ENABLE 0 is being applied: pairs it takes out of use discard their tx chains. */
   #disabling = false;
 
-  constructor(private readonly device: VirtioNetDevice, private readonly log: Logger) {
+  /**
+   * ringPositions: where packed rings' positions are kept across daemon restarts
+   * (see RingPositions); without it a packed ring resumes from the frontend's base.
+   */
+  constructor(private readonly device: VirtioNetDevice, private readonly log: Logger, private readonly ringPositions?: RingPositions) {
     this.#rings = Array.from({ length: 2 * device.maxQueuePairs }, () => newRing());
     this.#migration = new MigrationLog(device);
   }
@@ -194,6 +206,7 @@ export class VhostUserSession {
         const { index, num } = vringState(payload, request);
         this.device.setQueueSize(this.#ringIndex(index), num);
         this.#rings[index]!.configured.num = true;
+        this.#rings[index]!.size = num;
         return {};
       }
       case Request.SET_VRING_ADDR: {
@@ -248,12 +261,14 @@ export class VhostUserSession {
         // Split: the last avail index. Packed: bits 0-14 and 15 the next descriptor and its
         // wrap counter, 16-30 and 31 the used ones (the device checks which it has).
         this.device.setQueueBase(this.#ringIndex(index), num);
+        Object.assign(this.#rings[index]!, { givenBase: num, baseFromFrontend: true });
         return {};
       }
       case Request.GET_VRING_BASE: {
         const { index } = vringState(payload, request);
         const base = this.device.getQueueBase(this.#ringIndex(index));
         this.#rings[index]!.started = false;
+        this.ringPositions?.forget(index); // the frontend knows where the ring is now
         this.#reconcile();
         return { reply: encodeVringState({ index, num: base }) };
       }
@@ -552,6 +567,7 @@ export class VhostUserSession {
       for (const index of [2 * pair, 2 * pair + 1]) {
         const ring = this.#rings[index]!;
         this.device.setQueueAddresses(index, addresses[index]!);
+        this.#keepPosition(index, addresses[index]!.descAddr);
         this.device.setQueueKick(index, ring.kickFd!);
         this.device.setQueueCall(index, ring.callFd);
         this.device.enableQueue(index, true);
@@ -571,6 +587,7 @@ export class VhostUserSession {
         this.device.enableQueue(index, false);
       } else if (!this.device.isPairRunning(pair) && !this.device.isPairDiscardingTx(pair)) {
         this.device.setQueueAddresses(index, addresses[index]!);
+        this.#keepPosition(index, addresses[index]!.descAddr);
         this.device.setQueueKick(index, ring.kickFd!);
         this.device.setQueueCall(index, ring.callFd);
         this.device.enableQueue(index, true);
@@ -581,7 +598,37 @@ export class VhostUserSession {
     if (pairs !== before) this.log('queue-pairs', { active: pairs, previous: before });
   }
 
+  /**
+   * A packed ring about to start: if it starts from the base the frontend gave and
+   * an earlier daemon left a position for this very ring (RingPositions), resume
+   * there; in any case its worker keeps writing the position down.
+   */
+  #keepPosition(index: number, descAddr: number): void {
+    const store = this.ringPositions;
+    const ring = this.#rings[index]!;
+    if (!store || !hasFeature(this.device.activeFeatures, VIRTIO_F_RING_PACKED) || ring.givenBase === undefined || ring.size === undefined || !this.#memory) {
+      this.device.setQueuePositionRecord(index, undefined);
+      return;
+    }
+    const region = this.#regions.find((r) => BigInt(descAddr) >= r.guestPhysAddr && BigInt(descAddr) - r.guestPhysAddr < r.size);
+    if (!region) return;
+    const stat = fs.fstatSync(region.fd, { bigint: true });
+    const recorded = { descAddr, size: ring.size, memoryDev: stat.dev, memoryIno: stat.ino };
+    if (ring.baseFromFrontend) {
+      ring.baseFromFrontend = false;
+      const memory = this.#memory;
+      const base = store.resumeBase(index, recorded, ring.givenBase, (slot) => memory.view(descAddr + 16 * slot + 14, 2).getUint16(0, true));
+      if (base !== ring.givenBase) {
+        this.device.setQueueBase(index, base);
+        this.log('ring-resumed', { ring: index, given: `0x${ring.givenBase.toString(16)}`, base: `0x${base.toString(16)}` });
+      }
+      store.started(index, recorded, ring.givenBase);
+    }
+    this.device.setQueuePositionRecord(index, store.record(index));
+  }
+
   #reset(): void {
+    this.ringPositions?.forgetAll();
     this.#migration.close();
     this.device.reset();
     this.#featuresSet = false;

@@ -82,6 +82,8 @@ interface VirtqueueState {
   enabled: boolean;
   /** Live migration: where the used ring's writes are logged (vhost's log_guest_addr); default usedAddr. */
   usedLogAddr?: number;
+  /** A packed ring's position, kept outside the process (VirtqueueConfig.positionRecord). */
+  positionRecord?: { file: GuestMemory; offset: number };
 }
 
 /** The format of saveState()'s record; restoreState() takes this version only. */
@@ -432,6 +434,15 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       this.#stopPair(index >> 1);
     }
     return this.#baseOf(q);
+  }
+
+  /**
+   * Where a packed ring's worker keeps its used position for a process that comes
+   * after this one (VirtqueueConfig.positionRecord); undefined: nowhere. Taken at the
+   * ring's next start.
+   */
+  setQueuePositionRecord(index: number, record: { file: GuestMemory; offset: number } | undefined): void {
+    this.#queue(index, false).positionRecord = record;
   }
 
   setQueueKick(index: number, fd: number): void {
@@ -894,6 +905,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
         indirectDesc: hasFeature(features, F.VIRTIO_RING_F_INDIRECT_DESC),
         lastAvailIdx: this.#baseOf(q),
         ...(q.usedLogAddr !== undefined ? { usedLogAddr: q.usedLogAddr } : {}),
+        ...(q.positionRecord ? { positionRecord: q.positionRecord } : {}),
       };
     };
     const worker = new QueuePair({

@@ -42,6 +42,12 @@ export interface VirtqueueConfig {
   lastAvailIdx?: number;
   /** Live migration: the guest-physical address the used ring's writes are logged at (vhost's log_guest_addr). Default usedAddr. */
   usedLogAddr?: number;
+  /**
+   * A packed ring whose position must outlive this process (a vhost-user daemon
+   * that may be restarted): the worker writes its used position after every
+   * batch into two u32 at `offset` of `file`. See RingPositions.
+   */
+  positionRecord?: { file: GuestMemory; offset: number };
 }
 
 export interface QueuePairOptions {
@@ -164,6 +170,7 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
         lastAvailIdx: q.lastAvailIdx ?? freshRingBase(q.packed ?? false), packed: q.packed ?? false, kickFd: q.kickFd, callFd: q.callFd ?? -1,
         eventIdx: q.eventIdx ?? false, indirectDesc: q.indirectDesc ?? false,
         ...(q.usedLogAddr !== undefined ? { usedLogAddr: q.usedLogAddr } : {}),
+        ...(q.positionRecord && q.packed ? { positionFile: q.positionRecord.file.native, positionOffset: q.positionRecord.offset } : {}),
       };
     };
     try {

@@ -46,6 +46,8 @@ interface Variant {
   props: Record<string, string | number>;
   /** Feature bits the guest must not have negotiated. */
   off: number[];
+  /** Feature bits the guest must have negotiated (packed=on: VIRTIO_F_RING_PACKED, which QEMU would mask silently if we did not offer it). */
+  on?: number[];
   /** Ring sizes the guest must see (ethtool -g): rx, tx. Default 256, 256. */
   rings?: [number, number];
   /** The guest's MTU, given to the daemon as --mtu as well. */
@@ -86,7 +88,19 @@ const VARIANTS: Variant[] = [
   off('mrg_rxbuf', 'event_idx', 'indirect_desc'),
   { ...off(...OFFLOADS), name: 'every offload off (csum..host_ufo)' },
   { ...off('ctrl_vq', ...NEEDS_CTRL_VQ), name: 'ctrl_vq=off and all that needs it (ctrl_*, guest_announce, mq)' },
+  // Packed virtqueues (virtio 1.2 2.8) with what changes how their chains and events look.
+  packed({ props: {}, off: [] }),
+  packed(off('mrg_rxbuf')),
+  packed(off('event_idx')),
+  packed(off('indirect_desc')),
+  packed(off('mrg_rxbuf', 'event_idx', 'indirect_desc')),
+  packed({ props: { rx_queue_size: 1024, tx_queue_size: 1024 }, off: [], rings: [1024, 1024] }),
 ];
+
+/** The same variant with packed=on: the guest must have negotiated VIRTIO_F_RING_PACKED. */
+function packed(v: Variant): Variant {
+  return { ...v, props: { packed: 'on', ...v.props }, on: [...(v.on ?? []), F.VIRTIO_F_RING_PACKED] };
+}
 
 function label(v: Variant): string {
   if (v.name) return v.name;
@@ -235,6 +249,8 @@ async function runVariant(v: Variant, served: Served, baseline: bigint | undefin
     row.features = features;
     const offMask = v.off.reduce((m, bit) => m | (1n << BigInt(bit)), 0n);
     check((features & offMask) === 0n, `the guest negotiated ${names(features & offMask)}, which the variant turns off`);
+    const onMask = (v.on ?? []).reduce((m, bit) => m | (1n << BigInt(bit)), 0n);
+    check((features & onMask) === onMask, `the guest did not negotiate ${names(onMask & ~features)}, which the variant turns on`);
     if (baseline !== undefined) {
       row.turnedOff = names(baseline & ~features);
       const noop = offMask & ~baseline;
