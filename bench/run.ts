@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm run bench`: vhost-tap side by side with the raw tap limit, DPDK testpmd
 // and QEMU's own tap backend, in one run, in private network namespaces that it
-// creates and removes. Prints a progress line, then the table; writes
+// creates and removes; with a guest, also one live migration per backend
+// (informational). Prints a progress line, then the table; writes
 // bench/results/latest.json and latest.svg. Targets are printed as met / not
 // met; the run exits 0 unless the harness itself breaks.
 //
@@ -15,6 +16,7 @@ import { DAEMON_CLI, startDaemon as startServeDaemon } from '../test/e2e/daemon'
 import { Netns, REPO_ROOT, addTap, bootGuest, ensureGuest, parseIperf3, requireTools, tail } from '../test/e2e/guest';
 import { until } from '../test/helpers/device';
 import { startTestpmd, type TestpmdBackend } from '../test/e2e/testpmd';
+import * as mig from '../test/e2e/migration';
 import { BACKEND_CPU, GUEST_CPU, type Measurement, type PingResult, type ThroughputSpec } from './case';
 import { startFrontend, type Frontend } from './lib/dpdk';
 import { bench } from './lib/native';
@@ -22,7 +24,8 @@ import { GUEST_IP, GUEST_MAC, HOST_IP, PREFIX, udpPayloadFor } from './lib/frame
 import { contextSwitches, diffCounters, linkCounters, memoryReport, processCpuSeconds, processName, sleep } from './lib/proc';
 import {
   backendLabel, evaluateTargets, finishRow, frameLabel, renderSvg, renderTable, summarizeRtts,
-  type Backend, type Direction, type FrameKind, type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type Report, type Row, type RttSummary,
+  type Backend, type Direction, type FrameKind, type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type MigrationResult, type MigrationRun,
+  type MigrationWindow, type Report, type Row, type RttSummary,
 } from './lib/report';
 
 /* ---------------------------------------------------------------- options */
@@ -350,6 +353,7 @@ async function main(): Promise<void> {
   const idle: IdleResult = { seconds: 2 };
   const memory: MemoryResult = { queuePairs: 8, ringSize: 1024 };
   const guest: GuestResult = { errors: [] };
+  const migration: MigrationResult = { accel: 'tcg', errors: [] };
   const stepsList: Step[] = [];
   const want = (label: string): boolean => !o.only || o.only.test(label);
   const caseTimeout = (o.warmup + o.seconds + 40) * 1000;
@@ -553,6 +557,27 @@ async function main(): Promise<void> {
     });
   }
 
+  if (o.guest && want(MIGRATION_LABEL)) {
+    stepsList.push({
+      label: MIGRATION_LABEL,
+      run: async () => {
+        const used = (Date.now() - started) / 1000;
+        if (used > o.budgetSeconds - MIGRATION_SECONDS) {
+          migration.skipped = `time budget: ${Math.round(used)} s used of ${o.budgetSeconds}, the section may need ${MIGRATION_SECONDS} s`;
+          return;
+        }
+        try {
+          requireTools('qemu-system-x86_64', 'iperf3');
+          ensureGuest();
+        } catch (error) {
+          migration.skipped = (error as Error).message.split('\n')[0];
+          return;
+        }
+        await liveMigration(migration, o);
+      },
+    });
+  }
+
   steps = stepsList.length;
   for (const s of stepsList) {
     step++;
@@ -572,7 +597,7 @@ async function main(): Promise<void> {
     startedAt: new Date(started).toISOString(),
     elapsedSeconds: Math.round((Date.now() - started) / 1000),
     config: { seconds: o.seconds, warmup: o.warmup, repeat: o.repeat, ringSize: 256, floodFlows: 8, generatorBatch: 32 },
-    rows, latency, idle, memory, guest,
+    rows, latency, idle, memory, guest, migration,
     targets: evaluateTargets(rows, latency, idle, memory),
     notes: NOTES,
   };
@@ -597,6 +622,9 @@ const NOTES = [
   'ping-pong: a 64 B UDP frame to an echo server (recvfrom/sendto) on the tap\'s host address; the reply comes back through the same tap queue. raw = write() + poll()/read() on the queue fd; embedded = post + kick, wait on the rx call eventfd. The difference of the two p50s is what the data path adds. '
     + 'Both run confined to CPU 0 (guest, worker and echo server alike): across the two vCPUs of this VM every hop pays a wakeup of an idle vCPU, and p50 swung from 30 to 400 us with the threads left to float.',
   'ping-pong through a frontend: ping (ICMP echo, one every ms) from the tap\'s host side to DPDK virtio_user answering in icmpecho mode, through testpmd and through the daemon (1 pair), ping on CPU 0 with the frontend\'s polling lcore, the backend on CPU 1. testpmd polls its core; the daemon sleeps between pings, and each wakeup of the idle vCPU costs tens of microseconds on a VM (twice per round trip: the request from the tap, the reply\'s kick); the daemon with --busy-poll-us 2000 never sleeps between pings, as testpmd.',
+  'live migration (informational, no target): test/e2e/migration.ts\'s topology, a bridge in a private namespace with one tap per side (a `vhost-tap serve` daemon per side, or QEMU\'s own tap with vhost=off); '
+    + 'a Debian guest under QEMU/TCG (1 vCPU unless MIGRATION_SMP says otherwise, 2 queue pairs, 512 MiB) streams iperf3 to the host and from it (-R), and is migrated once over TCP on the namespace\'s loopback (max-bandwidth 4 GiB/s, downtime-limit 300 ms). '
+    + 'total, downtime, setup and MiB sent are QEMU\'s query-migrate; Mbit/s each way are the bridge\'s byte counters, sampled every 200 ms. Under TCG the guest\'s CPU, not the backend, bounds both figures: orientation only.',
 ];
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -677,6 +705,67 @@ async function realGuest(result: GuestResult, o: Options): Promise<void> {
   } finally {
     ns.delete();
   }
+}
+
+/* ---------------------------------------------------------- live migration */
+
+// No 'daemon' in the label: --only 'vhost-tap daemon' picks the daemon's throughput rows, not two guests under TCG.
+const MIGRATION_LABEL = 'live migration (TCG): a guest under iperf3 both ways moved a -> b, through vhost-tap, then through QEMU tap';
+/** What the section may take (both backends, boot to cleanup; 42 s measured on a loaded 2-vCPU VM): less than that left of the budget skips it. */
+const MIGRATION_SECONDS = 90;
+
+/**
+ * Issue 11's figures, for orientation (the guest runs under TCG): the test harness's
+ * topology (a bridge, one tap per side) with each backend in turn; the guest streams
+ * iperf3 both ways to the host, is migrated a -> b once, and QEMU's query-migrate
+ * gives total time, downtime and what was sent; the bridge's byte counters give the
+ * throughput in a window before `migrate`, during the migration and in a window after.
+ */
+async function liveMigration(result: MigrationResult, o: Options): Promise<void> {
+  const t0 = Date.now();
+  const windowMs = o.quick ? 2_000 : 3_000;
+  Object.assign(result, { vcpus: mig.migrationSmp(), queues: 2, windowMs });
+  const backends = [['vhost-tap', 'vhostTap', 'vhost-tap'], ['tap', 'qemuTap', 'QEMU tap']] as const;
+  for (const [backend, key, name] of backends) {
+    try {
+      await mig.withTopology('vtbench', { backend, queues: result.queues }, async (topology, track) => {
+        await topology.startServer('iperf3 server (guest -> host)', 'iperf3', ['-s', '-p', '5201', '--forceflush'], /listening/);
+        await topology.startServer('iperf3 server (host -> guest)', 'iperf3', ['-s', '-p', '5202', '--forceflush'], /listening/);
+        const [a, b] = topology.sides;
+        const guest = track(new mig.MigratingGuest(topology, {
+          commands: `iperf3 -c ${mig.HOST_IP} -p 5201 -t 600 > /dev/null 2>&1 & iperf3 -c ${mig.HOST_IP} -p 5202 -t 600 -R > /dev/null 2>&1 & ` +
+            'sleep 1; echo GUEST: streaming; sleep 600',
+          timeoutMs: 180_000,
+        }));
+        await guest.boot(a!);
+        await guest.waitForConsole('GUEST: streaming', 60_000);
+        await sleep(windowMs + 1_000); // the streams past their start, and a whole window of them
+        const m = await guest.migrateTo(b!);
+        await sleep(windowMs + 500); // the bridge's sampler ticks every 200 ms
+        const rate = (from: number, to: number): MigrationWindow => {
+          const r = topology.rate(from, to);
+          return { g2hMbps: r.guestToHostMbps, h2gMbps: r.hostToGuestMbps, seconds: r.seconds };
+        };
+        const run: MigrationRun = {
+          totalMs: m.totalTimeMs, downtimeMs: m.downtimeMs, setupMs: m.setupTimeMs, sentMiB: m.ramTransferred / 2 ** 20, dirtySyncs: m.dirtySyncCount,
+          before: rate(m.startedAt - windowMs, m.startedAt), during: rate(m.startedAt, m.completedAt), after: rate(m.completedAt, m.completedAt + windowMs),
+        };
+        result[key] = run;
+        process.stdout.write(`${tty ? '\r\x1b[K' : ''}        ${name}: ${mig.formatMigration(m)}\n`);
+        // A stream that did not come back is the migration's failure, not a slow window.
+        const stopped = (['g2hMbps', 'h2gMbps'] as const).filter((k) => !(run.after[k] >= 1));
+        if (stopped.length > 0) {
+          result.errors.push(`${name}: ${stopped.map((k) => (k === 'g2hMbps' ? 'guest->host' : 'host->guest')).join(' and ')} iperf3 did not go on after the migration ` +
+            `(${stopped.map((k) => run.after[k].toFixed(1)).join(', ')} Mbit/s in the ${windowMs / 1000} s after it)`);
+        }
+        await guest.kill();
+      });
+    } catch (error) {
+      // withTopology appends every QEMU's and daemon's log tail: the head says what went wrong, the rest is kept for the record.
+      result.errors.push(`${name}: ${(error as Error).message.split('\n').slice(0, 40).join('\n')}`);
+    }
+  }
+  result.elapsedSeconds = Math.round((Date.now() - t0) / 1000);
 }
 
 main().then(

@@ -6,7 +6,7 @@ import * as assert from 'uvu/assert';
 
 import {
   evaluateTargets, finishRow, renderMarkdown, renderSvg, renderTable, summarizeRtts,
-  type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type Report, type Row,
+  type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type MigrationResult, type MigrationRun, type Report, type Row,
 } from '../bench/lib/report';
 import { replaceBlock } from '../bench/readme';
 
@@ -114,6 +114,51 @@ test('summarizeRtts takes nearest-rank percentiles of microseconds and keeps the
   assert.match(table, /vhost-tap daemon +p50 +50\.0 us/);
   assert.match(table, /daemon, polling +p50 +20\.0 us/);
   assert.match(table, '--busy-poll-us 2000');
+});
+
+test('the live-migration section: each backend\'s QEMU figures and Mbit/s before, during, after, marked TCG and informational, in the table and the README block', () => {
+  const window = (g2hMbps: number, h2gMbps: number) => ({ g2hMbps, h2gMbps, seconds: 3 });
+  const run = (totalMs: number, downtimeMs: number, sentMiB: number, g2h: number[], h2g: number[]): MigrationRun => ({
+    totalMs, downtimeMs, setupMs: 220, sentMiB, dirtySyncs: 4,
+    before: window(g2h[0]!, h2g[0]!), during: window(g2h[1]!, h2g[1]!), after: window(g2h[2]!, h2g[2]!),
+  });
+  const migration: MigrationResult = {
+    accel: 'tcg', vcpus: 1, queues: 2, windowMs: 3000, elapsedSeconds: 81, errors: [],
+    vhostTap: run(4259, 10, 100.4, [1254, 812.6, 1190], [1310, 7.25, 1275]),
+    qemuTap: run(2871, 31, 91.6, [980, 640, 1002], [1450, 1120, 1399]),
+  };
+  const rows = [row('testpmd', 'g2h', 64, 1, 1.0), row('daemon', 'g2h', 64, 1, 1.3)];
+  const targets = evaluateTargets(rows, latency, idle, memory);
+  const report: Report = {
+    machine: { cpus: 2, cpuModel: 'x' }, startedAt: '2026-12-01T00:00:00.000Z', elapsedSeconds: 1, config: {}, rows, latency, idle, memory, guest, migration, targets, notes: [],
+  };
+  for (const text of [renderTable(report), renderMarkdown(report)]) {
+    assert.match(text, /live migration a -> b, iperf3 both ways \(1 vCPU, 2 pairs; QEMU TCG, no KVM: informational, orientation only, no target\):/);
+    assert.match(text, /^ +total +downtime +setup +sent +guest->host Mbit\/s +host->guest Mbit\/s$/m);
+    assert.match(text, /^ +before +during +after +before +during +after$/m);
+    // total, downtime, setup, MiB sent; then guest->host before/during/after, host->guest before/during/after
+    assert.match(text, /^ {2}vhost-tap daemon +4259 ms +10 ms +220 ms +100 MiB +1254 +813 +1190 +1310 +7\.3 +1275$/m);
+    assert.match(text, /^ {2}QEMU tap vhost=off +2871 ms +31 ms +220 ms +92 MiB +980 +640 +1002 +1450 +1120 +1399$/m);
+    assert.match(text, '3 s before');
+    assert.match(text, 'the section took 81 s');
+  }
+  // The columns line up: each figure ends where its heading does.
+  const lines = renderTable(report).split('\n');
+  const head = lines.find((l) => /^ +before/.test(l))!;
+  const daemon = lines.find((l) => l.startsWith('  vhost-tap daemon'))!;
+  const ends = (l: string): number[] => [...l.matchAll(/\S+/g)].map((m) => m.index! + m[0].length);
+  assert.equal(ends(head), ends(daemon).slice(-6), 'the six rates end under their headings');
+  assert.equal(evaluateTargets(rows, latency, idle, memory), targets, 'no target of its own');
+  assert.match(renderMarkdown(report), `: ${targets.filter((t) => !t.informational && t.met).length} of ${targets.filter((t) => !t.informational).length} met.`);
+
+  const failed = renderTable({ ...report, migration: { accel: 'tcg', errors: ['QEMU tap: the destination QEMU exited mid-migration\n--- QEMU #2 output tail ---'], vhostTap: migration.vhostTap } });
+  assert.match(failed, /^ {2}QEMU tap vhost=off +n\/a$/m);
+  assert.match(failed, /^ {2}FAILED: QEMU tap: the destination QEMU exited mid-migration$/m);
+  assert.not.match(failed, 'output tail', 'only the first line of an error');
+  assert.match(renderTable({ ...report, migration: { accel: 'tcg', errors: [], skipped: 'time budget: 500 s used of 540' } }), 'live migration (QEMU, iperf3): skipped: time budget: 500 s used of 540');
+  assert.match(renderTable({ ...report, migration: { accel: 'tcg', errors: [] } }), 'live migration (QEMU, iperf3): not run');
+  // A saved report from before the section existed renders as it did.
+  assert.not.match(renderTable({ ...report, migration: undefined }), 'live migration');
 });
 
 test('the README block replaces what is between the markers and nothing else', () => {

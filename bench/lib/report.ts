@@ -104,6 +104,50 @@ export interface GuestResult {
   skipped?: string;
 }
 
+/** Throughput each way over one window, as the host's bridge counted it (bytes each way, Mbit/s). */
+export interface MigrationWindow {
+  g2hMbps: number;
+  h2gMbps: number;
+  seconds: number;
+}
+
+/** One live migration a -> b of a guest running iperf3 both ways: QEMU's query-migrate, and the traffic around it. */
+export interface MigrationRun {
+  /** ms, start to completion, as QEMU measured it. */
+  totalMs: number;
+  /** ms the guest was stopped. */
+  downtimeMs: number;
+  setupMs: number;
+  /** RAM QEMU sent, MiB, in this many dirty-bitmap syncs. */
+  sentMiB: number;
+  dirtySyncs: number;
+  /** The window before `migrate`, from `migrate` to the destination running, and the window after. */
+  before: MigrationWindow;
+  during: MigrationWindow;
+  after: MigrationWindow;
+}
+
+/**
+ * The informational live-migration section (issue 11): the same guest moved once through
+ * vhost-tap daemons and once with QEMU's own tap backend. No target: the guest runs under
+ * TCG here, so the figures are for orientation only.
+ */
+export interface MigrationResult {
+  /** QEMU's accelerator ('tcg': no KVM). */
+  accel: string;
+  vcpus?: number;
+  /** Queue pairs of the guest's NIC (and of each side's tap). */
+  queues?: number;
+  /** ms of the before and after windows. */
+  windowMs?: number;
+  vhostTap?: MigrationRun;
+  qemuTap?: MigrationRun;
+  /** Wall-clock seconds the section took (both backends, boot to cleanup). */
+  elapsedSeconds?: number;
+  errors: string[];
+  skipped?: string;
+}
+
 /** How Target.measured is expressed. */
 export type TargetUnit = 'x' | 'us' | 'MB' | 'core';
 
@@ -133,6 +177,8 @@ export interface Report {
   idle: IdleResult;
   memory: MemoryResult;
   guest: GuestResult;
+  /** Absent in the results of runs from before the section existed. */
+  migration?: MigrationResult;
   targets: Target[];
   notes: string[];
 }
@@ -604,6 +650,50 @@ function guestSection(g: GuestResult, out: string[]): void {
   for (const e of g.errors) out.push(...wrap(firstLine(e), WIDTH, '  FAILED: ', '    '));
 }
 
+/**
+ * The live migrations: one line per backend with QEMU's total time, downtime, setup time
+ * and MiB sent, and the Mbit/s each way before, during and after (the bridge's counters).
+ * A report from before the section existed has none: nothing is printed for it.
+ */
+function migrationSection(m: MigrationResult | undefined, out: string[]): void {
+  if (m === undefined) return;
+  const accel = m.accel === 'tcg' ? 'QEMU TCG, no KVM' : `QEMU ${m.accel}`;
+  out.push('');
+  if (m.skipped !== undefined) {
+    out.push(...wrap(`skipped: ${m.skipped}`, WIDTH, 'live migration (QEMU, iperf3): ', '  '));
+    return;
+  }
+  if (!m.vhostTap && !m.qemuTap && m.errors.length === 0) {
+    out.push('live migration (QEMU, iperf3): not run');
+    return;
+  }
+  const setup = [m.vcpus !== undefined ? `${m.vcpus} vCPU${m.vcpus === 1 ? '' : 's'}` : '', m.queues !== undefined ? `${m.queues} pair${m.queues === 1 ? '' : 's'}` : '']
+    .filter(Boolean).join(', ');
+  out.push(...wrap(`live migration a -> b, iperf3 both ways (${setup ? `${setup}; ` : ''}${accel}: informational, orientation only, no target):`, WIDTH, '', '  '));
+  const ms = (x: number | undefined): string => (x === undefined || !Number.isFinite(x) ? 'n/a' : `${x.toFixed(0)} ms`);
+  const mbps = (x: number | undefined): string => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(x < 10 ? 1 : 0));
+  const NAME_W = 20;
+  const RATE_W = 7;
+  const rates = ['before', 'during', 'after'].map((w) => w.padStart(RATE_W)).join(' ');
+  out.push(`${' '.repeat(2 + NAME_W)}${'total'.padStart(9)}${'downtime'.padStart(10)}${'setup'.padStart(9)}${'sent'.padStart(9)}` +
+    `   ${center('guest->host Mbit/s', 3 * RATE_W + 2)}   ${center('host->guest Mbit/s', 3 * RATE_W + 2)}`.trimEnd());
+  out.push(`${' '.repeat(2 + NAME_W + 37)}   ${rates}   ${rates}`);
+  for (const [name, r] of [['vhost-tap daemon', m.vhostTap], ['QEMU tap vhost=off', m.qemuTap]] as const) {
+    if (!r) {
+      out.push(`  ${name.padEnd(NAME_W)}${'n/a'.padStart(9)}`);
+      continue;
+    }
+    const each = (key: 'g2hMbps' | 'h2gMbps'): string => [r.before, r.during, r.after].map((w) => mbps(w[key]).padStart(RATE_W)).join(' ');
+    out.push(`  ${name.padEnd(NAME_W)}${ms(r.totalMs).padStart(9)}${ms(r.downtimeMs).padStart(10)}${ms(r.setupMs).padStart(9)}` +
+      `${(Number.isFinite(r.sentMiB) ? `${r.sentMiB.toFixed(0)} MiB` : 'n/a').padStart(9)}   ${each('g2hMbps')}   ${each('h2gMbps')}`);
+  }
+  const window = m.windowMs !== undefined ? `${(m.windowMs / 1000).toFixed(0)} s` : 'a window';
+  out.push(...wrap(`total, downtime, setup, sent: QEMU's query-migrate; Mbit/s: the host bridge's byte counters over ${window} before \`migrate\`, ` +
+    `from it to the destination running, and ${window} after${m.elapsedSeconds !== undefined ? `; the section took ${m.elapsedSeconds} s` : ''}.`, WIDTH, '  (', '   ')
+    .map((l, i, all) => (i === all.length - 1 ? `${l})` : l)));
+  for (const e of m.errors) out.push(...wrap(firstLine(e), WIDTH, '  FAILED: ', '    '));
+}
+
 /** perf stat / strace output the --profile option stores in a row's detail: otherwise only in the JSON. */
 function profileSection(rows: readonly Row[], out: string[]): void {
   for (const r of rows) {
@@ -642,6 +732,7 @@ export function renderTable(report: Report): string {
   idleSection(report.idle, out);
   memorySection(report.memory, out);
   guestSection(report.guest, out);
+  migrationSection(report.migration, out);
   profileSection(report.rows, out);
   targetsSection(report.targets, out);
   if (report.notes.length > 0) {
