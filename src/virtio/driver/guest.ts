@@ -6,7 +6,7 @@ import type { GuestMemory } from '../guest-memory';
 import type { VirtioNetDevice } from '../net-device';
 import { ControlQueueDriver } from './control-queue-driver';
 import { GuestAllocator } from './guest-allocator';
-import { VirtioNetDriver, type DeviceQueueConfig, type VirtioNetDriverOptions } from './net-driver';
+import { VirtioNetDriver, type VirtioNetDriverOptions } from './net-driver';
 import { PACKED_RING_BASE_FRESH } from './packed-queue-driver';
 
 export interface GuestBringUpOptions {
@@ -78,7 +78,10 @@ export class VirtioNetGuest {
         const { rx, tx } = driver.queueConfig(pair);
         for (const [index, q] of [[2 * pair, rx], [2 * pair + 1, tx]] as const) {
           device.setQueueSize(index, q.size);
-          setPackedRingBase(device, index, q);
+          // A packed ring's device starts with both wrap counters at 1 (2.8.1), which only the packed
+          // ring base says (0x80008000): set it. A split ring starts at avail index 0, the device's
+          // default, as it always has here.
+          if (q.packed) device.setQueueBase(index, q.lastAvailIdx ?? PACKED_RING_BASE_FRESH);
           device.setQueueAddresses(index, q);
           device.setQueueKick(index, q.kickFd);
           device.setQueueCall(index, q.callFd);
@@ -92,7 +95,7 @@ export class VirtioNetGuest {
         });
         const index = 2 * pairs; // 5.1.2: after the last pair the driver uses
         device.setQueueSize(index, 64);
-        if (ringPacked) setPackedRingBase(device, index, { packed: true, lastAvailIdx: PACKED_RING_BASE_FRESH });
+        if (control.queue.packed) device.setQueueBase(index, PACKED_RING_BASE_FRESH);
         device.setQueueAddresses(index, control.queue.layout);
         device.setQueueKick(index, control.queue.kickEvent.fd);
         device.setQueueCall(index, control.queue.callEvent.fd);
@@ -144,14 +147,4 @@ export class VirtioNetGuest {
     this.control?.close();
     this.driver.close();
   }
-}
-
-/**
- * A packed ring's device starts at both wrap counters 1 (2.8.1), which only the
- * packed ring base encoding says (vhost-user SET_VRING_BASE, 0x80008000 fresh):
- * it is set explicitly. A split ring starts at avail index 0, the device's own
- * default, as it always has here.
- */
-function setPackedRingBase(device: VirtioNetDevice, index: number, q: Pick<DeviceQueueConfig, 'packed' | 'lastAvailIdx'>): void {
-  if (q.packed && q.lastAvailIdx !== undefined) device.setQueueBase(index, q.lastAvailIdx);
 }
