@@ -12,7 +12,7 @@ import * as assert from 'uvu/assert';
 
 import { Tap, VhostUserServer, VirtioNetDevice, readTapLinkInfo } from '../src';
 import type { GuestMemory } from '../src/virtio/guest-memory';
-import type { SplitQueueDriver } from '../src/virtio/driver/split-queue-driver';
+import type { VirtqueueDriver } from '../src/virtio/driver/virtqueue-driver';
 import { until, withDevice } from './helpers/device';
 import { assertPrivateNetns, sleep, uniqueName } from './helpers/system';
 import { Request, VHOST_VRING_F_LOG } from '../src/vhost-user/protocol';
@@ -44,7 +44,7 @@ test('VQ_PAIRS_SET 2 -> 1: chains the driver left on pair 1\'s tx ring are compl
 });
 
 /** Chains of one 60-byte frame each, published on `tx` from spare memory; kicked if asked. */
-function postFrames(memory: GuestMemory, tx: SplitQueueDriver<number>, count: number, kick: boolean): void {
+function postFrames(memory: GuestMemory, tx: VirtqueueDriver<number>, count: number, kick: boolean): void {
   const spare = memory.size - 8 * 4096;
   for (let i = 0; i < count; i++) tx.add([{ addr: spare + (i % 8) * 4096, len: 12 + 60, writable: false }], 2000 + i);
   tx.publish();

@@ -25,7 +25,7 @@ export const VIRTIO_NET_F_CTRL_MAC_ADDR = 23;
 export const VIRTIO_RING_F_INDIRECT_DESC = 28;
 export const VIRTIO_RING_F_EVENT_IDX = 29;
 export const VIRTIO_F_VERSION_1 = 32;
-/** The packed virtqueue layout (virtio 1.2 2.8) instead of the split one. */
+/** 6: the packed virtqueue layout (2.8) instead of the split one (2.7), on every queue of the device. */
 export const VIRTIO_F_RING_PACKED = 34;
 export const VIRTIO_NET_F_GUEST_USO4 = 54;
 export const VIRTIO_NET_F_GUEST_USO6 = 55;

@@ -6,7 +6,9 @@ import {
 } from '../control-queue';
 import type { GuestMemory } from '../guest-memory';
 import type { GuestAllocator } from './guest-allocator';
+import { PackedQueueDriver } from './packed-queue-driver';
 import { SplitQueueDriver } from './split-queue-driver';
+import type { VirtqueueDriver } from './virtqueue-driver';
 
 /** Largest command this driver sends (class, command, data). */
 const MAX_COMMAND = 4096;
@@ -16,15 +18,17 @@ const MAX_COMMAND = 4096;
  * a time, a readable request and a one-byte writable ack, as Linux does.
  */
 export class ControlQueueDriver {
-  readonly queue: SplitQueueDriver<number>;
+  readonly queue: VirtqueueDriver<number>;
   readonly #request: number;
   readonly #ack: number;
   #memory: GuestMemory;
   #busy: Promise<unknown> = Promise.resolve();
 
-  constructor(memory: GuestMemory, allocator: GuestAllocator, options: { size: number; eventIdx: boolean; indirectDesc: boolean }) {
+  /** `packed`: a packed ring (VIRTIO_F_RING_PACKED, 2.8); default a split one. */
+  constructor(memory: GuestMemory, allocator: GuestAllocator, options: { size: number; eventIdx: boolean; indirectDesc: boolean; packed?: boolean }) {
     this.#memory = memory;
-    this.queue = new SplitQueueDriver<number>(memory, allocator, options);
+    const { packed, ...queueOptions } = options;
+    this.queue = packed ? new PackedQueueDriver<number>(memory, allocator, queueOptions) : new SplitQueueDriver<number>(memory, allocator, queueOptions);
     this.#request = allocator.alloc(MAX_COMMAND, 8);
     this.#ack = allocator.alloc(8, 8);
   }

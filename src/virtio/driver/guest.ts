@@ -7,12 +7,19 @@ import type { VirtioNetDevice } from '../net-device';
 import { ControlQueueDriver } from './control-queue-driver';
 import { GuestAllocator } from './guest-allocator';
 import { VirtioNetDriver, type VirtioNetDriverOptions } from './net-driver';
+import { PACKED_RING_BASE_FRESH } from './packed-queue-driver';
 
 export interface GuestBringUpOptions {
   device: VirtioNetDevice;
   memory: GuestMemory;
   /** Features the guest would like; it takes those the device offers. Default: everything offered. */
   wantFeatures?: bigint;
+  /**
+   * Use packed virtqueues (2.8) if the device offers VIRTIO_F_RING_PACKED; split
+   * ones if it does not. Default false: VIRTIO_F_RING_PACKED is never
+   * negotiated, whatever wantFeatures says, and every queue is a split ring.
+   */
+  ringPacked?: boolean;
   /** Who negotiated them, as setDriverFeatures takes it: 'frontend' to act as a vhost-user frontend. Default 'driver'. */
   negotiatedBy?: 'driver' | 'frontend';
   queueSize?: number;
@@ -39,7 +46,11 @@ export class VirtioNetGuest {
     device.writeStatus(0);
     device.writeStatus(STATUS_ACKNOWLEDGE);
     device.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-    const features = device.offeredFeatures & (options.wantFeatures ?? device.offeredFeatures);
+    let wanted = options.wantFeatures ?? device.offeredFeatures;
+    // Negotiating RING_PACKED obliges the driver to packed rings (6): only when asked for.
+    if (!options.ringPacked) wanted &= ~F.featureBit(F.VIRTIO_F_RING_PACKED);
+    const features = device.offeredFeatures & wanted;
+    const ringPacked = hasFeature(features, F.VIRTIO_F_RING_PACKED);
     device.setDriverFeatures(features, { negotiatedBy: options.negotiatedBy ?? 'driver' });
     device.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
     if (!(device.status & STATUS_FEATURES_OK)) throw makeError('EINVAL', 'the device refused the features (FEATURES_OK did not stick)');
@@ -54,6 +65,7 @@ export class VirtioNetGuest {
         mergeableRx: hasFeature(features, F.VIRTIO_NET_F_MRG_RXBUF),
         eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX),
         indirectDesc: hasFeature(features, F.VIRTIO_RING_F_INDIRECT_DESC),
+        ...(ringPacked ? { ringPacked } : {}),
       },
       ...(options.rxBufferSize !== undefined ? { rxBufferSize: options.rxBufferSize } : {}),
       ...(options.txBufferSize !== undefined ? { txBufferSize: options.txBufferSize } : {}),
@@ -66,6 +78,10 @@ export class VirtioNetGuest {
         const { rx, tx } = driver.queueConfig(pair);
         for (const [index, q] of [[2 * pair, rx], [2 * pair + 1, tx]] as const) {
           device.setQueueSize(index, q.size);
+          // A packed ring's device starts with both wrap counters at 1 (2.8.1), which only the packed
+          // ring base says (0x80008000): set it. A split ring starts at avail index 0, the device's
+          // default, as it always has here.
+          if (q.packed) device.setQueueBase(index, q.lastAvailIdx ?? PACKED_RING_BASE_FRESH);
           device.setQueueAddresses(index, q);
           device.setQueueKick(index, q.kickFd);
           device.setQueueCall(index, q.callFd);
@@ -75,10 +91,11 @@ export class VirtioNetGuest {
       }
       if (hasFeature(features, F.VIRTIO_NET_F_CTRL_VQ)) {
         control = new ControlQueueDriver(memory, allocator, {
-          size: 64, eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX), indirectDesc: false,
+          size: 64, eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX), indirectDesc: false, packed: ringPacked,
         });
         const index = 2 * pairs; // 5.1.2: after the last pair the driver uses
         device.setQueueSize(index, 64);
+        if (control.queue.packed) device.setQueueBase(index, PACKED_RING_BASE_FRESH);
         device.setQueueAddresses(index, control.queue.layout);
         device.setQueueKick(index, control.queue.kickEvent.fd);
         device.setQueueCall(index, control.queue.callEvent.fd);

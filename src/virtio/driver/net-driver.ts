@@ -2,9 +2,16 @@ import { makeError } from '../../errors';
 import type { GuestMemory } from '../guest-memory';
 import { GuestAllocator, alignUp } from './guest-allocator';
 import { decodeNetHdr, encodeNetHdr, type NetHdrSize, type VirtioNetHdr } from './net-header';
-import { SplitQueueDriver, type Segment } from './split-queue-driver';
+import { PACKED_RING_BASE_FRESH, PackedQueueDriver } from './packed-queue-driver';
+import { SplitQueueDriver } from './split-queue-driver';
+import type { Segment, VirtqueueDriver, VirtqueueOptions } from './virtqueue-driver';
 
-/** What the device side is given for one virtqueue: the ring addresses and the two eventfds. */
+/**
+ * What the device side is given for one virtqueue: the ring addresses and the
+ * two eventfds. For a packed ring (2.8) availAddr is the Driver Event
+ * Suppression area and usedAddr the Device Event Suppression area, as
+ * vhost-user's SET_VRING_ADDR and virtio-pci's queue_driver/queue_device carry them.
+ */
 export interface DeviceQueueConfig {
   size: number;
   descAddr: number;
@@ -14,6 +21,15 @@ export interface DeviceQueueConfig {
   callFd: number;
   eventIdx: boolean;
   indirectDesc: boolean;
+  /** Only on packed rings (VIRTIO_F_RING_PACKED negotiated), and then true. */
+  packed?: true;
+  /**
+   * Only on packed rings: where the device starts, in vhost-user's packed ring
+   * base encoding (SET_VRING_BASE), PACKED_RING_BASE_FRESH = 0x80008000 (both
+   * indices 0, both wrap counters 1). A split ring leaves it out: it starts at
+   * avail index 0, the default of the device side's lastAvailIdx.
+   */
+  lastAvailIdx?: number;
 }
 
 /** The negotiated feature bits this driver's behaviour depends on. */
@@ -26,6 +42,8 @@ export interface VirtioNetFeatures {
   eventIdx: boolean;
   /** VIRTIO_F_INDIRECT_DESC */
   indirectDesc: boolean;
+  /** VIRTIO_F_RING_PACKED: every queue is a packed ring (2.8). Default false: split rings (2.7). */
+  ringPacked?: boolean;
 }
 
 export interface VirtioNetDriverOptions {
@@ -33,7 +51,7 @@ export interface VirtioNetDriverOptions {
   /** Where rings and buffers go. Default: a new allocator over all of `memory`; share one when several drivers use the same memory. */
   allocator?: GuestAllocator;
   queuePairs: number;
-  /** Queue Size of every virtqueue: a power of 2, 1..32768. */
+  /** Queue Size of every virtqueue: 1..32768, a power of 2 unless features.ringPacked (2.8.10.1). */
   queueSize: number;
   features: VirtioNetFeatures;
   /** Bytes per rx chain. Default: a whole GSO frame plus header without mergeable rx, 1536 with it. */
@@ -100,8 +118,8 @@ interface PartialFrame {
 }
 
 interface QueuePair {
-  rx: SplitQueueDriver<number>;
-  tx: SplitQueueDriver<number>;
+  rx: VirtqueueDriver<number>;
+  tx: VirtqueueDriver<number>;
   rxBuffers: number[];
   rxFree: number[];
   txBuffers: number[];
@@ -115,8 +133,8 @@ interface QueuePair {
 }
 
 /**
- * A guest-side virtio-net driver (virtio 1.x, 5.1) over split virtqueues in
- * guest memory: it plays the guest for tests and examples, driving a device
+ * A guest-side virtio-net driver (virtio 1.x, 5.1) over split virtqueues (2.7),
+ * or packed ones (2.8) with features.ringPacked, in guest memory: it plays the guest for tests and examples, driving a device
  * that is given `queueConfig(pair)`. Every rx and tx buffer is allocated once at
  * creation and recycled, so a long run allocates nothing more.
  */
@@ -181,9 +199,13 @@ export class VirtioNetDriver {
   /** An upper bound of the guest memory `create` allocates with these options. */
   static memoryNeeded(options: Omit<VirtioNetDriverOptions, 'memory' | 'allocator'>): number {
     const c = resolve(options);
+    // Each part plus what aligning it can waste. Split (2.7): descriptor table, available ring,
+    // used ring. Packed (2.8.10.1): descriptor ring and the two 4-byte event suppression areas.
+    const ringParts = c.features.ringPacked
+      ? 16 * c.queueSize + 15 + 2 * (4 + 3)
+      : 16 * c.queueSize + 15 + 6 + 2 * c.queueSize + 1 + 6 + 8 * c.queueSize + 3;
     const ringBytes = (segmentsPerIndirectTable: number, indirect: boolean): number =>
-      16 * c.queueSize + 15 + 6 + 2 * c.queueSize + 1 + 6 + 8 * c.queueSize + 3 +
-      (indirect ? c.queueSize * (16 * segmentsPerIndirectTable + 15) : 0);
+      ringParts + (indirect ? c.queueSize * (16 * segmentsPerIndirectTable + 15) : 0);
     const perPair =
       ringBytes(c.rxSegments, c.rxIndirect) + ringBytes(c.txSplitHeader ? 2 : 1, c.txIndirect) +
       c.rxChains * (c.rxBufferSize + BUFFER_ALIGN - 1) + c.txChains * (c.txBufferSize + BUFFER_ALIGN - 1);
@@ -191,23 +213,25 @@ export class VirtioNetDriver {
   }
 
   /** Virtqueue 2*pair: receiveq(pair+1). */
-  rxQueue(pair: number): SplitQueueDriver<number> {
+  rxQueue(pair: number): VirtqueueDriver<number> {
     return this.#pair(pair).rx;
   }
 
   /** Virtqueue 2*pair + 1: transmitq(pair+1). */
-  txQueue(pair: number): SplitQueueDriver<number> {
+  txQueue(pair: number): VirtqueueDriver<number> {
     return this.#pair(pair).tx;
   }
 
   queueConfig(pair: number): { rx: DeviceQueueConfig; tx: DeviceQueueConfig } {
     const p = this.#pair(pair);
-    const describe = (queue: SplitQueueDriver<number>): DeviceQueueConfig => ({
+    const describe = (queue: VirtqueueDriver<number>): DeviceQueueConfig => ({
       ...queue.layout,
       kickFd: queue.kickEvent.fd,
       callFd: queue.callEvent.fd,
       eventIdx: this.features.eventIdx,
       indirectDesc: this.features.indirectDesc,
+      // The split ring's description keeps its shape; a packed ring adds what tells it apart.
+      ...(queue.packed ? { packed: true as const, lastAvailIdx: PACKED_RING_BASE_FRESH } : {}),
     });
     return { rx: describe(p.rx), tx: describe(p.tx) };
   }
@@ -427,8 +451,13 @@ function resolve(options: Omit<VirtioNetDriverOptions, 'memory' | 'allocator'>):
     throw makeError('EINVAL', `queuePairs must be an integer in 1..32768 (max_virtqueue_pairs), got ${queuePairs}`);
   }
   if (!features || typeof features !== 'object') throw makeError('EINVAL', 'features { version1, mergeableRx, eventIdx, indirectDesc } are required');
-  if (!Number.isInteger(queueSize) || queueSize < 1 || queueSize > 32768 || (queueSize & (queueSize - 1)) !== 0) {
-    throw makeError('EINVAL', `queueSize must be a power of 2 in 1..32768, got ${queueSize}`);
+  if (features.ringPacked) {
+    // 2.8.10.1: a packed ring's Queue Size need not be a power of 2.
+    if (!Number.isInteger(queueSize) || queueSize < 1 || queueSize > 32768) {
+      throw makeError('EINVAL', `queueSize must be an integer in 1..32768, got ${queueSize}`);
+    }
+  } else if (!Number.isInteger(queueSize) || queueSize < 1 || queueSize > 32768 || (queueSize & (queueSize - 1)) !== 0) {
+    throw makeError('EINVAL', `queueSize must be a power of 2 in 1..32768 (any size with ringPacked), got ${queueSize}`);
   }
   const hdrSize: NetHdrSize = features.version1 || features.mergeableRx ? 12 : 10;
   const wholeFrame = alignUp(MAX_GSO_FRAME + hdrSize, BUFFER_ALIGN);
@@ -467,11 +496,13 @@ function resolve(options: Omit<VirtioNetDriverOptions, 'memory' | 'allocator'>):
 
 function createPair(memory: GuestMemory, allocator: GuestAllocator, c: Resolved): QueuePair {
   const common = { size: c.queueSize, eventIdx: c.features.eventIdx, indirectDesc: c.features.indirectDesc };
-  const rx = new SplitQueueDriver<number>(memory, allocator, { ...common, maxIndirectSegments: Math.min(c.queueSize, c.rxSegments) });
-  let tx: SplitQueueDriver<number> | undefined;
+  const makeQueue = (options: VirtqueueOptions): VirtqueueDriver<number> =>
+    c.features.ringPacked ? new PackedQueueDriver<number>(memory, allocator, options) : new SplitQueueDriver<number>(memory, allocator, options);
+  const rx = makeQueue({ ...common, maxIndirectSegments: Math.min(c.queueSize, c.rxSegments) });
+  let tx: VirtqueueDriver<number> | undefined;
   try {
     // Legacy devices may put anything in a transmit used len (5.1.6, legacy): check it only for 1.x.
-    tx = new SplitQueueDriver<number>(memory, allocator, { ...common, maxIndirectSegments: Math.min(c.queueSize, 2), checkUsedLen: c.features.version1 });
+    tx = makeQueue({ ...common, maxIndirectSegments: Math.min(c.queueSize, 2), checkUsedLen: c.features.version1 });
     const rxBuffers = Array.from({ length: c.rxChains }, () => allocator.alloc(c.rxBufferSize, BUFFER_ALIGN));
     const txBuffers = Array.from({ length: c.txChains }, () => allocator.alloc(c.txBufferSize, BUFFER_ALIGN));
     tx.disableCalls();

@@ -2,6 +2,12 @@ import { makeError } from '../../errors';
 import { EventFd } from '../eventfd';
 import type { GuestMemory } from '../guest-memory';
 import type { GuestAllocator } from './guest-allocator';
+import {
+  MAX_QUEUE_SIZE, vringNeedEvent, type Segment, type UsedBuffer, type VirtqueueDriver, type VirtqueueLayout, type VirtqueueOptions,
+} from './virtqueue-driver';
+
+export { MAX_QUEUE_SIZE, vringNeedEvent };
+export type { Segment, UsedBuffer };
 
 // virtio 1.x, 2.7.5 / 2.7.6 / 2.7.8: descriptor, available-ring and used-ring flags.
 export const VIRTQ_DESC_F_NEXT = 1;
@@ -10,52 +16,16 @@ export const VIRTQ_DESC_F_INDIRECT = 4;
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 export const VIRTQ_USED_F_NO_NOTIFY = 1;
 
-export const MAX_QUEUE_SIZE = 32768;
 const DESC_SIZE = 16;
 const USED_ELEM_SIZE = 8;
 
-/** One buffer of a descriptor chain. */
-export interface Segment {
-  addr: number;
-  len: number;
-  /** Device-writable (VIRTQ_DESC_F_WRITE); these must come after every readable one. */
-  writable: boolean;
-}
-
-export interface SplitQueueOptions {
+export interface SplitQueueOptions extends VirtqueueOptions {
   /** Queue Size: a power of 2, 1..32768 (2.7). */
   size: number;
-  /** VIRTIO_F_EVENT_IDX negotiated: used_event / avail_event replace the flags. */
-  eventIdx: boolean;
-  /** VIRTIO_F_INDIRECT_DESC negotiated. */
-  indirectDesc: boolean;
-  /** Capacity of each head's indirect table. Default min(size, 64); never above size (2.7.5.3.1). */
-  maxIndirectSegments?: number;
-  /**
-   * Reject a used `len` above the chain's device-writable bytes (2.7.8: len is what
-   * the device wrote). Default true; off for legacy transmit queues, whose used
-   * length the driver SHOULD ignore (5.1.6 legacy).
-   */
-  checkUsedLen?: boolean;
 }
 
-export interface SplitQueueLayout {
-  size: number;
-  descAddr: number;
-  availAddr: number;
-  usedAddr: number;
-}
-
-export interface UsedBuffer<T> {
-  token: T;
-  /** Bytes the device wrote into the chain's writable part. */
-  len: number;
-}
-
-/** vring_need_event (2.7.10): has `eventIdx` been crossed going from `oldIdx` to `newIdx`? */
-export function vringNeedEvent(eventIdx: number, newIdx: number, oldIdx: number): boolean {
-  return ((newIdx - eventIdx - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
-}
+/** A split ring's descriptor table, available ring and used ring. */
+export type SplitQueueLayout = VirtqueueLayout;
 
 const HEAD_FREE = 0;
 const HEAD_ADDED = 1;
@@ -75,7 +45,8 @@ const le16 = (value: number): number => (hostIsLittleEndian ? value : ((value & 
  * between writing used_event and re-reading used->idx), which plain stores would
  * not give even on x86.
  */
-export class SplitQueueDriver<T> {
+export class SplitQueueDriver<T> implements VirtqueueDriver<T> {
+  readonly packed = false;
   #memory: GuestMemory;
   readonly size: number;
   readonly eventIdx: boolean;
