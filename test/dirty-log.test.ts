@@ -31,9 +31,9 @@ function sendToGuest(port: number, payloads: Buffer[]): Promise<void> {
 }
 
 /** Used index the device published on a ring (u16 at usedAddr + 2). */
-function usedIdx(dp: DataPath, which: 'rx' | 'tx', pair = 0): number {
-  const q = which === 'rx' ? dp.driver.rxQueue(pair) : dp.driver.txQueue(pair);
-  return dp.memory.view(q.layout.usedAddr + 2, 2).getUint16(0, true);
+/** Frames the device has completed on a queue (its own count: the driver has not reaped them, nor written anything). */
+function completed(dp: DataPath, which: 'rx' | 'tx', pair = 0): number {
+  return dp.pairs[pair]!.stats()[which].packets;
 }
 
 function isMarked(bits: Buffer, page: number): boolean {
@@ -66,7 +66,7 @@ async function everyChangedPageIsMarked(name: string, options: DataPathOptions, 
       const before = Buffer.from(dp.memory.bytes(0, dp.memory.size));
       const payloads = frames.map((n, i) => pattern(n, i + 7));
       await sendToGuest(6100, payloads);
-      await until(`${payloads.length} frames in the guest's used ring`, () => usedIdx(dp, 'rx') >= payloads.length);
+      await until(`${payloads.length} frames in the guest's used ring`, () => completed(dp, 'rx') >= payloads.length);
       await sleep(20);
       const bits = log.collect(false);
       const changed = changedPages(before, dp);
@@ -97,44 +97,54 @@ async function everyChangedPageIsMarked(name: string, options: DataPathOptions, 
 
 const SIZES = [1, 18, 100, 600, 1000, 1472, 64, 8972, 300, 5000, 4100];
 
-test('rx, one readv per frame: every page the data path changes is marked', async () => {
-  await everyChangedPageIsMarked('readv', {}, SIZES);
-});
-
-test('rx, io_uring batches of reads: every page the data path changes is marked', async () => {
-  await everyChangedPageIsMarked('batch', { rxMaxFrameBytes: 12 + 18 + 9000 }, [...SIZES, ...SIZES, ...SIZES]);
-});
-
-test('rx, mergeable buffers of 512 bytes (num_buffers, frames across chains): every changed page is marked', async () => {
-  await everyChangedPageIsMarked('mergeable', { features: { mergeableRx: true }, rxBufferSize: 512 }, SIZES);
-});
-
-test('rx without event idx (the used flags are written instead of avail_event): every changed page is marked', async () => {
-  await everyChangedPageIsMarked('no event idx', { features: { eventIdx: false } }, SIZES);
-});
-
-test('tx: the used ring entries and index the device writes are marked', async () => {
-  const slot = new DirtyLogSlot();
-  await withDataPath({ dirtyLog: slot }, async (dp) => {
-    const log = DirtyLog.allocate(dp.memory.size);
-    try {
-      slot.set(log);
-      log.collect(true);
-      const used = dp.driver.txQueue(0).layout.usedAddr;
-      const frame = ethernet(dp.hostMac, GUEST_MAC, 0x0800, ipv4(GUEST_IP, HOST_IP, 17, udp(GUEST_IP, HOST_IP, 4000, 9, pattern(100, 1))));
-      for (let i = 0; i < 40; i++) await dp.driver.send(0, frame);
-      await until('40 tx completions', () => usedIdx(dp, 'tx') === 40);
-      const bits = log.collect(true);
-      const ringPages = new Set<number>();
-      for (let i = 0; i < 40; i++) ringPages.add(Math.floor((used + 4 + 8 * i) / DIRTY_LOG_PAGE_SIZE));
-      ringPages.add(Math.floor((used + 2) / DIRTY_LOG_PAGE_SIZE));
-      for (const p of ringPages) assert.ok(isMarked(bits, p), `used ring page ${p} is marked`);
-    } finally {
-      slot.set(undefined);
-      log.close();
-    }
+// Packed rings write used descriptors into the descriptor ring, and event suppression
+// into the device area: the same snapshot check covers them.
+for (const ringPacked of [false, true]) {
+  const layout = ringPacked ? ' [packed ring]' : '';
+  test(`rx, one readv per frame: every page the data path changes is marked${layout}`, async () => {
+    await everyChangedPageIsMarked('readv', { ringPacked }, SIZES);
   });
-});
+
+  test(`rx, io_uring batches of reads: every page the data path changes is marked${layout}`, async () => {
+    await everyChangedPageIsMarked('batch', { ringPacked, rxMaxFrameBytes: 12 + 18 + 9000 }, [...SIZES, ...SIZES, ...SIZES]);
+  });
+
+  test(`rx, mergeable buffers of 512 bytes (num_buffers, frames across chains): every changed page is marked${layout}`, async () => {
+    await everyChangedPageIsMarked('mergeable', { ringPacked, features: { mergeableRx: true }, rxBufferSize: 512 }, SIZES);
+  });
+
+  test(`rx without event idx (the used flags are written instead of avail_event): every changed page is marked${layout}`, async () => {
+    await everyChangedPageIsMarked('no event idx', { ringPacked, features: { eventIdx: false } }, SIZES);
+  });
+}
+
+for (const ringPacked of [false, true]) {
+  test(`tx: the used ${ringPacked ? 'descriptors (in the descriptor ring)' : 'ring entries and index'} the device writes are marked${ringPacked ? ' [packed ring]' : ''}`, async () => {
+    const slot = new DirtyLogSlot();
+    await withDataPath({ dirtyLog: slot, ringPacked }, async (dp) => {
+      const log = DirtyLog.allocate(dp.memory.size);
+      try {
+        slot.set(log);
+        log.collect(true);
+        const { descAddr, usedAddr } = dp.driver.txQueue(0).layout;
+        const frame = ethernet(dp.hostMac, GUEST_MAC, 0x0800, ipv4(GUEST_IP, HOST_IP, 17, udp(GUEST_IP, HOST_IP, 4000, 9, pattern(100, 1))));
+        for (let i = 0; i < 40; i++) await dp.driver.send(0, frame);
+        await until('40 tx completions', () => completed(dp, 'tx') === 40);
+        await sleep(20);
+        const bits = log.collect(true);
+        const ringPages = new Set<number>();
+        // Split: used ring entries 0..39 and used->idx. Packed: one used descriptor per
+        // one-descriptor chain, in slots 0..39 of the descriptor ring.
+        for (let i = 0; i < 40; i++) ringPages.add(Math.floor((ringPacked ? descAddr + 16 * i : usedAddr + 4 + 8 * i) / DIRTY_LOG_PAGE_SIZE));
+        if (!ringPacked) ringPages.add(Math.floor((usedAddr + 2) / DIRTY_LOG_PAGE_SIZE));
+        for (const p of ringPages) assert.ok(isMarked(bits, p), `used ring page ${p} is marked`);
+      } finally {
+        slot.set(undefined);
+        log.close();
+      }
+    });
+  });
+}
 
 test('logging switched on and off under traffic: every frame arrives once, in order', async () => {
   const slot = new DirtyLogSlot();
@@ -185,7 +195,7 @@ test('a log too small for guest memory: marks beyond it are counted, never writt
       assert.is(log.bytes, 1);
       slot.set(log);
       await sendToGuest(6300, SIZES.map((n) => pattern(n, 3)));
-      await until('the frames in the used ring', () => usedIdx(dp, 'rx') >= SIZES.length);
+      await until('the frames in the used ring', () => completed(dp, 'rx') >= SIZES.length);
       await sleep(20);
       assert.ok(log.outOfRange > 0, `marks past the end were counted (${log.outOfRange})`);
       assert.is(dp.errors.length, 0, 'the queue goes on');

@@ -30,6 +30,8 @@ export interface DataPathOptions {
   fillRx?: boolean;
   /** Passed to each QueuePair: the log its writes into guest memory are marked in. */
   dirtyLog?: DirtyLogSlot;
+  /** Packed virtqueues (VIRTIO_F_RING_PACKED) instead of split ones; the same as features.ringPacked. */
+  ringPacked?: boolean;
 }
 
 export interface DataPath {
@@ -43,7 +45,10 @@ export interface DataPath {
 
 export async function withDataPath(options: DataPathOptions, body: (dp: DataPath) => Promise<void>): Promise<void> {
   const pairCount = options.pairs ?? 1;
-  const features: VirtioNetFeatures = { version1: true, mergeableRx: false, eventIdx: true, indirectDesc: false, ...options.features };
+  const features: VirtioNetFeatures = {
+    version1: true, mergeableRx: false, eventIdx: true, indirectDesc: false, ...options.features,
+    ...(options.ringPacked ? { ringPacked: true } : {}),
+  };
   const driverOptions: Omit<VirtioNetDriverOptions, 'memory' | 'allocator'> = {
     queuePairs: pairCount,
     queueSize: options.queueSize ?? 256,
