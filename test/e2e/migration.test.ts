@@ -105,8 +105,16 @@ for (const backend of BACKENDS) {
   });
 }
 
-for (const backend of BACKENDS) {
-  migrationTest(`migration (${backend}): iperf3 streams both ways survive it; a host ping goes on, and after a quiet migration the bridge learns the new port by announce`, async () => {
+// Split rings with both backends; packed rings (packed=on) with vhost-tap, where the device's
+// ring state moves only through GET_VRING_BASE / SET_VRING_BASE's packed encoding.
+const RING_CASES: { backend: MigrationBackend; packed: boolean }[] = [
+  ...BACKENDS.map((backend) => ({ backend, packed: false })),
+  ...BACKENDS.filter((b) => b === 'vhost-tap').map((backend) => ({ backend, packed: true })),
+];
+
+for (const { backend, packed } of RING_CASES) {
+  const rings = packed ? ', packed rings' : '';
+  migrationTest(`migration (${backend}${rings}): iperf3 streams both ways survive it; a host ping goes on, and after a quiet migration the bridge learns the new port by announce`, async () => {
     const t0 = Date.now();
     await withTopology('mig2', { backend }, async (topology, track) => {
       requireTools('iperf3', 'ping');
@@ -119,9 +127,14 @@ for (const backend of BACKENDS) {
           // then nothing from the guest: only an announce can tell the bridge where it went
           'echo GUEST: iperf3 up=$u down=$d; sleep 600',
         timeoutMs: 90_000,
+        ...(packed ? { device: { packed: 'on' } } : {}),
       }));
       await guest.boot(a!);
       await guest.waitForConsole('GUEST: streaming', 40_000);
+      if (packed) {
+        const bits = await topology.sides[0]!.daemon!.waitFor('features', { timeoutMs: 5_000 });
+        assert.ok((BigInt(String(bits.features)) >> 34n) & 1n, `the guest negotiated VIRTIO_F_RING_PACKED (daemon: ${String(bits.features)})`);
+      }
       const ping = startPing(topology, GUEST_IP);
       await sleep(3_000);
       const busy = await guest.migrateTo(b!);
@@ -146,9 +159,9 @@ for (const backend of BACKENDS) {
       assert.ok(afterFirst.length > 0, 'the ping went on after the first migration');
       await guest.kill();
 
-      console.log(`    ${backend}: busy ${formatMigration(busy)}`);
-      console.log(`    ${backend}: ${aroundMigration(topology, busy, 3_000)}`);
-      console.log(`    ${backend}: iperf3 over the whole run: guest -> host ${runs[0]!.receiverGbps!.toFixed(3)} Gbit/s, host -> guest ${runs[1]!.receiverGbps!.toFixed(3)} Gbit/s`);
+      console.log(`    ${backend}${rings}: busy ${formatMigration(busy)}`);
+      console.log(`    ${backend}${rings}: ${aroundMigration(topology, busy, 3_000)}`);
+      console.log(`    ${backend}${rings}: iperf3 over the whole run: guest -> host ${runs[0]!.receiverGbps!.toFixed(3)} Gbit/s, host -> guest ${runs[1]!.receiverGbps!.toFixed(3)} Gbit/s`);
       console.log(`    ${backend}: quiet ${formatMigration(quiet)}; bridge learned the new port ${learnedAfter} ms after it`);
       console.log(`    ${backend}: ping: ${pings.received}/${pings.transmitted} answered; longest gap ${longestGap(pings.replies)} ms`);
     });

@@ -464,6 +464,8 @@ export interface GuestSpec {
   verifyRam?: boolean;
   /** vCPUs (default migrationSmp()). */
   smp?: number;
+  /** virtio-net-pci properties over the harness's (packed: 'on', ...): the same on every QEMU, as migration needs. */
+  device?: Record<string, string | number>;
 }
 
 export interface MigrationOptions {
@@ -591,6 +593,7 @@ export class MigratingGuest {
       memoryKb: (this.spec.memoryMb ?? 512) * 1024 + (this.spec.ramPaddingKb ?? RAM_PADDING_KB),
       smp: this.spec.smp ?? migrationSmp(),
       mac: GUEST_MAC,
+      ...(this.spec.device ? { device: this.spec.device } : {}),
       ...(this.spec.verifyRam ? { ramFile: this.ramFile(id) } : {}),
       extraArgs: ['-qmp', `unix:${qmpPath},server=on,wait=off`, ...(incoming ? ['-incoming', incoming, ...(this.spec.verifyRam ? ['-S'] : [])] : [])],
     });
