@@ -28,7 +28,8 @@ export class GuestSignals {
   }
 }
 
-export function initialiseOverMmio(mmio: MmioTransport, memory: GuestMemory, signals: GuestSignals): MmioGuest {
+/** packed: ask for VIRTIO_F_RING_PACKED, and lay every queue out as a packed ring (virtio 1.2 2.8) if the device offers it. */
+export function initialiseOverMmio(mmio: MmioTransport, memory: GuestMemory, signals: GuestSignals, options: { packed?: boolean } = {}): MmioGuest {
   if (mmio.read(REG.MagicValue) !== 0x74726976 || mmio.read(REG.DeviceID) !== 1) throw new Error('not a virtio-net device');
   mmio.write(REG.Status, 0);
   mmio.write(REG.Status, STATUS_ACKNOWLEDGE);
@@ -43,7 +44,7 @@ export function initialiseOverMmio(mmio: MmioTransport, memory: GuestMemory, sig
   const wanted = [
     F.VIRTIO_F_VERSION_1, F.VIRTIO_NET_F_MAC, F.VIRTIO_NET_F_STATUS, F.VIRTIO_NET_F_MQ, F.VIRTIO_NET_F_CTRL_VQ,
     F.VIRTIO_NET_F_MRG_RXBUF, F.VIRTIO_RING_F_EVENT_IDX, F.VIRTIO_NET_F_CSUM, F.VIRTIO_NET_F_GUEST_CSUM,
-    F.VIRTIO_NET_F_HOST_TSO4, F.VIRTIO_NET_F_GUEST_TSO4,
+    F.VIRTIO_NET_F_HOST_TSO4, F.VIRTIO_NET_F_GUEST_TSO4, ...(options.packed ? [F.VIRTIO_F_RING_PACKED] : []),
   ].reduce((mask, bit) => mask | F.featureBit(bit), 0n);
   const features = offered & wanted;
   for (const sel of [0, 1]) {
@@ -58,10 +59,15 @@ export function initialiseOverMmio(mmio: MmioTransport, memory: GuestMemory, sig
   const allocator = new GuestAllocator(memory);
   const driver = VirtioNetDriver.create({
     memory, allocator, queuePairs: maxPairs, queueSize: 256,
-    features: { version1: true, mergeableRx: hasFeature(features, F.VIRTIO_NET_F_MRG_RXBUF), eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX), indirectDesc: false },
+    features: {
+      version1: true, mergeableRx: hasFeature(features, F.VIRTIO_NET_F_MRG_RXBUF), eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX), indirectDesc: false,
+      ringPacked: hasFeature(features, F.VIRTIO_F_RING_PACKED),
+    },
     txBufferSize: 2048,
   });
-  const control = new ControlQueueDriver(memory, allocator, { size: 64, eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX), indirectDesc: false });
+  const control = new ControlQueueDriver(memory, allocator, {
+    size: 64, eventIdx: hasFeature(features, F.VIRTIO_RING_F_EVENT_IDX), indirectDesc: false, packed: hasFeature(features, F.VIRTIO_F_RING_PACKED),
+  });
   const layOut = (index: number, ring: { size: number; descAddr: number; availAddr: number; usedAddr: number }, s: QueueSignals): void => {
     signals.set(index, s);
     mmio.write(REG.QueueSel, index);

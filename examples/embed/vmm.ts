@@ -4,6 +4,7 @@
 // only to the MMIO registers) raises its queue pairs 1 -> 4 -> 2 -> 4 through
 // the control queue while a host process in the namespace floods 64 UDP flows
 // at it; the table shows the traffic following the active set.
+// `npm start -- --packed`: the same with packed virtqueues (VIRTIO_F_RING_PACKED).
 import { spawn } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
@@ -38,8 +39,9 @@ async function main(): Promise<void> {
   execFileSync('ip', ['neigh', 'replace', GUEST_IP, 'lladdr', GUEST_MAC, 'dev', tap.name, 'nud', 'permanent']);
 
   // The guest boots its driver.
-  const guest = initialiseOverMmio(mmio, memory, signals);
-  console.log(`guest: virtio-net ${guest.mac}, ${guest.maxPairs} queue pairs offered, features 0x${guest.features.toString(16)}; device status ${device.describeStatus()}`);
+  const guest = initialiseOverMmio(mmio, memory, signals, { packed: process.argv.includes('--packed') });
+  const layout = (guest.features >> 34n) & 1n ? 'packed' : 'split';
+  console.log(`guest: virtio-net ${guest.mac}, ${guest.maxPairs} queue pairs offered, ${layout} rings, features 0x${guest.features.toString(16)}; device status ${device.describeStatus()}`);
   console.log(`tap ${tap.name}: ${tap.queues.length} queues, numdisabled ${readTapLinkInfo(tap.name).numDisabled} (only pair 0 in use until the guest asks)\n`);
 
   // The guest's receive loops, one per pair, counting what each pair delivers.
