@@ -9,10 +9,10 @@ import * as assert from 'uvu/assert';
 import { GuestMemory } from '../src/virtio/guest-memory';
 import { GuestAllocator } from '../src/virtio/driver/guest-allocator';
 import {
-  PACKED_RING_BASE_FRESH, PackedQueueDriver, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
+  PackedQueueDriver, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
   VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE,
-  decodePackedRingBase, encodePackedRingBase,
 } from '../src/virtio/driver/packed-queue-driver';
+import { PACKED_RING_BASE_FRESH, decodePackedRingBase, encodePackedRingBase } from '../src/virtio/ring-base';
 import type { VirtqueueDriver, VirtqueueLayout } from '../src/virtio/driver/virtqueue-driver';
 import { SplitQueueDriver } from '../src/virtio/driver/split-queue-driver';
 import { VirtioNetDriver, type VirtioNetFeatures } from '../src/virtio/driver/net-driver';

@@ -11,7 +11,8 @@ import {
   VIRTIO_NET_F_MQ, hasFeature,
 } from './features';
 import type { GuestMemory } from './guest-memory';
-import { freshRingBase, type VirtqueueConfig } from './queue-pair';
+import type { VirtqueueConfig } from './queue-pair';
+import { freshRingBase } from './ring-base';
 
 export const VIRTIO_NET_OK = 0;
 export const VIRTIO_NET_ERR = 1;

@@ -16,7 +16,8 @@ import { describeRequirement, featureBit, hasFeature, netHdrSize, resolveRequire
 import type { GuestMemory } from './guest-memory';
 import { NetConfigSpace, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from './net-config';
 import { tapOffloadsForGuest } from './offloads';
-import { QueuePair, freshRingBase, type QueuePairStats, type VirtqueueConfig } from './queue-pair';
+import { QueuePair, type QueuePairStats, type VirtqueueConfig } from './queue-pair';
+import { freshRingBase } from './ring-base';
 
 /** Every feature this device knows how to provide, before asking the tap what it can do. */
 const IMPLEMENTED_FEATURES = [

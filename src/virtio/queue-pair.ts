@@ -5,6 +5,7 @@ import { native, type NativeQueuePair, type NativeQueueStats } from '../native';
 import type { TapQueue } from '../tap/tap';
 import type { DirtyLogSlot } from './dirty-log';
 import type { GuestMemory } from './guest-memory';
+import { freshRingBase } from './ring-base';
 
 /** Where one virtqueue lives and how it signals: what vhost's SET_VRING_* messages carry. */
 export interface VirtqueueConfig {
@@ -117,14 +118,6 @@ export interface QueuePairStats {
   tx: QueueStats;
   rxBroken: boolean;
   txBroken: boolean;
-}
-
-/** A packed ring's base before it ever ran: both positions 0, both wrap counters 1 (virtio 1.2 2.8.1). */
-export const PACKED_RING_FRESH_BASE = 0x80008000;
-
-/** Where a ring that never ran starts (vhost SET_VRING_BASE's default). */
-export function freshRingBase(packed: boolean): number {
-  return packed ? PACKED_RING_FRESH_BASE : 0;
 }
 
 /** Where the device stopped in each ring (vhost GET_VRING_BASE; for a packed ring, the encoding of VirtqueueConfig.lastAvailIdx). */

@@ -7,7 +7,7 @@ import type { VirtioNetDevice } from '../net-device';
 import { ControlQueueDriver } from './control-queue-driver';
 import { GuestAllocator } from './guest-allocator';
 import { VirtioNetDriver, type VirtioNetDriverOptions } from './net-driver';
-import { PACKED_RING_BASE_FRESH } from './packed-queue-driver';
+import { PACKED_RING_BASE_FRESH } from '../ring-base';
 
 export interface GuestBringUpOptions {
   device: VirtioNetDevice;

@@ -2,7 +2,8 @@ import { makeError } from '../../errors';
 import type { GuestMemory } from '../guest-memory';
 import { GuestAllocator, alignUp } from './guest-allocator';
 import { decodeNetHdr, encodeNetHdr, type NetHdrSize, type VirtioNetHdr } from './net-header';
-import { PACKED_RING_BASE_FRESH, PackedQueueDriver } from './packed-queue-driver';
+import { PackedQueueDriver } from './packed-queue-driver';
+import { PACKED_RING_BASE_FRESH } from '../ring-base';
 import { SplitQueueDriver } from './split-queue-driver';
 import type { Segment, VirtqueueDriver, VirtqueueOptions } from './virtqueue-driver';
 

@@ -2,6 +2,7 @@ import { makeError } from '../../errors';
 import { EventFd } from '../eventfd';
 import type { GuestMemory } from '../guest-memory';
 import type { GuestAllocator } from './guest-allocator';
+import { PACKED_RING_BASE_FRESH, encodePackedRingBase, type PackedRingPosition } from '../ring-base';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './split-queue-driver';
 import {
   MAX_QUEUE_SIZE, vringNeedEvent, type Segment, type UsedBuffer, type VirtqueueDriver, type VirtqueueLayout, type VirtqueueOptions,
@@ -21,43 +22,6 @@ export const RING_EVENT_FLAGS_DESC = 2;
 
 /** 2.8.14: bit 15 of an event suppression structure's off_wrap word is the wrap counter. */
 const EVENT_WRAP_SHIFT = 15;
-
-/**
- * The ring base a device starts a fresh packed ring from, in vhost-user's
- * encoding (SET_VRING_BASE / GET_VRING_BASE "descriptor indices for packed
- * virtqueues", as QEMU's virtio_queue_packed_get_last_avail_idx builds it):
- *
- *   bits 0-14   the next descriptor the device will read (last avail index)
- *   bit 15      the device's avail wrap counter
- *   bits 16-30  the next descriptor the device will write used (used index)
- *   bit 31      the device's used wrap counter
- *
- * Both wrap counters start at 1 (2.8.1), both indices at 0.
- */
-export const PACKED_RING_BASE_FRESH = 0x8000_8000;
-
-/** A place in a packed ring: a descriptor offset and the ring wrap counter of the lap it is in (2.8.1). */
-export interface PackedRingPosition {
-  index: number;
-  wrap: 0 | 1;
-}
-
-/** `lastAvail` and `used` in vhost-user's packed ring base encoding (see PACKED_RING_BASE_FRESH). */
-export function encodePackedRingBase(lastAvail: PackedRingPosition, used: PackedRingPosition): number {
-  for (const [what, p] of [['lastAvail', lastAvail], ['used', used]] as const) {
-    if (!Number.isInteger(p.index) || p.index < 0 || p.index >= MAX_QUEUE_SIZE || (p.wrap !== 0 && p.wrap !== 1)) {
-      throw makeError('EINVAL', `${what} must be an index in 0..${MAX_QUEUE_SIZE - 1} and a wrap counter of 0 or 1`);
-    }
-  }
-  return ((lastAvail.index | (lastAvail.wrap << 15)) | ((used.index | (used.wrap << 15)) << 16)) >>> 0;
-}
-
-/** The inverse of encodePackedRingBase. */
-export function decodePackedRingBase(base: number): { lastAvail: PackedRingPosition; used: PackedRingPosition } {
-  if (!Number.isInteger(base) || base < 0 || base > 0xffff_ffff) throw makeError('EINVAL', `a packed ring base is a u32, got ${base}`);
-  const half = (word: number): PackedRingPosition => ({ index: word & 0x7fff, wrap: (word >> 15) as 0 | 1 });
-  return { lastAvail: half(base & 0xffff), used: half(base >>> 16) };
-}
 
 export interface PackedQueueOptions extends VirtqueueOptions {
   /** Queue Size: 1..32768, not necessarily a power of 2 (2.8.10.1). */
