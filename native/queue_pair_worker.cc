@@ -312,12 +312,35 @@ void QueuePairWorker::run() {
 }
 
 void QueuePairWorker::runDiscardingTx() {
-  bool more = true;  // the driver may have posted chains before we started
+  bool more = true;            // the driver may have posted chains before we started
+  uint64_t pendingSince = 0;   // when chains were first seen waiting (0: none seen)
   struct epoll_event events[4];
   while (!stopping_.load(std::memory_order_acquire)) {
-    if (more) more = discardTx(kBudget, true);
+    int timeoutMs = txCallPending_ ? 1 : -1;
+    if (more) {
+      const uint64_t now = monotonicNs();
+      if (!txBroken_ && tx_.hasAvail()) {
+        if (pendingSince == 0) pendingSince = now;
+        if (now - pendingSince >= kDiscardGraceNs) {
+          // Everything waiting now has waited long enough or came after (the ring is not
+          // in use: a guest posts nothing new on it).
+          more = discardTx(kBudget, true);
+          if (!more) pendingSince = 0;  // else the rest has waited as long: at once, after a look at the fds
+        }
+      } else {
+        pendingSince = 0;
+        more = tx_.enableNotify() && !txBroken_;  // kick us for the next chain; one that came meanwhile is looked at now
+      }
+      if (pendingSince != 0) {
+        const uint64_t left = kDiscardGraceNs - std::min(kDiscardGraceNs, now - pendingSince);
+        timeoutMs = static_cast<int>(left / 1000000ull) + 1;
+        more = true;
+      } else if (more) {
+        timeoutMs = 0;
+      }
+    }
     if (txCallPending_) signal(false);
-    int n = epoll_wait(epoll_, events, 4, more ? 0 : txCallPending_ ? 1 : -1);
+    int n = epoll_wait(epoll_, events, 4, timeoutMs);
     if (n < 0) {
       if (errno == EINTR) continue;
       sink_("tx", std::string("epoll_wait failed: ") + strerror(errno));

@@ -101,6 +101,12 @@ class QueuePairWorker {
   static constexpr int kTxBatch = 32;        // chains written with one io_uring_enter
   static constexpr int kTxIovCapacity = 2 * kMaxIov;
   static constexpr int kRxBatch = 32;        // frames read with one io_uring_enter
+  // A disabled tx ring's chains are discarded only once they have waited this long. QEMU
+  // sends SET_VRING_ENABLE without waiting for the backend, and the guest transmits on a
+  // queue it just enabled before the daemon has read that message: a chain seen at once
+  // would be dropped (a ping after `ethtool -L` was). A chain left on a ring that really is
+  // disabled (a guest's last skbs after `ethtool -L` down) is freed a second later.
+  static constexpr uint64_t kDiscardGraceNs = 1000000000ull;
 
   struct TxChain {
     uint16_t head;

@@ -14,7 +14,7 @@ import { liveMigrate, type MigrationReport } from '../examples/migration/live-mi
 import { PausableLoop } from '../examples/migration/vcpu';
 import { threadCount, until, warmUp } from './helpers/device';
 import { TcpPeer, parseTcp } from './helpers/tcp-peer';
-import { assertPrivateNetns, fdCount, run, uniqueName } from './helpers/system';
+import { assertPrivateNetns, fdCount, newFds, openFds, run, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
 
@@ -63,6 +63,7 @@ const options = (tap: Tap): VirtioNetDeviceOptions => ({ tap, mac: GUEST_MAC, fe
 test('a TCP stream from the host to the guest survives two live migrations between taps, every byte in order', async () => {
   await warmUp();
   const fdsBefore = fdCount();
+  const fdMap = openFds();
   const threadsBefore = threadCount();
   await withBridge(1, async (bridge) => {
     let memory = GuestMemory.allocate(32 << 20);
@@ -130,7 +131,7 @@ test('a TCP stream from the host to the guest survives two live migrations betwe
     }
   });
   await until('fds and threads back', () => fdCount() === fdsBefore && threadCount() <= threadsBefore, 3000).catch(() => undefined);
-  assert.is(fdCount(), fdsBefore, 'no fd left');
+  assert.is(fdCount(), fdsBefore, `no fd left (new: ${newFds(fdMap).join(', ') || 'none'})`);
   assert.ok(threadCount() <= threadsBefore, 'no worker thread left');
 });
 

@@ -27,6 +27,24 @@ export function fdCount(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }
 
+/** This process's open fds and what each is (the /proc/self/fd link), to name the ones a test left open. */
+export function openFds(): Map<string, string> {
+  const fds = new Map<string, string>();
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    try {
+      fds.set(fd, fs.readlinkSync(`/proc/self/fd/${fd}`));
+    } catch {
+      // closed while we looked (the readdir's own fd, for one)
+    }
+  }
+  return fds;
+}
+
+/** The fds open now that were not in `before` (or are another file now), as "fd -> target". */
+export function newFds(before: Map<string, string>): string[] {
+  return [...openFds()].filter(([fd, target]) => before.get(fd) !== target).map(([fd, target]) => `${fd} -> ${target}`);
+}
+
 /** Threads of this process, without io_uring's kernel workers (iou-wrk-*, iou-sqp-*): they linger idle a while, and are not ours. */
 export function threadCount(): number {
   return fs.readdirSync('/proc/self/task').filter((tid) => {
