@@ -182,7 +182,7 @@ PopResult PackedQueue::walk(ChainDirection direction, struct iovec* iov, int max
 void PackedQueue::unpop(uint16_t count) {
   if (count == 0 || size_ == 0) return;
   // Only chains still popped can be given back: never more than were popped, or the ring holds.
-  if (count > popCount_ || count > size_) count = static_cast<uint16_t>(std::min<uint32_t>(popCount_, size_));
+  if (count > popCount_ || count > size_) count = static_cast<uint16_t>(std::min<uint64_t>(popCount_, size_));
   popCount_ -= count;
   const uint16_t start = popStarts_[popCount_ % size_];
   lastAvail_ = start & 0x7fff;

@@ -113,7 +113,7 @@ class PackedQueue {
   bool usedWrap_ = true;
   // Where each of the last `size` pops started, for unpop(): entry popCount_ % size.
   std::vector<uint16_t> popStarts_;
-  uint32_t popCount_ = 0;
+  uint64_t popCount_ = 0;  // 64 bits: a 32-bit count wraps after ~71 min at 1 Mpps, and unpop() across the wrap gave back too few
   std::vector<PendingUsed> pending_;
   uint32_t pendingCount_ = 0;
   // Ring slots used since needsCall() last looked, for the event offset check.
