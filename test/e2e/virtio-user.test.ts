@@ -36,8 +36,9 @@ const FLOWS = 16;
 
 /** testpmd with the virtio_user PMD; a clear failure naming Debian's packages if it is not installed. */
 function requireDpdk(): void {
+  requireTools('ip', 'setpriv');
   try {
-    requireTools('dpdk-testpmd', 'ip', 'setpriv');
+    requireTools('dpdk-testpmd');
   } catch (error) {
     throw new Error(`${(error as Error).message.split(':')[0]}: DPDK's testpmd with the virtio_user PMD is needed: ` +
       'apt-get install -y --no-install-recommends dpdk dpdk-dev librte-net-virtio23 librte-mempool-ring23');
