@@ -7,7 +7,7 @@ import { spawn, type ChildProcess, execFileSync } from 'node:child_process';
 import { Tap } from '../src/tap/tap';
 import { native } from '../src/native';
 import { GuestMemory } from '../src/virtio/guest-memory';
-import { QueuePair, type QueuePairOptions, type QueuePairStats } from '../src/virtio/queue-pair';
+import { PACKED_RING_FRESH_BASE, QueuePair, type QueuePairOptions, type QueuePairStats } from '../src/virtio/queue-pair';
 import { GUEST_IP, GUEST_MAC, HOST_IP, PREFIX, VNET_HDR, gsoFrame, pingFrame, txFrame, udpPayloadFor } from './lib/frames';
 import { bench, type BenchLoop, type GuestRing, type GuestStats, type LoopStats, type RttSummary } from './lib/native';
 import { contextSwitches, diffCounters, linkCounters, sleep, threadCpuSeconds, threadIds, type LinkCounters } from './lib/proc';
@@ -21,8 +21,12 @@ export interface ThroughputSpec {
   seconds: number;
   /** rx: UDP flows of the sender. */
   flows?: number;
+  /** embedded: the virtqueue layout the native guest and the QueuePair use (default split). */
+  ring?: RingLayout;
 }
-export interface PingSpec { kind: 'raw-ping' | 'emb-ping'; count: number; intervalUs: number; /** embedded: QueuePairOptions.busyPollUs */ busyPollUs?: number }
+/** Split (virtio 1.x 2.7) or packed (2.8, VIRTIO_F_RING_PACKED) virtqueues. */
+export type RingLayout = 'split' | 'packed';
+export interface PingSpec { kind: 'raw-ping' | 'emb-ping'; count: number; intervalUs: number; /** embedded: QueuePairOptions.busyPollUs */ busyPollUs?: number; /** embedded: default split */ ring?: RingLayout }
 export interface FloodSpec { kind: 'flood'; address: string; payload: number; flows: number; seconds: number }
 export type CaseSpec = ThroughputSpec | PingSpec | FloodSpec;
 
@@ -142,8 +146,12 @@ interface Layout {
   pairs: { rx: Omit<GuestRing, 'kickFd' | 'callFd'>; tx: Omit<GuestRing, 'kickFd' | 'callFd'> }[];
 }
 
-/** Rings and buffers for `queues` pairs: descriptor table, available ring, used ring, then the buffers, page-aligned. */
-function layout(queues: number, size: number, rxBuf: number, txBuf: number): Layout {
+/**
+ * Rings and buffers for `queues` pairs, page-aligned: split, the descriptor table, available
+ * ring, used ring, then the buffers; packed, the descriptor ring, the driver and the device
+ * event suppression areas (in availAddr and usedAddr, as transports carry them), then the buffers.
+ */
+function layout(queues: number, size: number, rxBuf: number, txBuf: number, ring: RingLayout): Layout {
   let at = 0x1000;
   const take = (bytes: number, align = 4096): number => {
     at = Math.ceil(at / align) * align;
@@ -151,15 +159,16 @@ function layout(queues: number, size: number, rxBuf: number, txBuf: number): Lay
     at += bytes;
     return here;
   };
-  const ring = (bufSize: number): Omit<GuestRing, 'kickFd' | 'callFd'> => ({
+  const packed = ring === 'packed';
+  const oneRing = (bufSize: number): Omit<GuestRing, 'kickFd' | 'callFd'> => ({
     size,
     descAddr: take(16 * size),
-    availAddr: take(6 + 2 * size),
-    usedAddr: take(6 + 8 * size),
+    availAddr: take(packed ? 4 : 6 + 2 * size),
+    usedAddr: take(packed ? 4 : 6 + 8 * size),
     bufSize,
     bufAddr: take(size * bufSize),
   });
-  const pairs = Array.from({ length: queues }, () => ({ rx: ring(rxBuf), tx: ring(txBuf) }));
+  const pairs = Array.from({ length: queues }, () => ({ rx: oneRing(rxBuf), tx: oneRing(txBuf) }));
   return { bytes: Math.ceil((at + 4096) / (1 << 20)) * (1 << 20), pairs };
 }
 
@@ -173,10 +182,10 @@ interface Embedded {
   close(): void;
 }
 
-function setupEmbedded(queues: number, txBufBytes: number, busyPollUs = 0): Embedded {
+function setupEmbedded(queues: number, txBufBytes: number, busyPollUs = 0, ring: RingLayout = 'split'): Embedded {
   const tap = makeTap(queues);
   const rxBuf = 2048; // mergeable rx buffers, as Linux's virtio_net posts them (1 page / 2)
-  const lay = layout(queues, RING, rxBuf, Math.ceil(txBufBytes / 64) * 64);
+  const lay = layout(queues, RING, rxBuf, Math.ceil(txBufBytes / 64) * 64, ring);
   const memory = GuestMemory.allocate(lay.bytes);
   const fds: number[] = [];
   const efd = (): number => {
@@ -187,8 +196,12 @@ function setupEmbedded(queues: number, txBufBytes: number, busyPollUs = 0): Embe
   const rings = lay.pairs.map((p) => ({ rx: { ...p.rx, kickFd: efd(), callFd: efd() }, tx: { ...p.tx, kickFd: efd(), callFd: efd() } }));
   const mtu = tap.mtu();
   const pairs = rings.map((r, i) => {
-    const q = (g: GuestRing) => ({ size: g.size, descAddr: g.descAddr, availAddr: g.availAddr, usedAddr: g.usedAddr, kickFd: g.kickFd, callFd: g.callFd, eventIdx: true, indirectDesc: false });
-    // What VirtioNetDevice passes for a VERSION_1 + MRG_RXBUF + EVENT_IDX driver without guest offloads.
+    const q = (g: GuestRing) => ({
+      size: g.size, descAddr: g.descAddr, availAddr: g.availAddr, usedAddr: g.usedAddr, kickFd: g.kickFd, callFd: g.callFd, eventIdx: true, indirectDesc: false,
+      // A packed ring that never ran: both positions 0, both wrap counters 1.
+      ...(ring === 'packed' ? { packed: true, lastAvailIdx: PACKED_RING_FRESH_BASE } : {}),
+    });
+    // What VirtioNetDevice passes for a VERSION_1 + MRG_RXBUF + EVENT_IDX (+ RING_PACKED) driver without guest offloads.
     const options = { memory, tapQueue: tap.queues[i]!, hdrSize: 12, mergeableRx: true, rxMaxFrameBytes: VNET_HDR + 18 + mtu, busyPollUs, rx: q(r.rx), tx: q(r.tx) };
     return new QueuePair(options as QueuePairOptions);
   });
@@ -227,11 +240,12 @@ function pairTotals(stats: QueuePairStats[]): Record<string, number> {
 async function embeddedThroughput(spec: ThroughputSpec): Promise<Measurement> {
   const tx = spec.kind === 'emb-tx';
   const frame = tx ? (spec.frame === 'gso' ? gsoFrame() : txFrame(spec.frame)) : undefined;
-  const e = setupEmbedded(spec.queues, frame ? frame.length : 64);
+  const ring = spec.ring ?? 'split';
+  const e = setupEmbedded(spec.queues, frame ? frame.length : 64, 0, ring);
   let flood: ChildProcess | undefined;
   try {
     const guest = new bench.BenchGuest({
-      memory: e.memory.native, mode: tx ? 'tx' : 'rx', pairs: e.rings, frame, hdrSize: VNET_HDR, batch: 32,
+      memory: e.memory.native, mode: tx ? 'tx' : 'rx', pairs: e.rings, frame, hdrSize: VNET_HDR, batch: 32, packed: ring === 'packed',
       // tx: the guest polls for completions, as DPDK's virtio PMD (the daemon's frontend here)
       // does: it never sleeps, so the device never calls. rx: it sleeps on the call eventfd.
       pollTx: tx,
@@ -266,6 +280,7 @@ async function embeddedThroughput(spec: ThroughputSpec): Promise<Measurement> {
       seconds,
       cpuSeconds: b.workerCpu - a.workerCpu,
       detail: {
+        ring,
         workerThreads: e.workerTids.length,
         contextSwitchesPerKpkt: ((b.workerCsw - a.workerCsw) / Math.max(1, tx ? link.rxPackets : link.txPackets)) * 1000,
         guestFrames: g('packets'), guestCpuSeconds: g('cpuSeconds'), guestKicks: g('kicks'), guestSleeps: g('sleeps'),
@@ -302,14 +317,17 @@ async function ping(spec: PingSpec): Promise<PingResult> {
       tap.close();
     }
   }
-  const e = setupEmbedded(1, 128, spec.busyPollUs ?? 0);
+  const e = setupEmbedded(1, 128, spec.busyPollUs ?? 0, spec.ring ?? 'split');
   const server = echo();
   try {
     server.start();
     const pf = pingFrame(e.tap.mac());
     // Nothing pinned, as in the raw ping: the scheduler places the guest, the worker and the
     // echo server. Pinned apart, every hop pays a wakeup of an idle vCPU (~25 us each here).
-    const guest = new bench.BenchGuest({ memory: e.memory.native, mode: 'ping', pairs: e.rings, cpu: -1, frame: pf.frame, seqOffset: pf.seqOffset, count: spec.count, intervalUs: spec.intervalUs, maxSeconds: 60 });
+    const guest = new bench.BenchGuest({
+      memory: e.memory.native, mode: 'ping', pairs: e.rings, cpu: -1, frame: pf.frame, seqOffset: pf.seqOffset, count: spec.count, intervalUs: spec.intervalUs, maxSeconds: 60,
+      packed: spec.ring === 'packed',
+    });
     startPairs(e, false);
     guest.start();
     while (!guest.stats().done) await sleep(20);

@@ -23,7 +23,7 @@ import { bench } from './lib/native';
 import { GUEST_IP, GUEST_MAC, HOST_IP, PREFIX, udpPayloadFor } from './lib/frames';
 import { contextSwitches, diffCounters, linkCounters, memoryReport, processCpuSeconds, processName, sleep } from './lib/proc';
 import {
-  backendLabel, evaluateTargets, finishRow, frameLabel, renderSvg, renderTable, summarizeRtts,
+  backendLabel, baseBackend, evaluateTargets, finishRow, frameLabel, renderSvg, renderTable, ringOf, summarizeRtts,
   type Backend, type Direction, type FrameKind, type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type MigrationResult, type MigrationRun,
   type MigrationWindow, type Report, type Row, type RttSummary,
 } from './lib/report';
@@ -157,6 +157,8 @@ async function runCase<T>(ns: Netns, spec: object, timeoutMs: number, cpus?: str
 
 interface BackendCtx {
   kind: 'testpmd' | 'daemon';
+  /** The frontend offers packed virtqueues (virtio_user packed_vq=1). */
+  packed?: boolean;
   ns: Netns;
   /** The virtio_user frontend, started once per backend; cases switch its forwarding mode. */
   fe?: Frontend;
@@ -195,7 +197,7 @@ async function startTestpmdBackend(queues: number): Promise<BackendCtx> {
   }
 }
 
-async function startDaemon(queues: number, tap = 'vtd0', extraArgs: string[] = []): Promise<BackendCtx> {
+async function startDaemon(queues: number, tap = 'vtd0', extraArgs: string[] = [], packed = false): Promise<BackendCtx> {
   const ns = newNetns();
   try {
     const socket = ns.path('vhu.sock');
@@ -203,7 +205,7 @@ async function startDaemon(queues: number, tap = 'vtd0', extraArgs: string[] = [
     const daemon = await startServeDaemon(ns, { socket, tap, queues, cpus: String(BACKEND_CPU), extraArgs });
     hostSide(ns, tap);
     const ctx: BackendCtx = {
-      kind: 'daemon', ns, socket, tap, pid: daemon.servingPid(), queues, log: () => daemon.log(),
+      kind: 'daemon', packed, ns, socket, tap, pid: daemon.servingPid(), queues, log: () => daemon.log(),
       async stop() {
         await ctx.fe?.stop();
         // Measured, not tested here: a daemon that stops uncleanly is the test suite's business.
@@ -234,8 +236,16 @@ async function withIdleFrontend(ctx: BackendCtx, ringSize: number | undefined, c
 async function frontendOf(ctx: BackendCtx): Promise<Frontend> {
   if (!ctx.fe) {
     // Started once per backend (EAL start-up takes seconds), idle until a case sets its mode.
-    ctx.fe = startFrontend(ctx.ns, { socket: ctx.socket, queues: ctx.queues, mode: 'io', autoStart: false });
+    ctx.fe = startFrontend(ctx.ns, { socket: ctx.socket, queues: ctx.queues, mode: 'io', autoStart: false, packed: ctx.packed === true });
     await ctx.fe.ready();
+    if (ctx.packed) {
+      // A packed row must have run packed rings: virtio_user falls back to split ones if the backend does not offer bit 34.
+      await until('the frontend to negotiate its features', () => /"features"/.test(ctx.log()), 10_000);
+      const features = [...ctx.log().matchAll(/"event":"features","features":"(0x[0-9a-f]+)"/g)].pop()?.[1];
+      if (features === undefined || ((BigInt(features) >> 34n) & 1n) !== 1n) {
+        throw new Error(`virtio_user with packed_vq=1 did not negotiate VIRTIO_F_RING_PACKED (features ${features ?? 'not logged'})`);
+      }
+    }
   }
   return ctx.fe;
 }
@@ -279,7 +289,7 @@ async function frontendCase(ctx: BackendCtx, dir: Direction, frame: number, o: O
     }
     await sleep(o.warmup * 1000);
     const sample = () => ({ link: linkCounters(ctx.tap, ctx.ns.name), cpu: processCpuSeconds(ctx.pid), csw: contextSwitches(ctx.pid), t: process.hrtime.bigint() });
-    const profiling = o.profile && ctx.kind === 'daemon' && dir === 'g2h' && frame === 64 && ctx.queues === 1;
+    const profiling = o.profile && ctx.kind === 'daemon' && !ctx.packed && dir === 'g2h' && frame === 64 && ctx.queues === 1;
     const perf = profiling ? perfDuring(ctx.pid, o.seconds) : undefined;
     const a = sample();
     const feA = await fe.portStats();
@@ -366,8 +376,14 @@ async function main(): Promise<void> {
     for (const frame of [64, 1500, 'gso'] as FrameKind[]) throughput.push({ dir: 'g2h', frame, queues });
     for (const frame of [64, 1500]) throughput.push({ dir: 'h2g', frame, queues });
   }
-  const label = (b: Backend, dir: Direction, frame: FrameKind, q: number): string =>
-    `${backendLabel(b, dir)} ${dir === 'g2h' ? 'guest->host' : 'host->guest'} ${frameLabel(frame)} ${q}q`;
+  // The embedded path and the daemon end with their ring layout: --only 'packed' (or 'split') picks one, and
+  // a pattern for a case ('vhost-tap daemon guest->host 64 B 1q') picks both, one beside the other.
+  const label = (b: Backend, dir: Direction, frame: FrameKind, q: number): string => {
+    const ring = ringOf(b);
+    return `${backendLabel(baseBackend(b), dir)} ${dir === 'g2h' ? 'guest->host' : 'host->guest'} ${frameLabel(frame)} ${q}q${ring ? ` ${ring}` : ''}`;
+  };
+  /** The cases that also run over packed rings: informational, 1 pair, within the time budget. */
+  const packedCase = (t: { frame: FrameKind; queues: number }): boolean => t.queues === 1 && t.frame !== 'gso';
   const record = async (b: Backend, dir: Direction, frame: FrameKind, queues: number, fn: () => Promise<Measurement>): Promise<void> => {
     const row: Row = { backend: b, dir, frame, queues };
     try {
@@ -388,76 +404,82 @@ async function main(): Promise<void> {
   };
   let lastRecorded: Row | undefined;
 
-  // raw and embedded back to back for each case, `repeat` times: the same background load for the pair compared.
+  // raw and embedded (split, then packed where it runs) back to back for each case, `repeat` times: the
+  // same background load for the rows compared.
   for (const t of throughput) {
-    for (const b of Array.from({ length: o.repeat }, () => ['raw', 'embedded'] as const).flat()) {
+    const backends: readonly Backend[] = packedCase(t) ? ['raw', 'embedded', 'embedded-packed'] : ['raw', 'embedded'];
+    for (const b of Array.from({ length: o.repeat }, () => backends).flat()) {
       const l = label(b, t.dir, t.frame, t.queues);
       if (!want(l)) continue;
       stepsList.push({
         label: l,
         run: () => record(b, t.dir, t.frame, t.queues, () => {
           const kind = `${b === 'raw' ? 'raw' : 'emb'}-${t.dir === 'g2h' ? 'tx' : 'rx'}` as ThroughputSpec['kind'];
-          const spec: ThroughputSpec = { kind, frame: t.frame, queues: t.queues, warmup: o.warmup, seconds: o.seconds, flows: 8 };
+          const spec: ThroughputSpec = {
+            kind, frame: t.frame, queues: t.queues, warmup: o.warmup, seconds: o.seconds, flows: 8, ...(b === 'embedded-packed' ? { ring: 'packed' as const } : {}),
+          };
           return runCase<Measurement>(nsForCases(), spec, caseTimeout);
         }),
       });
     }
   }
 
-  // testpmd and the daemon: one backend per queue count, one frontend per case (testpmd's tap path carries no GSO).
-  for (const b of ['testpmd', 'daemon'] as const) {
-    for (const queues of [1, 2]) {
-      let ctx: BackendCtx | undefined;
-      const cases = throughput
-        .filter((t) => t.queues === queues && t.frame !== 'gso' && want(label(b, t.dir, t.frame, t.queues)))
-        .flatMap((t) => Array.from({ length: o.repeat }, () => t));
-      const backend = async (): Promise<BackendCtx> => {
-        if (dpdkMissing) throw new Error(dpdkMissing);
-        return (ctx ??= await (b === 'testpmd' ? startTestpmdBackend(queues) : startDaemon(queues)));
-      };
-      const distrust = async (): Promise<void> => {
-        // A backend that failed once is not trusted for the next case: start a fresh one.
-        await ctx?.stop().catch(() => {});
-        ctx = undefined;
-      };
-      const steps: Step[] = cases.map((t) => ({
-        label: label(b, t.dir, t.frame, t.queues),
-        run: () => record(b, t.dir, t.frame, queues, async () => {
-          const c = await backend();
-          try {
-            return await withTimeout(frontendCase(c, t.dir, t.frame as number, o), caseTimeout, 'frontend case');
-          } catch (error) {
-            await distrust();
-            throw error;
-          }
-        }),
-      }));
-      const pingLabel = `${backendLabel(b, 'g2h')} latency ping-pong through virtio_user icmpecho`;
-      if (queues === 1 && want(pingLabel)) {
-        steps.push({
-          label: pingLabel,
-          run: async () => {
-            try {
-              latency[b] = await withTimeout(frontendPing(await backend(), o.quick ? 500 : 2000), caseTimeout, 'ping through the frontend');
-            } catch (error) {
-              latency.errors.push(`${b} ping: ${(error as Error).message}`);
-              await distrust();
-            }
-          },
-        });
-      }
-      steps.forEach((step, i) => stepsList.push(i < steps.length - 1 ? step : {
-        label: step.label,
+  // testpmd and the daemon: one backend per queue count, one frontend per case (testpmd's tap path carries no GSO);
+  // the daemon once more behind a frontend with packed rings, right after the same cases with split ones.
+  const frontendBackends: { b: 'testpmd' | 'daemon' | 'daemon-packed'; queues: number }[] = [
+    { b: 'testpmd', queues: 1 }, { b: 'testpmd', queues: 2 }, { b: 'daemon', queues: 1 }, { b: 'daemon-packed', queues: 1 }, { b: 'daemon', queues: 2 },
+  ];
+  for (const { b, queues } of frontendBackends) {
+    let ctx: BackendCtx | undefined;
+    const cases = throughput
+      .filter((t) => t.queues === queues && t.frame !== 'gso' && (b !== 'daemon-packed' || packedCase(t)) && want(label(b, t.dir, t.frame, t.queues)))
+      .flatMap((t) => Array.from({ length: o.repeat }, () => t));
+    const backend = async (): Promise<BackendCtx> => {
+      if (dpdkMissing) throw new Error(dpdkMissing);
+      return (ctx ??= await (b === 'testpmd' ? startTestpmdBackend(queues) : startDaemon(queues, 'vtd0', [], b === 'daemon-packed')));
+    };
+    const distrust = async (): Promise<void> => {
+      // A backend that failed once is not trusted for the next case: start a fresh one.
+      await ctx?.stop().catch(() => {});
+      ctx = undefined;
+    };
+    const steps: Step[] = cases.map((t) => ({
+      label: label(b, t.dir, t.frame, t.queues),
+      run: () => record(b, t.dir, t.frame, queues, async () => {
+        const c = await backend();
+        try {
+          return await withTimeout(frontendCase(c, t.dir, t.frame as number, o), caseTimeout, 'frontend case');
+        } catch (error) {
+          await distrust();
+          throw error;
+        }
+      }),
+    }));
+    const pingLabel = `${backendLabel(b, 'g2h')} latency ping-pong through virtio_user icmpecho`;
+    if (queues === 1 && b !== 'daemon-packed' && want(pingLabel)) {
+      steps.push({
+        label: pingLabel,
         run: async () => {
           try {
-            await step.run();
-          } finally {
-            await ctx?.stop();
-            ctx = undefined;
+            latency[b] = await withTimeout(frontendPing(await backend(), o.quick ? 500 : 2000), caseTimeout, 'ping through the frontend');
+          } catch (error) {
+            latency.errors.push(`${b} ping: ${(error as Error).message}`);
+            await distrust();
           }
         },
-      }));
+      });
     }
+    steps.forEach((step, i) => stepsList.push(i < steps.length - 1 ? step : {
+      label: step.label,
+      run: async () => {
+        try {
+          await step.run();
+        } finally {
+          await ctx?.stop();
+          ctx = undefined;
+        }
+      },
+    }));
   }
 
   if (want('latency ping-pong')) {
@@ -585,7 +607,7 @@ async function main(): Promise<void> {
     await s.run();
     const last = lastRecorded;
     lastRecorded = undefined;
-    if (!tty && last && s.label.startsWith(backendLabel(last.backend, last.dir))) {
+    if (!tty && last) {
       process.stdout.write(`        ${last.error ? `FAILED ${last.error.split('\n')[0]}` : `${last.mpps!.toFixed(3)} Mpps ${last.gbps!.toFixed(2)} Gbit/s`}\n`);
     }
   }
@@ -619,6 +641,11 @@ const NOTES = [
     + 'and the native guest of the embedded case with them on CPU 1, so that CPU 0 is the sender\'s alone as in the raw read() case (guest->host: the native guest on CPU 0, as a vCPU). Where a busy-polling frontend shares CPU 0, the sender gets half of it, so host->guest daemon/testpmd rates are lower than raw/embedded ones.',
   'CPU s/Mpkt: raw = the loop threads; embedded = the data path worker threads only (the native guest is not counted); testpmd / daemon = the whole backend process (/proc/<pid>/stat). testpmd busy-polls a core whatever the load.',
   'embedded: the native guest (bench/native/guest_generator.cc) runs split rings of 256 entries with event idx, one descriptor per frame, avail published every 32 chains, kicks only when the device asks; tx: it polls its used ring for completions as DPDK\'s virtio PMD does, so the device never calls; rx: it sleeps on the call eventfd; the QueuePair is configured as VirtioNetDevice does for a VERSION_1 + MRG_RXBUF driver without guest offloads.',
+  'split vs packed (issue 14, informational, no target): the embedded path and the daemon again, 1 pair, 64 and 1500 B both ways, over packed virtqueues (VIRTIO_F_RING_PACKED). '
+    + 'embedded packed: the same native guest in its packed mode (one descriptor per frame written into the ring, a batch of 32 exposed by its first descriptor\'s flags, '
+    + 'EVENT_IDX kicks and calls through the device and driver event suppression areas, as Linux\'s virtio_ring), interleaved with the split and raw windows of the same case. '
+    + 'daemon packed: a daemon of its own behind DPDK virtio_user with packed_vq=1 (its features line checked for bit 34), right after the split daemon\'s 1-pair cases; '
+    + 'DPDK\'s virtio_user negotiates no EVENT_IDX with either layout, so both use the flags alone.',
   'ping-pong: a 64 B UDP frame to an echo server (recvfrom/sendto) on the tap\'s host address; the reply comes back through the same tap queue. raw = write() + poll()/read() on the queue fd; embedded = post + kick, wait on the rx call eventfd. The difference of the two p50s is what the data path adds. '
     + 'Both run confined to CPU 0 (guest, worker and echo server alike): across the two vCPUs of this VM every hop pays a wakeup of an idle vCPU, and p50 swung from 30 to 400 us with the threads left to float.',
   'ping-pong through a frontend: ping (ICMP echo, one every ms) from the tap\'s host side to DPDK virtio_user answering in icmpecho mode, through testpmd and through the daemon (1 pair), ping on CPU 0 with the frontend\'s polling lcore, the backend on CPU 1. testpmd polls its core; the daemon sleeps between pings, and each wakeup of the idle vCPU costs tens of microseconds on a VM (twice per round trip: the request from the tap, the reply\'s kick); the daemon with --busy-poll-us 2000 never sleeps between pings, as testpmd.',

@@ -161,6 +161,56 @@ test('the live-migration section: each backend\'s QEMU figures and Mbit/s before
   assert.not.match(renderTable({ ...report, migration: undefined }), 'live migration');
 });
 
+test('split vs packed rows: a section of their own with packed / split per path, never a column of the main table, a target or a bar', () => {
+  const split = [
+    row('raw', 'g2h', 64, 1, 0.6), row('embedded', 'g2h', 64, 1, 2.0), row('testpmd', 'g2h', 64, 1, 0.5), row('daemon', 'g2h', 64, 1, 1.6),
+    row('embedded', 'h2g', 1500, 1, 0.8), row('daemon', 'h2g', 1500, 1, 0.4),
+  ];
+  const packed = [
+    // Faster than split on purpose: a packed row that leaked into a target or a ratio column would show.
+    row('embedded-packed', 'g2h', 64, 1, 3.0), row('daemon-packed', 'g2h', 64, 1, 1.2),
+    row('embedded-packed', 'h2g', 1500, 1, 0.6),
+    { backend: 'daemon-packed', dir: 'h2g', frame: 1500, queues: 1, error: 'virtio_user with packed_vq=1 did not negotiate VIRTIO_F_RING_PACKED (features 0x110008000)\n | at stack' } as Row,
+  ];
+  const rows = [...split, ...packed];
+  // Targets come from the split rows only.
+  assert.equal(evaluateTargets(rows, latency, idle, memory), evaluateTargets(split, latency, idle, memory), 'the packed rows change no target');
+  const report: Report = {
+    machine: { cpus: 2 }, startedAt: '2026-12-01T00:00:00.000Z', elapsedSeconds: 1, config: {}, rows, latency, idle, memory, guest,
+    targets: evaluateTargets(rows, latency, idle, memory), notes: [],
+  };
+  const table = renderTable(report);
+  const lines = table.split('\n');
+  // The main table: split figures and ratios (2.0 / 0.6 = 3.33x e/raw; 1.6 / 0.5 = 3.20x d/tp), no packed figure.
+  const main = lines.find((l) => l.startsWith('g->h 64 B 1q'))!;
+  assert.match(main, /^g->h 64 B 1q +0\.600 .* 2\.000 .* 0\.500 .* 1\.600 .* 3\.33x +3\.20x +2\.67x$/);
+  assert.not.match(main, '3.000');
+  const head = lines.findIndex((l) => l.startsWith('split vs packed virtqueues'));
+  assert.ok(head > lines.indexOf(main), 'the section follows the main table');
+  const section = lines.slice(head);
+  assert.match(section.join('\n'), /^ +vhost-tap embedded +vhost-tap daemon$/m);
+  // split Mpps Gbit/s s/Mpkt, packed Mpps Gbit/s s/Mpkt, packed / split: embedded then daemon.
+  const cpu = (mpps: number): string => (1.5 / (mpps * 2)).toFixed(2); // row(): 1.5 CPU s over mpps * 2e6 frames
+  const g2h = section.find((l) => l.startsWith('g->h 64 B 1q'))!;
+  assert.match(g2h, new RegExp(`^g->h 64 B 1q +2\\.000 +1\\.02 +${cpu(2.0)} +3\\.000 +1\\.54 +${cpu(3.0)} +1\\.50x +1\\.600 +0\\.82 +${cpu(1.6)} +1\\.200 +0\\.61 +${cpu(1.2)} +0\\.75x$`));
+  const h2g = section.find((l) => l.startsWith('h->g 1500 B 1q'))!;
+  assert.match(h2g, /^h->g 1500 B 1q +0\.800 .* 0\.600 .* 0\.75x +0\.400 +\S+ +\S+ +FAILED +-$/);
+  assert.match(section.join('\n'), /^ {2}FAILED vhost-tap daemon packed host->guest 1500 B 1q: virtio_user with packed_vq=1 did not negotiate\n {4}VIRTIO_F_RING_PACKED \(features 0x110008000\)$/m);
+  assert.not.match(section.join('\n'), 'at stack');
+  // The README block carries the section; the chart draws split bars only.
+  assert.match(renderMarkdown(report), 'split vs packed virtqueues');
+  const svg = renderSvg(report);
+  assert.not.match(svg, 'packed', 'no packed bar or legend in the chart');
+  assert.match(svg, 'vhost-tap embedded guest-&gt;host 64 B 1q: 2.000 Mpps', 'the split bars are drawn');
+  // A run of the packed rows alone (--only packed) prints the section, not "no cases run".
+  const alone = renderTable({ ...report, rows: packed });
+  assert.match(alone, 'split vs packed virtqueues');
+  assert.not.match(alone, 'no cases run');
+  assert.match(alone.split('\n').find((l) => l.startsWith('g->h 64 B 1q'))!, /^g->h 64 B 1q +- +- +- +3\.000 .* - +- +- +- +1\.200 +\S+ +\S+ +-$/);
+  // Without packed rows, no section.
+  assert.not.match(renderTable({ ...report, rows: split }), 'split vs packed');
+});
+
 test('the README block replaces what is between the markers and nothing else', () => {
   const begin = '<!-- bench:begin (node dist/bench/readme.js writes this block from bench/results/latest.json) -->';
   const readme = `# title\n\n${begin}\nold results\n<!-- bench:end -->\n\nafter\n`;

@@ -19,6 +19,8 @@ export interface FrontendOptions {
   ringSize?: number;
   /** Start forwarding at once (default true). */
   autoStart?: boolean;
+  /** Offer packed virtqueues (net_virtio_user packed_vq=1): VIRTIO_F_RING_PACKED is negotiated if the backend offers it. Default false (split). */
+  packed?: boolean;
 }
 
 export interface Frontend {
@@ -48,7 +50,7 @@ export function startFrontend(netns: Netns, o: FrontendOptions): Frontend {
   const child = netns.spawn('stdbuf', ['-oL', 'dpdk-testpmd',
     // forwarding lcore on cpu0, main lcore (the prompt) on cpu1, as run-vhost-user.sh
     '-l', '0,1', '--main-lcore', '1', '--no-huge', '--no-pci', '-m', '1024', `--file-prefix=${prefix}`,
-    '--vdev', `net_virtio_user0,path=${o.socket},queues=${o.queues},server=0,queue_size=${ring}`,
+    '--vdev', `net_virtio_user0,path=${o.socket},queues=${o.queues},server=0,queue_size=${ring}${o.packed ? ',packed_vq=1' : ''}`,
     '--', '-i', `--rxq=${o.queues}`, `--txq=${o.queues}`, `--rxd=${ring}`, `--txd=${ring}`, '--nb-cores=1',
     `--forward-mode=${o.mode}`, ...(o.txpkts ? [`--txpkts=${o.txpkts}`] : []), '--total-num-mbufs=65536',
     ...(o.autoStart === false ? [] : ['--auto-start']),

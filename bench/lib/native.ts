@@ -55,11 +55,17 @@ export interface BenchLoop {
   stop(): LoopStats & { rtt?: RttSummary };
 }
 
-/** One split ring as guest_generator.cc reads it: guest physical addresses inside `memory`, `size` buffers of `bufSize` bytes from `bufAddr` (one per descriptor), and its eventfds. */
+/**
+ * One ring as guest_generator.cc reads it: guest physical addresses inside `memory`, `size` buffers of `bufSize` bytes from `bufAddr`
+ * (one per descriptor), and its eventfds. Packed (GuestOptions.packed): descAddr is the descriptor ring, availAddr the driver event
+ * suppression area, usedAddr the device's.
+ */
 export interface GuestRing {
   size: number;
   descAddr: number;
+  /** split: the available ring; packed: the Driver Event Suppression area. */
   availAddr: number;
+  /** split: the used ring; packed: the Device Event Suppression area. */
   usedAddr: number;
   bufAddr: number;
   bufSize: number;
@@ -96,6 +102,8 @@ export interface GuestOptions {
   batch?: number;
   /** tx: reap completions by polling and never ask for a call, as DPDK's virtio PMD does. Default false: sleep on the call eventfd. */
   pollTx?: boolean;
+  /** Packed virtqueues (virtio 1.2 2.8) in every ring; the QueuePair must be configured packed too, from a fresh ring base. Default false: split. */
+  packed?: boolean;
   maxSeconds?: number;
   count?: number;
   intervalUs?: number;

@@ -3,7 +3,12 @@
 // terminal table and the SVG chart. Pure functions of the data: nothing here
 // measures, so a saved latest.json can be re-rendered.
 
-export type Backend = 'raw' | 'embedded' | 'testpmd' | 'daemon';
+/**
+ * embedded and daemon run split virtqueues; embedded-packed and daemon-packed are the same
+ * paths over packed ones (VIRTIO_F_RING_PACKED): the native guest in packed mode, DPDK's
+ * virtio_user with packed_vq=1. Informational rows, in a section of their own, no target.
+ */
+export type Backend = 'raw' | 'embedded' | 'testpmd' | 'daemon' | 'embedded-packed' | 'daemon-packed';
 export type Direction = 'g2h' | 'h2g';
 /** Ethernet frame bytes, or 'gso': one 64 KB TCP GSO super-frame. */
 export type FrameKind = number | 'gso';
@@ -183,7 +188,24 @@ export interface Report {
   notes: string[];
 }
 
+/** The main table's columns, the chart's bars and every target: split rings only. */
 const BACKENDS: readonly Backend[] = ['raw', 'embedded', 'testpmd', 'daemon'];
+/** The backends that have a packed-ring counterpart, and it. */
+const PACKED_PAIRS: readonly { split: Backend; packed: Backend }[] = [
+  { split: 'embedded', packed: 'embedded-packed' },
+  { split: 'daemon', packed: 'daemon-packed' },
+];
+
+/** The virtqueue layout a backend's rows ran, where the backend drives virtqueues at all (raw and testpmd's tap side do not). */
+export function ringOf(b: Backend): 'split' | 'packed' | undefined {
+  if (b === 'embedded-packed' || b === 'daemon-packed') return 'packed';
+  return b === 'embedded' || b === 'daemon' ? 'split' : undefined;
+}
+
+/** The backend whose path a row ran, whatever its ring layout: embedded-packed -> embedded. */
+export function baseBackend(b: Backend): Backend {
+  return b === 'embedded-packed' ? 'embedded' : b === 'daemon-packed' ? 'daemon' : b;
+}
 const DIRECTIONS: readonly Direction[] = ['g2h', 'h2g'];
 
 /* ----------------------------------------------------------------- labels */
@@ -202,6 +224,10 @@ export function backendLabel(b: Backend, dir: Direction): string {
       return dir === 'g2h' ? 'testpmd (vhost->tap)' : 'testpmd (tap->vhost)';
     case 'daemon':
       return 'vhost-tap daemon';
+    case 'embedded-packed':
+      return 'vhost-tap embedded packed';
+    case 'daemon-packed':
+      return 'vhost-tap daemon packed';
   }
 }
 
@@ -489,6 +515,8 @@ const TABLE_TITLES: Record<Backend, string> = {
   embedded: 'vhost-tap embedded',
   testpmd: 'DPDK testpmd',
   daemon: 'vhost-tap daemon',
+  'embedded-packed': 'vhost-tap embedded packed',
+  'daemon-packed': 'vhost-tap daemon packed',
 };
 
 interface RatioColumn {
@@ -503,10 +531,13 @@ const RATIO_COLUMNS: readonly RatioColumn[] = [
   { title: 'd/raw', num: 'daemon', den: 'raw' },
 ];
 
-function throughputTable(rows: readonly Row[], out: string[]): void {
+function throughputTable(allRows: readonly Row[], out: string[]): void {
+  const rows = allRows.filter((r) => BACKENDS.includes(r.backend));
   const cases = casesOf(rows);
   if (cases.length === 0) {
-    out.push('throughput: no cases run');
+    // (--only 'packed' runs the packed rows alone)
+    if (allRows.length === 0) out.push('throughput: no cases run');
+    else packedSection(allRows, out);
     return;
   }
   out.push(
@@ -563,7 +594,45 @@ function throughputTable(rows: readonly Row[], out: string[]): void {
     out.push(...wrap(f.message, WIDTH, `[${i + 1}] `, '    '));
     out.push(...wrap(`(${f.rows.join(', ')})`, WIDTH, '    ', '    '));
   });
-  dropsAndClaims(rows, out);
+  packedSection(allRows, out);
+  dropsAndClaims(allRows, out);
+}
+
+/**
+ * Split against packed virtqueues (issue 14), for each case that has a packed row: the same
+ * path (the native guest, or the daemon behind DPDK's virtio_user), the ring layout changed.
+ * Informational: no target is drawn from it.
+ */
+function packedSection(rows: readonly Row[], out: string[]): void {
+  const cases = casesOf(rows.filter((r) => PACKED_PAIRS.some((p) => p.packed === r.backend)));
+  if (cases.length === 0) return;
+  const pairs = PACKED_PAIRS.filter((p) => rows.some((r) => r.backend === p.packed));
+  const group = 2 * GROUP_W + RATIO_W; // split Mpps Gbit/s s/Mpkt, packed Mpps Gbit/s s/Mpkt, p/s
+  out.push('', ...wrap('split vs packed virtqueues (VIRTIO_F_RING_PACKED; informational, no target): the same path and case, only the ring layout changed; ' +
+    'p/s = packed Mpps / split Mpps.', WIDTH, '', ''));
+  out.push(`${' '.repeat(CASE_W)}${pairs.map((p) => ` ${center(TABLE_TITLES[p.split], group - 1)}`).join('')}`.trimEnd());
+  out.push(`${' '.repeat(CASE_W)}${pairs.map(() => ` ${center('split', GROUP_W - 1)} ${center('packed', GROUP_W - 1)}${' '.repeat(RATIO_W)}`).join('')}`.trimEnd());
+  const numbers = ` ${'Mpps'.padStart(NUM_W)} ${'Gbit/s'.padStart(NUM_W)} ${'s/Mpkt'.padStart(NUM_W)}`;
+  out.push(`${'case'.padEnd(CASE_W)}${pairs.map(() => `${numbers}${numbers}${'p/s'.padStart(RATIO_W)}`).join('')}`);
+  out.push('-'.repeat(out[out.length - 1]!.length));
+  let lastDir: Direction | undefined;
+  for (const c of cases) {
+    if (lastDir !== undefined && c.dir !== lastDir) out.push('');
+    lastDir = c.dir;
+    let line = caseLabel(c.dir, c.frame, c.queues, true).padEnd(CASE_W);
+    for (const p of pairs) {
+      const split = findRow(rows, p.split, c.dir, c.frame, c.queues);
+      const packed = findRow(rows, p.packed, c.dir, c.frame, c.queues);
+      for (const r of [split, packed]) {
+        if (r?.error !== undefined) line += ` ${center('FAILED', GROUP_W - 1)}`;
+        else line += ` ${fit(r?.mpps, 3, NUM_W).padStart(NUM_W)} ${fit(r?.gbps, 2, NUM_W).padStart(NUM_W)} ${fit(r?.cpuSecondsPerMpkt, 2, NUM_W).padStart(NUM_W)}`;
+      }
+      line += times(usable(packed) && usable(split) ? ratio(packed.mpps, split.mpps) : undefined).padStart(RATIO_W);
+    }
+    out.push(line.trimEnd());
+  }
+  const failed = rows.filter((r) => r.error !== undefined && ringOf(r.backend) === 'packed');
+  for (const r of failed) out.push(...wrap(firstLine(r.error!), WIDTH, `  FAILED ${rowLabel(r)}: `, '    '));
 }
 
 /**
@@ -756,7 +825,8 @@ function esc(s: string): string {
     .replace(/'/g, '&apos;');
 }
 
-const COLORS: Record<Backend, string> = { raw: '#8c8c8c', embedded: '#2b7bba', testpmd: '#e08a2b', daemon: '#3a9a4a' };
+// The chart draws the split rows only (BACKENDS); packed ones are in the table.
+const COLORS: Record<Backend, string> = { raw: '#8c8c8c', embedded: '#2b7bba', testpmd: '#e08a2b', daemon: '#3a9a4a', 'embedded-packed': '#7fb2dc', 'daemon-packed': '#8cc98f' };
 
 /** 1, 2, 2.5 or 5 times a power of ten: the step for about `ticks` gridlines up to `max`. */
 function niceStep(max: number, ticks: number): number {
@@ -844,7 +914,8 @@ export function renderSvg(report: Report): string {
   const chartX = 70;
   const chartW = 640;
   const listX = chartX + chartW + 30;
-  const cases = casesOf(report.rows);
+  const rows = report.rows.filter((r) => BACKENDS.includes(r.backend));
+  const cases = casesOf(rows);
   const targets = report.targets;
   const lineH = 15;
   const panelH = 250;
@@ -867,8 +938,8 @@ export function renderSvg(report: Report): string {
 
   if (cases.length === 0) s.push(`<text x="${chartX}" y="${top + 40}" fill="#999">no throughput cases run</text>`);
   else {
-    barPanel(s, report.rows, cases, { metric: 'mpps', title: 'Packet rate', unit: 'Mpps', y: top, height: panelH }, chartX, chartW);
-    barPanel(s, report.rows, cases, { metric: 'gbps', title: 'Bit rate (Ethernet frames; 64 KB GSO = one frame)', unit: 'Gbit/s', y: top + panelH, height: panelH }, chartX, chartW);
+    barPanel(s, rows, cases, { metric: 'mpps', title: 'Packet rate', unit: 'Mpps', y: top, height: panelH }, chartX, chartW);
+    barPanel(s, rows, cases, { metric: 'gbps', title: 'Bit rate (Ethernet frames; 64 KB GSO = one frame)', unit: 'Gbit/s', y: top + panelH, height: panelH }, chartX, chartW);
   }
   // Legend: backend colours, labelled for guest-to-host (raw and testpmd read the other way round host-to-guest).
   let lx = chartX;

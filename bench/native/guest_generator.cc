@@ -1,9 +1,10 @@
 // Benchmark helper (npm run bench), not part of the library's API: a native
-// guest driver that plays the guest over split virtqueues in a GuestMemory
-// region shared with QueuePairs, fast enough to saturate the data path (the TS
-// driver is not). Same ring layout as the TS driver (descriptor table,
-// available ring + used_event, used ring + avail_event) and the same rules as
-// Linux's virtio_ring with VIRTIO_RING_F_EVENT_IDX:
+// guest driver that plays the guest over split or packed virtqueues in a
+// GuestMemory region shared with QueuePairs, fast enough to saturate the data
+// path (the TS driver is not). Same ring layouts as the TS drivers (split:
+// descriptor table, available ring + used_event, used ring + avail_event;
+// packed: descriptor ring, driver and device event suppression areas) and the
+// same rules as Linux's virtio_ring with VIRTIO_RING_F_EVENT_IDX:
 //
 //   tx    one descriptor per frame (vnet header + frame, prebuilt once), the
 //         available index published every `batch` chains, a kick only when
@@ -17,6 +18,16 @@
 //         next entry (NAPI) and sleeps on the call eventfd.
 //   ping  one tx frame carrying a sequence number, then wait (call eventfd)
 //         for the rx frame that carries it back: a round trip.
+//
+// Packed rings (virtio 1.2 2.8) do the same with one descriptor per frame
+// written into the ring in place, buffer ids from a free list (id i always
+// names buffer i); a batch is exposed by storing its first descriptor's flags
+// last; used descriptors are reaped while AVAIL == USED == the used wrap
+// counter; kicks as virtqueue_kick_prepare_packed decides (the device area's
+// DESC offset and wrap, else its flags); calls asked for through the driver
+// area (DESC with an offset and wrap, as virtqueue_enable_cb_prepare_packed and
+// _delayed_packed do) and turned off (DISABLE) once the driver is awake, as
+// virtqueue_disable_cb_packed does.
 #include <poll.h>
 #include <pthread.h>
 #include <sys/resource.h>
@@ -28,6 +39,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -59,8 +71,10 @@ struct RingSpec {
   int kickFd = -1, callFd = -1;
 };
 
-// The driver's view of one split ring.
-struct DriverRing {
+// The driver's view of one split ring. The run loops below are written against
+// this interface, which PackedRing has too: post(), publish(), reap(),
+// waitUsed(), callsOff(), callOnNext(), exposeWithoutKick().
+struct SplitRing {
   uint32_t size = 0;
   VringDesc* desc = nullptr;
   uint16_t* availFlags = nullptr;
@@ -141,6 +155,30 @@ struct DriverRing {
 
   uint16_t usedNow() const { return __atomic_load_n(usedIdx, __ATOMIC_ACQUIRE); }
 
+  // Calls fn(id, len) for every used entry there is now; returns how many.
+  template <class F>
+  uint32_t reap(F&& fn) {
+    uint16_t used = usedNow();
+    uint32_t n = 0;
+    while (lastUsed != used) {
+      const VringUsedElem& e = usedRing[lastUsed & (size - 1)];
+      lastUsed++;
+      n++;
+      fn(e.id, e.len);
+    }
+    return n;
+  }
+
+  // Makes the posted chains available without a kick (before the device runs).
+  void exposeWithoutKick() {
+    __atomic_store_n(availIdx, shadowAvail, __ATOMIC_RELEASE);
+    kickedAvail = shadowAvail;
+  }
+  // No interrupt: used_event half the index space ahead (re-armed by the caller as it reaps).
+  void callsOff() { __atomic_store_n(usedEvent, static_cast<uint16_t>(lastUsed + 0x7fff), __ATOMIC_RELAXED); }
+  // An interrupt for the next used entry.
+  void callOnNext() { __atomic_store_n(usedEvent, lastUsed, __ATOMIC_RELAXED); }
+
   // Asks for an interrupt once the used index reaches lastUsed + after, then
   // sleeps on the call eventfd unless entries already arrived. Returns whether it slept.
   bool waitUsed(uint16_t after, int timeoutMs) {
@@ -155,6 +193,198 @@ struct DriverRing {
       ssize_t ignored = read(callFd, &v, sizeof v);
       (void)ignored;
     }
+    return true;
+  }
+};
+
+// The driver's view of one packed ring (virtio 1.2 2.8): descriptors written in
+// place, one per buffer, buffer id i naming buffer i.
+struct PackedRing {
+  uint32_t size = 0;
+  PackedDesc* desc = nullptr;
+  PackedEventSuppress* driverEvent = nullptr;  // ours: when the device should call
+  PackedEventSuppress* deviceEvent = nullptr;  // the device's: when it wants a kick
+  std::vector<uint8_t*> buffers;
+  uint64_t bufAddr = 0;
+  uint32_t bufSize = 0;
+  int kickFd = -1, callFd = -1;
+  std::vector<uint32_t> lens;        // per id: the descriptor's len
+  std::vector<uint16_t> writeFlags;  // per id: VRING_DESC_F_WRITE or 0
+  // 2.8.1: the next slot to make available and the Driver Ring Wrap Counter that goes with it.
+  uint32_t nextAvail = 0;
+  bool availWrap = true;
+  // 2.8.22: the next slot a used descriptor is expected in, and its wrap counter.
+  uint32_t nextUsed = 0;
+  bool usedWrap = true;
+  // The batch being posted: its first descriptor's flags are stored last, by publish().
+  uint32_t batchCount = 0;
+  uint32_t batchFirstSlot = 0;
+  uint16_t batchFirstFlags = 0;
+  uint16_t callFlags = RING_EVENT_FLAGS_ENABLE;  // what the driver area's flags say now
+  std::vector<uint16_t> freeIds;
+
+  bool setup(const std::shared_ptr<GuestMemoryMap>& mem, const RingSpec& s, std::string* err) {
+    size = s.size;
+    if (size == 0 || size > 32768) {
+      *err = "packed ring size must be from 1 to 32768";
+      return false;
+    }
+    if ((s.descAddr & 15) || (s.availAddr & 3) || (s.usedAddr & 3)) {
+      *err = "packed ring areas are misaligned (descriptors 16, event suppression 4 bytes)";
+      return false;
+    }
+    auto* d = mem->translate(s.descAddr, 16ull * size);
+    auto* drv = mem->translate(s.availAddr, sizeof(PackedEventSuppress));
+    auto* dev = mem->translate(s.usedAddr, sizeof(PackedEventSuppress));
+    if (!d || !drv || !dev || !mem->translate(s.bufAddr, static_cast<uint64_t>(s.bufSize) * size)) {
+      *err = "rings or buffers are not inside guest memory";
+      return false;
+    }
+    desc = reinterpret_cast<PackedDesc*>(d);
+    driverEvent = reinterpret_cast<PackedEventSuppress*>(drv);
+    deviceEvent = reinterpret_cast<PackedEventSuppress*>(dev);
+    bufAddr = s.bufAddr;
+    bufSize = s.bufSize;
+    kickFd = s.kickFd;
+    callFd = s.callFd;
+    memset(d, 0, 16ull * size);  // 2.8.13: the descriptor ring starts zeroed (nothing available)
+    memset(drv, 0, sizeof(PackedEventSuppress));
+    memset(dev, 0, sizeof(PackedEventSuppress));
+    callFlags = RING_EVENT_FLAGS_ENABLE;
+    buffers.resize(size);
+    lens.assign(size, 0);
+    writeFlags.assign(size, 0);
+    for (uint32_t i = 0; i < size; i++) buffers[i] = mem->translate(bufAddr + static_cast<uint64_t>(bufSize) * i, bufSize);
+    freeIds.clear();
+    for (uint32_t i = size; i-- > 0;) freeIds.push_back(static_cast<uint16_t>(i));
+    nextAvail = nextUsed = 0;
+    availWrap = usedWrap = true;
+    batchCount = 0;
+    return true;
+  }
+
+  void setDesc(uint16_t id, uint32_t len, bool writable) {
+    lens[id] = len;
+    writeFlags[id] = writable ? VRING_DESC_F_WRITE : 0;
+  }
+
+  // Writes buffer `id` into the next slot: available at once, unless it is the
+  // first of the batch, whose flags wait for publish().
+  void post(uint16_t id) {
+    PackedDesc* d = &desc[nextAvail];
+    const uint16_t flags = writeFlags[id] | (availWrap ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED);
+    d->addr = bufAddr + static_cast<uint64_t>(bufSize) * id;
+    if (batchCount++ == 0) {
+      // The slot still holds a used descriptor we reaped: the device reads no
+      // further than its flags, which stay as they are until publish().
+      d->len = lens[id];
+      d->id = id;
+      batchFirstSlot = nextAvail;
+      batchFirstFlags = flags;
+    } else {
+      // len, id and flags in one store, after addr (2.8.21.1: the barrier before the flags).
+      const uint64_t rest = lens[id] | (static_cast<uint64_t>(id) << 32) | (static_cast<uint64_t>(flags) << 48);
+      __atomic_store_n(&reinterpret_cast<uint64_t*>(d)[1], rest, __ATOMIC_RELEASE);
+    }
+    if (++nextAvail == size) {
+      nextAvail = 0;
+      availWrap = !availWrap;
+    }
+  }
+
+  void exposeBatch() { __atomic_store_n(&desc[batchFirstSlot].flags, batchFirstFlags, __ATOMIC_RELEASE); }
+
+  // Exposes the batch (its first flags last); kicks if the device asked, as
+  // virtqueue_kick_prepare_packed decides. Returns whether it kicked.
+  bool publish() {
+    if (batchCount == 0) return false;
+    const uint16_t added = static_cast<uint16_t>(batchCount);
+    exposeBatch();
+    batchCount = 0;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);  // the flags visible before we read the device's wishes
+    // off_wrap and flags as one snapshot.
+    const uint32_t snap = __atomic_load_n(reinterpret_cast<const uint32_t*>(deviceEvent), __ATOMIC_RELAXED);
+    const uint16_t offWrap = static_cast<uint16_t>(snap);
+    const uint16_t flags = static_cast<uint16_t>(snap >> 16) & 3;
+    bool kick;
+    if (flags != RING_EVENT_FLAGS_DESC) {
+      kick = flags != RING_EVENT_FLAGS_DISABLE;
+    } else {
+      uint16_t event = offWrap & 0x7fff;
+      if (((offWrap >> kPackedWrapBit) & 1) != static_cast<uint16_t>(availWrap)) event = static_cast<uint16_t>(event - size);
+      const uint16_t now = static_cast<uint16_t>(nextAvail);
+      kick = needEvent(event, now, static_cast<uint16_t>(now - added));
+    }
+    if (!kick) return false;
+    uint64_t one = 1;
+    return write(kickFd, &one, sizeof one) == sizeof one;
+  }
+
+  void exposeWithoutKick() {
+    if (batchCount == 0) return;
+    exposeBatch();
+    batchCount = 0;
+  }
+
+  bool isUsed(uint32_t slot, bool wrap) const {
+    const uint16_t flags = __atomic_load_n(&desc[slot].flags, __ATOMIC_ACQUIRE);
+    return ((flags & VIRTQ_DESC_F_AVAIL) != 0) == wrap && ((flags & VIRTQ_DESC_F_USED) != 0) == wrap;
+  }
+
+  // Calls fn(id, len) for every used descriptor there is now; returns how many.
+  template <class F>
+  uint32_t reap(F&& fn) {
+    uint32_t n = 0;
+    while (isUsed(nextUsed, usedWrap)) {  // acquire: id and len are read after the flags
+      const uint16_t id = desc[nextUsed].id;
+      const uint32_t len = desc[nextUsed].len;
+      if (++nextUsed == size) {  // one descriptor per buffer: the next one follows
+        nextUsed = 0;
+        usedWrap = !usedWrap;
+      }
+      n++;
+      fn(id, len);
+    }
+    return n;
+  }
+
+  void setCallFlags(uint16_t flags) {
+    if (callFlags == flags) return;
+    callFlags = flags;
+    __atomic_store_n(&driverEvent->flags, flags, __ATOMIC_RELEASE);
+  }
+  void callsOff() { setCallFlags(RING_EVENT_FLAGS_DISABLE); }
+  // An interrupt at the next used descriptor (virtqueue_enable_cb_prepare_packed).
+  void callOnNext() {
+    __atomic_store_n(&driverEvent->offWrap, static_cast<uint16_t>(nextUsed | (static_cast<uint32_t>(usedWrap) << kPackedWrapBit)), __ATOMIC_RELAXED);
+    setCallFlags(RING_EVENT_FLAGS_DESC);
+  }
+
+  // Asks for an interrupt when the descriptor `after` used ones from here is
+  // used, then sleeps on the call eventfd unless it already is; turns calls off
+  // again once awake (the interrupt handler's virtqueue_disable_cb). Returns whether it slept.
+  bool waitUsed(uint16_t after, int timeoutMs) {
+    uint32_t slot = nextUsed + (after > 0 ? after - 1u : 0u);
+    bool wrap = usedWrap;
+    if (slot >= size) {
+      slot -= size;
+      wrap = !wrap;
+    }
+    __atomic_store_n(&driverEvent->offWrap, static_cast<uint16_t>(slot | (static_cast<uint32_t>(wrap) << kPackedWrapBit)), __ATOMIC_RELAXED);
+    setCallFlags(RING_EVENT_FLAGS_DESC);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);  // our wish visible before we look again
+    if (isUsed(slot, wrap)) {
+      callsOff();
+      return false;
+    }
+    struct pollfd p = {callFd, POLLIN, 0};
+    int r = poll(&p, 1, timeoutMs);
+    if (r > 0) {
+      uint64_t v;
+      ssize_t ignored = read(callFd, &v, sizeof v);
+      (void)ignored;
+    }
+    callsOff();
     return true;
   }
 };
@@ -199,6 +429,7 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
     };
     batch_ = std::max(1, static_cast<int>(num("batch", 32)));
     pollTx_ = o.Get("pollTx").ToBoolean().Value();
+    packed_ = o.Get("packed").ToBoolean().Value();
     hdrSize_ = static_cast<uint32_t>(num("hdrSize", 12));
     maxSeconds_ = num("maxSeconds", 120);
     count_ = static_cast<uint64_t>(num("count", 1000));
@@ -236,28 +467,23 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
         s.callFd = static_cast<int>(n("callFd"));
         return s;
       };
-      auto pair = std::make_unique<Pair>();
       std::string err;
-      if (!pair->rx.setup(memory_, ring("rx"), &err) || !pair->tx.setup(memory_, ring("tx"), &err)) {
+      bool ok = packed_ ? addPair<PackedRing>(ring("rx"), ring("tx"), &err) : addPair<SplitRing>(ring("rx"), ring("tx"), &err);
+      if (!ok) {
         throwCode(env, "EINVAL", "pair " + std::to_string(i) + ": " + err);
         return;
       }
-      if (mode_ != Mode::kRx && pair->tx.bufSize < frame_.size()) {
-        throwCode(env, "EINVAL", "tx buffers are smaller than the frame");
-        return;
-      }
-      pairs_.push_back(std::move(pair));
       if (mode_ == Mode::kPing) break;  // one pair is enough for a ping-pong
     }
-    // The rings must be laid out before the device starts (it reads the used index then).
-    for (auto& p : pairs_) prepare(*p);
   }
 
   ~BenchGuest() override { halt(); }
 
  private:
-  struct Pair {
-    DriverRing rx, tx;
+  // What a generator thread keeps, whatever its rings' layout.
+  struct PairState {
+    virtual ~PairState() = default;
+    std::function<void()> run;  // the mode's loop over this pair's rings
     Counters c;
     std::thread thread;
     std::atomic<bool> alive{false};
@@ -267,8 +493,33 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
     uint64_t lost = 0;
     uint32_t rxPending = 0;  // later buffers of a merged rx frame still to come
   };
+  template <class R>
+  struct Pair : PairState {
+    R rx, tx;
+  };
 
-  void prepare(Pair& p) {
+  template <class R>
+  bool addPair(const RingSpec& rx, const RingSpec& tx, std::string* err) {
+    auto pair = std::make_unique<Pair<R>>();
+    if (!pair->rx.setup(memory_, rx, err) || !pair->tx.setup(memory_, tx, err)) return false;
+    if (mode_ != Mode::kRx && pair->tx.bufSize < frame_.size()) {
+      *err = "tx buffers are smaller than the frame";
+      return false;
+    }
+    // The rings must be laid out before the device starts (it reads them then).
+    prepare(*pair);
+    Pair<R>* p = pair.get();
+    pair->run = [this, p] {
+      if (mode_ == Mode::kTx) runTx(*p);
+      else if (mode_ == Mode::kRx) runRx(*p);
+      else runPing(*p);
+    };
+    pairs_.push_back(std::move(pair));
+    return true;
+  }
+
+  template <class R>
+  void prepare(Pair<R>& p) {
     if (mode_ == Mode::kTx || mode_ == Mode::kPing) {
       // Every tx buffer holds the frame already: posting a chain is writing one ring entry.
       for (uint32_t i = 0; i < p.tx.size; i++) {
@@ -283,12 +534,11 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
         p.rx.post(p.rx.freeIds.back());
         p.rx.freeIds.pop_back();
       }
-      __atomic_store_n(p.rx.availIdx, p.rx.shadowAvail, __ATOMIC_RELEASE);
-      p.rx.kickedAvail = p.rx.shadowAvail;
+      p.rx.exposeWithoutKick();
     }
     // Interrupts: rx wants one for the first entry, tx none until it runs out.
-    *p.rx.usedEvent = 0;
-    *p.tx.usedEvent = static_cast<uint16_t>(p.tx.size * 2);  // far away
+    p.rx.callOnNext();
+    p.tx.callsOff();
   }
 
   Napi::Value Start(const Napi::CallbackInfo& info) {
@@ -301,7 +551,7 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
     stop_ = false;
     startNs_ = nowNs();
     for (auto& up : pairs_) {
-      Pair* p = up.get();
+      PairState* p = up.get();
       p->alive = true;
       p->thread = std::thread([this, p] {
         p->tid = static_cast<int>(syscall(SYS_gettid));
@@ -309,9 +559,7 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
         bench::pinThisThread(cpu_);
         // A vCPU that gets its core when it needs it, even beside a busy host process.
         if (nice_ != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(p->tid.load()), nice_);
-        if (mode_ == Mode::kTx) runTx(*p);
-        else if (mode_ == Mode::kRx) runRx(*p);
-        else runPing(*p);
+        p->run();
         struct timespec ts;
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
         p->cpuAtExit = ts.tv_sec + ts.tv_nsec / 1e9;
@@ -321,7 +569,7 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
     return env.Undefined();
   }
 
-  double cpuOf(Pair& p) {
+  double cpuOf(PairState& p) {
     if (!p.alive || !p.thread.joinable()) return p.cpuAtExit;
     clockid_t cid;
     struct timespec ts;
@@ -337,7 +585,7 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
     Napi::Array per = Napi::Array::New(env);
     Napi::Array tids = Napi::Array::New(env);
     for (size_t i = 0; i < pairs_.size(); i++) {
-      Pair& p = *pairs_[i];
+      PairState& p = *pairs_[i];
       Napi::Object q = Napi::Object::New(env);
       q.Set("packets", static_cast<double>(p.c.packets.load()));
       q.Set("kicks", static_cast<double>(p.c.kicks.load()));
@@ -384,27 +632,22 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
   bool expired() const { return stop_.load(std::memory_order_relaxed) || (nowNs() - startNs_) > maxSeconds_ * 1e9; }
 
   // Reaps tx completions; returns how many.
-  static uint32_t reapTx(Pair& p) {
-    DriverRing& t = p.tx;
-    uint16_t used = t.usedNow();
-    uint32_t n = 0;
-    while (t.lastUsed != used) {
-      const VringUsedElem& e = t.usedRing[t.lastUsed & (t.size - 1)];
-      t.freeIds.push_back(static_cast<uint16_t>(e.id));
-      t.lastUsed++;
-      n++;
-    }
-    return n;
+  template <class R>
+  static uint32_t reapTx(Pair<R>& p) {
+    R& t = p.tx;
+    return t.reap([&](uint32_t id, uint32_t) { t.freeIds.push_back(static_cast<uint16_t>(id)); });
   }
 
-  void runTx(Pair& p) {
-    DriverRing& t = p.tx;
+  template <class R>
+  void runTx(Pair<R>& p) {
+    R& t = p.tx;
     const uint64_t frameBytes = frame_.size() - hdrSize_;
     uint64_t iter = 0;
     while ((++iter & 63) != 0 || !expired()) {
       uint32_t done = reapTx(p);
-      // Polling: keep used_event half the index space ahead, so the device never needs to call.
-      if (pollTx_) __atomic_store_n(t.usedEvent, static_cast<uint16_t>(t.lastUsed + 0x7fff), __ATOMIC_RELAXED);
+      // Polling: the device never needs to call (split: used_event kept half the index space
+      // ahead; packed: the driver area's flags say DISABLE, written once).
+      if (pollTx_) t.callsOff();
       if (done) {
         p.c.packets.fetch_add(done, std::memory_order_relaxed);
         p.c.bytes.fetch_add(done * frameBytes, std::memory_order_relaxed);
@@ -430,20 +673,15 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
   }
 
   // Reaps rx entries, counts frames, re-posts the buffers. Returns entries reaped.
-  uint32_t reapRx(Pair& p, uint32_t* matchSeq = nullptr, bool* matched = nullptr) {
-    DriverRing& r = p.rx;
-    uint16_t used = r.usedNow();
-    uint32_t n = 0;
-    while (r.lastUsed != used) {
-      const VringUsedElem& e = r.usedRing[r.lastUsed & (r.size - 1)];
-      uint16_t id = static_cast<uint16_t>(e.id);
-      uint32_t len = e.len;
-      r.lastUsed++;
-      n++;
-      if (id >= r.size) {
+  template <class R>
+  uint32_t reapRx(Pair<R>& p, uint32_t* matchSeq = nullptr, bool* matched = nullptr) {
+    R& r = p.rx;
+    return r.reap([&](uint32_t usedId, uint32_t len) {
+      if (usedId >= r.size) {
         p.c.errors.fetch_add(1);
-        continue;
+        return;
       }
+      const uint16_t id = static_cast<uint16_t>(usedId);
       if (p.rxPending > 0) {
         p.rxPending--;  // a later buffer of a merged frame
         p.c.bytes.fetch_add(len, std::memory_order_relaxed);
@@ -457,12 +695,12 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
         if (matchSeq && len >= seqOffset_ + 4 && memcmp(buf + seqOffset_, matchSeq, 4) == 0) *matched = true;
       }
       r.post(id);
-    }
-    return n;
+    });
   }
 
-  void runRx(Pair& p) {
-    DriverRing& r = p.rx;
+  template <class R>
+  void runRx(Pair<R>& p) {
+    R& r = p.rx;
     p.rxPending = 0;
     // The buffers were posted before the device started; one kick in case it is already waiting.
     uint64_t one = 1;
@@ -479,9 +717,10 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
     }
   }
 
-  void runPing(Pair& p) {
-    DriverRing& t = p.tx;
-    DriverRing& r = p.rx;
+  template <class R>
+  void runPing(Pair<R>& p) {
+    R& t = p.tx;
+    R& r = p.rx;
     p.rxPending = 0;
     uint64_t one = 1;
     if (write(r.kickFd, &one, sizeof one) == sizeof one) p.c.kicks.fetch_add(1);
@@ -521,6 +760,7 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
   Mode mode_ = Mode::kTx;
   int batch_ = 32;
   bool pollTx_ = false;  // tx: reap completions by polling, no interrupts (as DPDK's virtio PMD does)
+  bool packed_ = false;  // packed rings (VIRTIO_F_RING_PACKED) rather than split ones
   uint32_t hdrSize_ = 12;
   double maxSeconds_ = 120;
   uint64_t count_ = 1000;
@@ -529,7 +769,7 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
   int cpu_ = -1;
   int nice_ = 0;
   std::vector<uint8_t> frame_;
-  std::vector<std::unique_ptr<Pair>> pairs_;
+  std::vector<std::unique_ptr<PairState>> pairs_;
   std::atomic<bool> stop_{false};
   bool started_ = false;
   uint64_t startNs_ = 0;
