@@ -7,7 +7,8 @@ import { spawn, type ChildProcess, execFileSync } from 'node:child_process';
 import { Tap } from '../src/tap/tap';
 import { native } from '../src/native';
 import { GuestMemory } from '../src/virtio/guest-memory';
-import { PACKED_RING_FRESH_BASE, QueuePair, type QueuePairOptions, type QueuePairStats } from '../src/virtio/queue-pair';
+import { QueuePair, type QueuePairOptions, type QueuePairStats } from '../src/virtio/queue-pair';
+import { PACKED_RING_BASE_FRESH } from '../src/virtio/ring-base';
 import { GUEST_IP, GUEST_MAC, HOST_IP, PREFIX, VNET_HDR, gsoFrame, pingFrame, txFrame, udpPayloadFor } from './lib/frames';
 import { bench, type BenchLoop, type GuestRing, type GuestStats, type LoopStats, type RttSummary } from './lib/native';
 import { contextSwitches, diffCounters, linkCounters, sleep, threadCpuSeconds, threadIds, type LinkCounters } from './lib/proc';
@@ -199,7 +200,7 @@ function setupEmbedded(queues: number, txBufBytes: number, busyPollUs = 0, ring:
     const q = (g: GuestRing) => ({
       size: g.size, descAddr: g.descAddr, availAddr: g.availAddr, usedAddr: g.usedAddr, kickFd: g.kickFd, callFd: g.callFd, eventIdx: true, indirectDesc: false,
       // A packed ring that never ran: both positions 0, both wrap counters 1.
-      ...(ring === 'packed' ? { packed: true, lastAvailIdx: PACKED_RING_FRESH_BASE } : {}),
+      ...(ring === 'packed' ? { packed: true, lastAvailIdx: PACKED_RING_BASE_FRESH } : {}),
     });
     // What VirtioNetDevice passes for a VERSION_1 + MRG_RXBUF + EVENT_IDX (+ RING_PACKED) driver without guest offloads.
     const options = { memory, tapQueue: tap.queues[i]!, hdrSize: 12, mergeableRx: true, rxMaxFrameBytes: VNET_HDR + 18 + mtu, busyPollUs, rx: q(r.rx), tx: q(r.tx) };
