@@ -68,6 +68,14 @@ export interface StartOptions {
   guest?: VhostUserGuest;
   /** Pairs to enable with SET_VRING_ENABLE 1 (QEMU: the pairs in use). Default all of them. */
   enable?: number;
+  /**
+   * Enable each of those pairs before its rings are set up, not after all of
+   * them: QEMU 7.2's vhost_net_start when it restores the enable state of pairs
+   * already in use (a backend reconnect, a vm cont). Otherwise a pair's tx ring
+   * is started before it is enabled, and while another pair runs the backend
+   * discards what waits on it (vhost-user.rst "Ring states").
+   */
+  enableFirst?: boolean;
   /** Send guest memory with ADD_MEM_REG (what QEMU does once CONFIGURE_MEM_SLOTS is negotiated) instead of SET_MEM_TABLE. */
   memSlots?: boolean;
   /**
@@ -539,6 +547,7 @@ export class VhostUserFrontend {
         } else {
           await this.setMemTable(regions);
         }
+        if (options.enableFirst && pair < (options.enable ?? pairs)) await this.setPairEnabled(pair, true);
         const config = guest.driver.queueConfig(pair);
         const queues = [guest.driver.rxQueue(pair), guest.driver.txQueue(pair)] as const;
         for (const [ring, q, queue] of [[2 * pair, config.rx, queues[0]], [2 * pair + 1, config.tx, queues[1]]] as const) {
@@ -553,7 +562,7 @@ export class VhostUserFrontend {
         }
         if (status && pair === pairs - 1) await this.addStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
       }
-      for (let pair = 0; pair < (options.enable ?? pairs); pair++) await this.setPairEnabled(pair, true);
+      if (!options.enableFirst) for (let pair = 0; pair < (options.enable ?? pairs); pair++) await this.setPairEnabled(pair, true);
       for (let pair = 0; pair < pairs; pair++) guest.driver.fillRx(pair);
       return guest;
     } catch (error) {
