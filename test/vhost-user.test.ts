@@ -321,7 +321,7 @@ test('SET_FEATURES as QEMU sends it for csum=off,guest_csum=off (TSO, ECN, UFO w
 const LAYOUTS = [false, true] as const;
 const layoutName = (ringPacked: boolean): string => (ringPacked ? ' [packed ring]' : '');
 
-/** A fresh packed ring's base, or one at `index` of lap `wrap` with used == avail, in vhost-user's encoding. */
+/** A packed ring's base in vhost-user's encoding, used == avail at `position` (0x80008000 for a fresh ring). */
 const packedBase = (position: PackedRingPosition): number => encodePackedRingBase(position, position);
 
 for (const ringPacked of LAYOUTS) {
