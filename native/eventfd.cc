@@ -133,7 +133,14 @@ class FdPoller : public Napi::ObjectWrap<FdPoller> {
         bool sent = ready_.call(data, [](Napi::Env env, Napi::Function cb, int* p) {
           int readyFd = *p;
           delete p;
-          if (env != nullptr) cb.Call({Napi::Number::New(env, readyFd)});
+          // napi_call_function, not cb.Call: a readiness queued just before its fd was
+          // unwatched can arrive while Node tears the environment down, where no JS can
+          // run, and cb.Call's throw of that failure aborts the process. An exception the
+          // JS callback throws is left to Node, as for any N-API callback (as before).
+          if (env != nullptr) {
+            napi_value arg = Napi::Number::New(env, readyFd);
+            napi_call_function(env, env.Undefined(), cb, 1, &arg, nullptr);
+          }
         });
         if (!sent) {
           delete data;

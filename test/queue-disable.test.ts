@@ -11,7 +11,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { Tap, VhostUserServer, VirtioNetDevice, readTapLinkInfo } from '../src';
+import * as F from '../src/virtio/features';
 import type { GuestMemory } from '../src/virtio/guest-memory';
+import { encodePackedRingBase, type PackedQueueDriver } from '../src/virtio/driver/packed-queue-driver';
 import type { VirtqueueDriver } from '../src/virtio/driver/virtqueue-driver';
 import { until, withDevice } from './helpers/device';
 import { assertPrivateNetns, sleep, uniqueName } from './helpers/system';
@@ -77,52 +79,67 @@ test('a pair out of use goes on completing the tx chains posted after the switch
   });
 });
 
-test('vhost-user: a tx ring started but disabled discards what waits and what comes, until GET_VRING_BASE stops it', async () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'queue-disable-'));
-  const tap = Tap.create({ name: uniqueName('vqd'), queues: 2 });
-  const device = new VirtioNetDevice({ tap, controlQueue: 'frontend' });
-  const server = new VhostUserServer({ device, socketPath: path.join(tmp, 'sock') });
-  server.start();
-  const guest = VhostUserGuest.create(2);
-  const frontend = VhostUserFrontend.connect(path.join(tmp, 'sock'));
-  try {
-    const tx = guest.driver.txQueue(1);
-    const used = (): number => ringIdx(guest.memory, tx.layout.usedAddr);
-    const avail = (): number => ringIdx(guest.memory, tx.layout.availAddr);
-    // The destination of a migration after ethtool -L 2 -> 1: pair 1's rings are started from
-    // the source's bases, with chains the source left on tx 1, and never enabled.
-    postFrames(guest.memory, tx, 4, false);
-    await frontend.startDevice(2, { guest, enable: 1 });
-    await until('the chains left on the disabled tx ring to be completed', () => used() === avail());
-    postFrames(guest.memory, tx, 3, true);
-    await until('chains posted later to be completed too', () => used() === avail());
-    assert.is(device.stats().pairs[1]!.tx!.drops.stopped, 7);
-    assert.is(readTapLinkInfo(tap.name).stats.rxPackets, 0, 'unsent');
+for (const ringPacked of [false, true]) {
+  test(`vhost-user: a tx ring started but disabled discards what waits and what comes, until GET_VRING_BASE stops it${ringPacked ? ' [packed ring]' : ''}`, async () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'queue-disable-'));
+    const tap = Tap.create({ name: uniqueName('vqd'), queues: 2 });
+    const device = new VirtioNetDevice({ tap, controlQueue: 'frontend' });
+    const server = new VhostUserServer({ device, socketPath: path.join(tmp, 'sock') });
+    server.start();
+    const guest = VhostUserGuest.create(2, { features: { ringPacked } });
+    const frontend = VhostUserFrontend.connect(path.join(tmp, 'sock'));
+    try {
+      const tx = guest.driver.txQueue(1);
+      // Every chain posted completed: the driver reaps them itself (a packed ring has no
+      // indices in memory), and none is left in flight.
+      let completed = 0;
+      const allCompleted = (): boolean => {
+        completed += tx.takeUsed().length;
+        return tx.inFlight === 0;
+      };
+      // The destination of a migration after ethtool -L 2 -> 1: pair 1's rings are started from
+      // the source's bases, with chains the source left on tx 1, and never enabled.
+      postFrames(guest.memory, tx, 4, false);
+      await frontend.startDevice(2, { guest, enable: 1 });
+      assert.is(F.hasFeature(device.activeFeatures, F.VIRTIO_F_RING_PACKED), ringPacked);
+      await until('the chains left on the disabled tx ring to be completed', allCompleted);
+      postFrames(guest.memory, tx, 3, true);
+      await until('chains posted later to be completed too', allCompleted);
+      assert.is(completed, 7);
+      assert.is(device.stats().pairs[1]!.tx!.drops.stopped, 7);
+      assert.is(readTapLinkInfo(tap.name).stats.rxPackets, 0, 'unsent');
 
-    // A migration starting: QEMU sends every started ring's address again with VHOST_VRING_F_LOG,
-    // the disabled pair's too (this was refused with EBUSY, and QEMU gave up the migration).
-    const config = guest.driver.queueConfig(1);
-    await frontend.ok(Request.SET_VRING_ADDR, encodeVringAddr(2, config.rx, VHOST_VRING_F_LOG));
-    await frontend.ok(Request.SET_VRING_ADDR, encodeVringAddr(3, config.tx, VHOST_VRING_F_LOG));
-    postFrames(guest.memory, tx, 2, true);
-    await until('the disabled ring to discard on, logging', () => used() === avail());
-    assert.is(device.stats().pairs[1]!.tx!.drops.stopped, 2, 'counted by the worker started again on the logged ring');
+      // A migration starting: QEMU sends every started ring's address again with VHOST_VRING_F_LOG,
+      // the disabled pair's too (this was refused with EBUSY, and QEMU gave up the migration).
+      const config = guest.driver.queueConfig(1);
+      await frontend.ok(Request.SET_VRING_ADDR, encodeVringAddr(2, config.rx, VHOST_VRING_F_LOG));
+      await frontend.ok(Request.SET_VRING_ADDR, encodeVringAddr(3, config.tx, VHOST_VRING_F_LOG));
+      postFrames(guest.memory, tx, 2, true);
+      await until('the disabled ring to discard on, logging', allCompleted);
+      assert.is(device.stats().pairs[1]!.tx!.drops.stopped, 2, 'counted by the worker started again on the logged ring');
 
-    // Stopped, the ring is left alone: what comes now is for whoever starts it next.
-    assert.is(await frontend.getVringBase(3), avail());
-    postFrames(guest.memory, tx, 2, true);
-    await sleep(100);
-    assert.is((avail() - used()) & 0xffff, 2, 'a stopped ring keeps its chains');
-    assert.not.ok(device.stats().pairs[1]!.discardingTx);
-  } finally {
-    frontend.close();
-    await server.stop();
-    guest.close();
-    device.close();
-    tap.close();
-    fs.rmSync(tmp, { recursive: true, force: true });
-  }
-});
+      // Stopped, the ring is left alone: what comes now is for whoever starts it next. The base:
+      // split, the avail index; packed, the next descriptor for avail and used alike.
+      const stoppedAt = ringPacked
+        ? encodePackedRingBase((tx as PackedQueueDriver<number>).nextAvail, (tx as PackedQueueDriver<number>).nextAvail)
+        : ringIdx(guest.memory, tx.layout.availAddr);
+      assert.is(await frontend.getVringBase(3), stoppedAt);
+      postFrames(guest.memory, tx, 2, true);
+      await sleep(100);
+      assert.is(tx.takeUsed().length, 0, 'a stopped ring keeps its chains');
+      assert.is(tx.inFlight, 2);
+      assert.not.ok(device.stats().pairs[1]!.discardingTx);
+      assert.is(readTapLinkInfo(tap.name).stats.rxPackets, 0, 'nothing of pair 1 was sent');
+    } finally {
+      frontend.close();
+      await server.stop();
+      guest.close();
+      device.close();
+      tap.close();
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+}
 
 test('vhost-user: what a guest posts on a disabled pair right before it is enabled again is sent, not discarded', async () => {
   // QEMU sends SET_VRING_ENABLE without waiting for the backend and acks the guest's

@@ -15,7 +15,11 @@ import { EventFd, cancelWait } from '../../src/virtio/eventfd';
 import * as F from '../../src/virtio/features';
 import { featureBit } from '../../src/virtio/features';
 import { GuestMemory } from '../../src/virtio/guest-memory';
-import { VirtioNetDriver, type VirtioNetFeatures } from '../../src/virtio/driver/net-driver';
+import { VirtioNetDriver, type DeviceQueueConfig, type VirtioNetFeatures } from '../../src/virtio/driver/net-driver';
+import {
+  PackedQueueDriver, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED, encodePackedRingBase, type PackedRingPosition,
+} from '../../src/virtio/driver/packed-queue-driver';
+import type { VirtqueueDriver } from '../../src/virtio/driver/virtqueue-driver';
 
 /** Where the frontend pretends guest memory is mapped in its own address space: user address = USER_BASE + guest-physical. */
 export const USER_BASE = 0x7f00_0000_0000n;
@@ -64,9 +68,22 @@ export interface StartOptions {
   guest?: VhostUserGuest;
   /** Pairs to enable with SET_VRING_ENABLE 1 (QEMU: the pairs in use). Default all of them. */
   enable?: number;
+  /**
+   * Enable each of those pairs before its rings are set up, not after all of
+   * them: QEMU 7.2's vhost_net_start when it restores the enable state of pairs
+   * already in use (a backend reconnect, a vm cont). Otherwise a pair's tx ring
+   * is started before it is enabled, and while another pair runs the backend
+   * discards what waits on it (vhost-user.rst "Ring states").
+   */
+  enableFirst?: boolean;
   /** Send guest memory with ADD_MEM_REG (what QEMU does once CONFIGURE_MEM_SLOTS is negotiated) instead of SET_MEM_TABLE. */
   memSlots?: boolean;
-  /** Ring bases from the used indices in guest memory (QEMU after a backend reconnect); default 0. */
+  /**
+   * Ring bases as a frontend rebuilds them after a backend reconnect (resumeBase):
+   * split rings from the used indices in guest memory, as QEMU does; packed rings
+   * from the guest driver's own position, every used descriptor reaped first.
+   * Default: a fresh ring's base (0 split, 0x80008000 packed).
+   */
   resume?: boolean;
   /** Ring bases by ring index (what stopDevice() returned: QEMU after a vm stop/cont). */
   bases?: readonly number[];
@@ -76,7 +93,7 @@ export interface StartOptions {
    * Default: whenever the STATUS protocol feature was negotiated.
    */
   status?: boolean;
-  /** Features of the guest driver. Default VERSION_1, MRG_RXBUF and EVENT_IDX. */
+  /** Features of the guest driver. Default VERSION_1, MRG_RXBUF and EVENT_IDX; `ringPacked` for packed rings. */
   features?: Partial<VirtioNetFeatures>;
   /**
    * The virtio features SET_FEATURES carries, instead of the guest driver's own:
@@ -150,7 +167,54 @@ export function virtioFeaturesOf(features: VirtioNetFeatures): bigint {
   if (features.mergeableRx) bits |= featureBit(F.VIRTIO_NET_F_MRG_RXBUF);
   if (features.eventIdx) bits |= featureBit(F.VIRTIO_RING_F_EVENT_IDX);
   if (features.indirectDesc) bits |= featureBit(F.VIRTIO_RING_F_INDIRECT_DESC);
+  if (features.ringPacked) bits |= featureBit(F.VIRTIO_F_RING_PACKED);
   return bits;
+}
+
+/**
+ * The SET_VRING_BASE a frontend sends to resume `queue` (ring `config` of the
+ * guest's driver) after a backend reconnect, from what it can see.
+ *
+ * Split (2.7): the used index in guest memory, as QEMU's
+ * virtio_queue_restore_last_avail_idx takes it: every chain not yet used is
+ * available again.
+ *
+ * Packed (2.8): the ring keeps no index in guest memory (QEMU cannot resume it
+ * at all: see RingPositions), so this is the guest driver's own position, its
+ * next used descriptor, for both halves of vhost-user's packed encoding (avail
+ * == used: what follows is available again, as after a split ring's used
+ * index). That is where the device stopped only once the driver has reaped
+ * every used descriptor: EBUSY while one waits at that position.
+ */
+export function resumeBase(memory: GuestMemory, queue: VirtqueueDriver<number>, config: Pick<DeviceQueueConfig, 'usedAddr'>): number {
+  if (!(queue instanceof PackedQueueDriver)) return memory.view(config.usedAddr + 2, 2).getUint16(0, true);
+  if (queue.hasUsed) throw makeError('EBUSY', 'the packed ring has used descriptors the driver has not reaped: reap them (receive, reapTx) before resuming from the driver\'s position');
+  return encodePackedRingBase(queue.nextUsed, queue.nextUsed);
+}
+
+/**
+ * Where the device will write its next used descriptor on a packed ring, and how
+ * many used descriptors wait there that the driver has not reaped: walked in
+ * guest memory from the driver's next used position (2.8.1: used when AVAIL and
+ * USED both equal the wrap counter), one ring slot per chain, as the helper's
+ * guests post them (no rxSegments, no txSplitHeader). Exact once the device has
+ * stopped; a lower bound while it runs.
+ */
+export function packedUsedEnd(memory: GuestMemory, queue: VirtqueueDriver<number>): { position: PackedRingPosition; unreaped: number } {
+  if (!(queue instanceof PackedQueueDriver)) throw makeError('EINVAL', 'not a packed ring');
+  const { descAddr, size } = queue.layout;
+  let { index, wrap } = queue.nextUsed;
+  let unreaped = 0;
+  for (; unreaped < size; unreaped++) {
+    const flags = memory.view(descAddr + 16 * index + 14, 2).getUint16(0, true);
+    const bit = (mask: number): number => ((flags & mask) !== 0 ? 1 : 0);
+    if (bit(VIRTQ_DESC_F_AVAIL) !== wrap || bit(VIRTQ_DESC_F_USED) !== wrap) break;
+    if (++index === size) {
+      index = 0;
+      wrap = (wrap ^ 1) as 0 | 1;
+    }
+  }
+  return { position: { index, wrap }, unreaped };
 }
 
 export function encodeRegion(r: MemRegion): Buffer {
@@ -402,7 +466,11 @@ export class VhostUserFrontend {
     return this.ok(Request.SET_VRING_ADDR, encodeVringAddr(index, ring));
   }
 
-  /** GET_VRING_BASE: stops the ring; the index where the backend will resume. */
+  /**
+   * GET_VRING_BASE: stops the ring; where the backend will resume. Split: the
+   * last avail index. Packed: vhost-user's packed encoding (avail index and wrap
+   * counter in bits 0-15, used ones in bits 16-31), as an unsigned u32.
+   */
   async getVringBase(index: number): Promise<number> {
     const reply = await this.ask(Request.GET_VRING_BASE, encodeVringState({ index, num: 0 }));
     if (reply.length !== 8 || reply.readUInt32LE(0) !== index) throw makeError('EPROTO', 'GET_VRING_BASE reply names another ring');
@@ -479,9 +547,13 @@ export class VhostUserFrontend {
         } else {
           await this.setMemTable(regions);
         }
+        if (options.enableFirst && pair < (options.enable ?? pairs)) await this.setPairEnabled(pair, true);
         const config = guest.driver.queueConfig(pair);
-        for (const [ring, q] of [[2 * pair, config.rx], [2 * pair + 1, config.tx]] as const) {
-          const base = options.bases?.[ring] ?? (options.resume ? guest.memory.view(q.usedAddr + 2, 2).getUint16(0, true) : 0);
+        const queues = [guest.driver.rxQueue(pair), guest.driver.txQueue(pair)] as const;
+        for (const [ring, q, queue] of [[2 * pair, config.rx, queues[0]], [2 * pair + 1, config.tx, queues[1]]] as const) {
+          // Packed rings (2.8): NUM, BASE in vhost-user's packed encoding, and ADDR with the
+          // descriptor ring, driver area and device area in desc, avail and used (the driver's layout).
+          const base = options.bases?.[ring] ?? (options.resume ? resumeBase(guest.memory, queue, q) : q.lastAvailIdx ?? 0);
           await this.setVringNum(ring, q.size);
           await this.setVringBase(ring, base);
           await this.setVringAddr(ring, q);
@@ -490,7 +562,7 @@ export class VhostUserFrontend {
         }
         if (status && pair === pairs - 1) await this.addStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
       }
-      for (let pair = 0; pair < (options.enable ?? pairs); pair++) await this.setPairEnabled(pair, true);
+      if (!options.enableFirst) for (let pair = 0; pair < (options.enable ?? pairs); pair++) await this.setPairEnabled(pair, true);
       for (let pair = 0; pair < pairs; pair++) guest.driver.fillRx(pair);
       return guest;
     } catch (error) {
