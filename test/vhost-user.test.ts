@@ -20,7 +20,8 @@ import { featureBit } from '../src/virtio/features';
 import { GuestMemory } from '../src/virtio/guest-memory';
 import { GuestAllocator } from '../src/virtio/driver/guest-allocator';
 import { VirtioNetDriver } from '../src/virtio/driver/net-driver';
-import { encodePackedRingBase, type PackedQueueDriver, type PackedRingPosition } from '../src/virtio/driver/packed-queue-driver';
+import type { PackedQueueDriver } from '../src/virtio/driver/packed-queue-driver';
+import { encodePackedRingBase, type PackedRingPosition } from '../src/virtio/ring-base';
 import { VirtioNetDevice } from '../src/virtio/net-device';
 import {
   FLAG_NEED_REPLY, MAX_MEM_SLOTS, ProtocolFeature, Request, VHOST_F_LOG_ALL, VHOST_USER_VERSION, encodeMessage, encodeU64, encodeVringState,

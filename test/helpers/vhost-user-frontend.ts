@@ -16,9 +16,8 @@ import * as F from '../../src/virtio/features';
 import { featureBit } from '../../src/virtio/features';
 import { GuestMemory } from '../../src/virtio/guest-memory';
 import { VirtioNetDriver, type DeviceQueueConfig, type VirtioNetFeatures } from '../../src/virtio/driver/net-driver';
-import {
-  PackedQueueDriver, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED, encodePackedRingBase, type PackedRingPosition,
-} from '../../src/virtio/driver/packed-queue-driver';
+import { PackedQueueDriver, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED } from '../../src/virtio/driver/packed-queue-driver';
+import { encodePackedRingBase, type PackedRingPosition } from '../../src/virtio/ring-base';
 import type { VirtqueueDriver } from '../../src/virtio/driver/virtqueue-driver';
 
 /** Where the frontend pretends guest memory is mapped in its own address space: user address = USER_BASE + guest-physical. */
