@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vhost_tap::registerVirtqueue(env, exports);
   vhost_tap::registerMessageIo(env, exports);
   vhost_tap::registerDirtyLog(env, exports);
+  vhost_tap::registerSteering(env, exports);
 #ifdef VHOST_TAP_BENCH
   vhost_tap::registerBench(env, exports);
 #endif

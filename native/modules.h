@@ -11,6 +11,7 @@ void registerQueuePair(Napi::Env env, Napi::Object exports);
 void registerVirtqueue(Napi::Env env, Napi::Object exports);
 void registerMessageIo(Napi::Env env, Napi::Object exports);
 void registerDirtyLog(Napi::Env env, Napi::Object exports);
+void registerSteering(Napi::Env env, Napi::Object exports);
 #ifdef VHOST_TAP_BENCH
 // bench/native/: npm run bench only, built in a checkout of the repository, never shipped in the package.
 void registerBench(Napi::Env env, Napi::Object exports);

@@ -97,6 +97,12 @@ export interface NativeBindings {
   eventfdRead(fd: number): number;
   FdPoller: new (callback: (fd: number) => void) => NativeFdPoller;
 
+  steeringLoad(): { prog: number; map: number };
+  steeringConfigure(mapFd: number, config: { mode: number; hashTypes: number; tableMask: number; unclassified: number; key: Buffer; table: number[] }): void;
+  steeringAttach(tapFd: number, progFd: number): void;
+  steeringTestRun(progFd: number, frame: Buffer): number;
+  rcuGracePeriod(): boolean;
+
   tunOpen(name: string, flags: number): NativeTapOpenResult;
   tunSetVnetHdrSize(fd: number, size: number): void;
   tunGetVnetHdrSize(fd: number): number;

@@ -1,0 +1,122 @@
+#include "steering.h"
+
+#include <linux/bpf.h>
+#include <linux/if_tun.h>
+#include <linux/membarrier.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "bpf/steering_program.h"
+
+namespace vhost_tap {
+namespace {
+
+long bpf(int cmd, union bpf_attr* attr) { return syscall(SYS_bpf, cmd, attr, sizeof *attr); }
+
+}  // namespace
+
+bool loadSteering(SteeringFds* out, int* err, std::string* what, std::string* verifierLog) {
+  union bpf_attr attr;
+  memset(&attr, 0, sizeof attr);
+  attr.map_type = BPF_MAP_TYPE_ARRAY;
+  attr.key_size = 4;
+  attr.value_size = sizeof(SteeringConfig);
+  attr.max_entries = 1;
+  strncpy(attr.map_name, "vt_steering", sizeof attr.map_name - 1);
+  int map = static_cast<int>(bpf(BPF_MAP_CREATE, &attr));
+  if (map < 0) {
+    *err = errno;
+    *what = "bpf(BPF_MAP_CREATE)";
+    return false;
+  }
+  // A zeroed configuration steers everything to queue 0 until the control plane writes one.
+  constexpr size_t kCount = sizeof(steering_program::kInstructions) / sizeof(steering_program::kInstructions[0]);
+  std::vector<struct bpf_insn> insns(kCount);
+  memcpy(insns.data(), steering_program::kInstructions, sizeof(steering_program::kInstructions));
+  for (uint32_t at : steering_program::kMapFdInstructions) {
+    insns[at].src_reg = BPF_PSEUDO_MAP_FD;
+    insns[at].imm = map;
+  }
+  std::vector<char> log(1 << 16);
+  memset(&attr, 0, sizeof attr);
+  attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+  attr.insns = reinterpret_cast<uint64_t>(insns.data());
+  attr.insn_cnt = static_cast<uint32_t>(insns.size());
+  attr.license = reinterpret_cast<uint64_t>(steering_program::kLicense);
+  attr.log_buf = reinterpret_cast<uint64_t>(log.data());
+  attr.log_size = static_cast<uint32_t>(log.size());
+  attr.log_level = 1;
+  strncpy(attr.prog_name, "vt_steer", sizeof attr.prog_name - 1);
+  int prog = static_cast<int>(bpf(BPF_PROG_LOAD, &attr));
+  if (prog < 0 && errno == ENOSPC) {
+    // The log buffer was too small for the verifier's trace: load again without one.
+    attr.log_buf = 0;
+    attr.log_size = 0;
+    attr.log_level = 0;
+    prog = static_cast<int>(bpf(BPF_PROG_LOAD, &attr));
+  }
+  if (prog < 0) {
+    *err = errno;
+    *what = "bpf(BPF_PROG_LOAD)";
+    if (attr.log_buf) verifierLog->assign(log.data(), strnlen(log.data(), log.size()));
+    close(map);
+    return false;
+  }
+  out->prog = prog;
+  out->map = map;
+  return true;
+}
+
+bool configureSteering(int mapFd, const SteeringConfig& config, int* err) {
+  uint32_t key = 0;
+  union bpf_attr attr;
+  memset(&attr, 0, sizeof attr);
+  attr.map_fd = static_cast<uint32_t>(mapFd);
+  attr.key = reinterpret_cast<uint64_t>(&key);
+  attr.value = reinterpret_cast<uint64_t>(&config);
+  attr.flags = BPF_ANY;
+  if (bpf(BPF_MAP_UPDATE_ELEM, &attr) < 0) {
+    *err = errno;
+    return false;
+  }
+  return true;
+}
+
+bool attachSteering(int tapFd, int progFd, int* err) {
+  int fd = progFd;
+  if (ioctl(tapFd, TUNSETSTEERINGEBPF, &fd) < 0) {
+    *err = errno;
+    return false;
+  }
+  return true;
+}
+
+bool testRunSteering(int progFd, const uint8_t* frame, uint32_t length, uint32_t* retval, int* err) {
+  union bpf_attr attr;
+  memset(&attr, 0, sizeof attr);
+  attr.test.prog_fd = static_cast<uint32_t>(progFd);
+  attr.test.data_in = reinterpret_cast<uint64_t>(frame);
+  attr.test.data_size_in = length;
+  attr.test.repeat = 1;
+  if (bpf(BPF_PROG_TEST_RUN, &attr) < 0) {
+    *err = errno;
+    return false;
+  }
+  *retval = attr.test.retval;
+  return true;
+}
+
+bool waitForRcuGracePeriod(int* err) {
+  if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) < 0) {
+    *err = errno;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace vhost_tap

@@ -1,0 +1,45 @@
+// The tap's steering eBPF program (native/bpf/steering.bpf.c): loaded with the
+// bpf() system call, attached with TUNSETSTEERINGEBPF, configured through its
+// one-entry array map. No libbpf: the program is committed bytecode
+// (native/bpf/steering_program.h) with one map fd to patch in.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace vhost_tap {
+
+constexpr uint32_t kSteeringKeyBytes = 40;       // virtio-net rss_max_key_size
+constexpr uint32_t kSteeringTableEntries = 128;  // rss_max_indirection_table_length
+
+// Must match struct steering_config in native/bpf/steering.bpf.c.
+struct SteeringConfig {
+  uint32_t mode = 0;  // 0: steer (return the table's queue); 1: return the hash (tests)
+  uint32_t hashTypes = 0;
+  uint16_t tableMask = 0;
+  uint16_t unclassified = 0;
+  uint8_t key[kSteeringKeyBytes] = {};
+  uint16_t table[kSteeringTableEntries] = {};
+};
+static_assert(sizeof(SteeringConfig) == 8 + 4 + kSteeringKeyBytes + 2 * kSteeringTableEntries, "no padding");
+
+struct SteeringFds {
+  int prog = -1;
+  int map = -1;
+};
+
+// Creates the map and loads the program. False with an errno-style *err and *what
+// (EPERM: no CAP_BPF / CAP_SYS_ADMIN, or unprivileged BPF is off); nothing is left open.
+// *verifierLog: the kernel verifier's complaint, if it refused the program.
+bool loadSteering(SteeringFds* out, int* err, std::string* what, std::string* verifierLog);
+// Writes the configuration into the map (what the program reads for the next frame).
+bool configureSteering(int mapFd, const SteeringConfig& config, int* err);
+// TUNSETSTEERINGEBPF on any queue fd of the tap: progFd, or -1 to detach.
+bool attachSteering(int tapFd, int progFd, int* err);
+// BPF_PROG_TEST_RUN over one Ethernet frame: the program's return value.
+bool testRunSteering(int progFd, const uint8_t* frame, uint32_t length, uint32_t* retval, int* err);
+// Waits until every CPU has passed a quiescent state (membarrier MEMBARRIER_CMD_GLOBAL,
+// which is synchronize_rcu()): a steering program that read the old configuration has
+// finished, and its frame is in the queue it chose. False if the kernel cannot (nohz_full).
+bool waitForRcuGracePeriod(int* err);
+
+}  // namespace vhost_tap
