@@ -170,9 +170,10 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
 
   Napi::Value Stop(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    // stop(discardTx?): see QueuePairWorker::stop.
+    // stop(discardTx?, drainRx?): see QueuePairWorker::stop.
     const bool discardTx = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
-    if (worker_) worker_->stop(discardTx);
+    const bool drainRx = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+    if (worker_) worker_->stop(discardTx, drainRx);
     Napi::Object out = Napi::Object::New(env);
     // A pair that never ran stopped where it was told to start.
     out.Set("rxLastAvailIdx", worker_ ? worker_->rxLastAvail() : rxStartIdx_);

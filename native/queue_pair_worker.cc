@@ -212,9 +212,10 @@ bool QueuePairWorker::start(std::string* error) {
   return true;
 }
 
-void QueuePairWorker::stop(bool discardTx) {
+void QueuePairWorker::stop(bool discardTx, bool drainRx) {
   if (thread_.joinable()) {
     discardTxOnStop_.store(discardTx, std::memory_order_relaxed);
+    drainRxOnStop_.store(drainRx, std::memory_order_relaxed);
     stopping_.store(true, std::memory_order_release);
     uint64_t one = 1;
     ssize_t ignored = write(stopFd_, &one, sizeof one);  // our own non-blocking eventfd
@@ -297,7 +298,11 @@ void QueuePairWorker::run() {
   // The kernel drops a queue's backlog when it is detached (tun.c), and a stop
   // usually comes right before a detach: read what is queued now into the
   // guest's buffers first. Bounded, so a flood cannot hold the stop up.
-  for (int turn = 0; turn < kStopDrainTurns && handleRx(); turn++) {
+  if (drainRxOnStop_.load(std::memory_order_relaxed)) {
+    drainRxUntilEmpty();
+  } else {
+    for (int turn = 0; turn < kStopDrainTurns && handleRx(); turn++) {
+    }
   }
   // Nothing of tx is in flight (each chain completes as it is written); rx
   // gives back the buffers it held, dropping a frame that waited for more.
@@ -309,6 +314,38 @@ void QueuePairWorker::run() {
   if (discardTxOnStop_.load(std::memory_order_relaxed)) discardTx(tx_.size(), false);
   if (rx_.flushUsed() || rxCallPending_) signal(true);
   if (tx_.flushUsed() || txCallPending_) signal(false);
+}
+
+void QueuePairWorker::drainRxUntilEmpty() {
+  uint64_t waitedSince = 0;
+  for (int turn = 0; turn < kDrainAllTurns; turn++) {
+    if (handleRx()) continue;  // the budget ran out: more to read
+    if (rxBroken_ || tapFailed_) return;
+    if (!rxWaitingForBuffers_) return;  // the tap queue is empty
+    // Frames wait in the tap and the driver has no buffer posted: it may be refilling
+    // (a guest refills rx from NAPI while its control command waits for our answer).
+    const uint64_t now = monotonicNs();
+    if (waitedSince == 0) waitedSince = now;
+    if (now - waitedSince < kDrainWaitNs) {
+      struct timespec pause = {0, 200000};  // 0.2 ms: a kick cannot wake us here (kicks are not read, see run())
+      nanosleep(&pause, nullptr);
+      if (rx_.hasAvail()) {
+        rxWaitingForBuffers_ = false;
+        setTapInterest();
+      }
+      continue;
+    }
+    // No buffer came: read what is left and drop it, counted, rather than let the
+    // detach purge it unseen.
+    uint8_t* sink = overflow_.data();
+    for (int i = 0; i < kDrainAllTurns * kBudget; i++) {
+      ssize_t n = read(options_.tapFd, sink, overflow_.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      bump(rxStats.dropStopped);
+    }
+    return;
+  }
 }
 
 void QueuePairWorker::runDiscardingTx() {

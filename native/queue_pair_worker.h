@@ -79,7 +79,12 @@ class QueuePairWorker {
   // (VQ_PAIRS_SET, SET_VRING_ENABLE 0): chains the driver left on the tx ring are
   // completed unsent, as vhost-user.rst ("Ring states") asks of a started but
   // disabled ring, so the guest gets its buffers (and their sockets' memory) back.
-  void stop(bool discardTx = false);
+  // drainRx: read the tap queue until it is empty before stopping, not only a bounded
+  // amount: for a queue no frame is steered to any more (the steering program took it
+  // out of its table), whose backlog the detach that follows would purge. If the
+  // driver has posted no buffers for what is left, the worker waits for some a
+  // little (kDrainWaitNs), then reads the rest and drops it, counted (drops.stopped).
+  void stop(bool discardTx = false, bool drainRx = false);
   bool running() const { return thread_.joinable(); }
 
   // Valid once stopped: where the device is in each available ring (vhost GET_VRING_BASE).
@@ -98,6 +103,8 @@ class QueuePairWorker {
   static constexpr int kUsedBatch = 64; // publish used entries at least this often
   static constexpr size_t kOverflowBytes = 65536 + 1024;
   static constexpr int kStopDrainTurns = 4;  // at most 4 x kBudget frames taken from the tap on the way out
+  static constexpr int kDrainAllTurns = 1024;  // drainRx: up to 256K frames, more than a tap queue holds (txqueuelen)
+  static constexpr uint64_t kDrainWaitNs = 50000000ull;  // drainRx: how long to wait for rx buffers from the driver
   static constexpr int kTxBatch = 32;        // chains written with one io_uring_enter
   static constexpr int kTxIovCapacity = 2 * kMaxIov;
   static constexpr int kRxBatch = 32;        // frames read with one io_uring_enter
@@ -148,6 +155,8 @@ class QueuePairWorker {
   void setTapInterest();
   void breakQueue(bool rx);
   void giveBackHeldRx();
+  // drainRx at stop: see stop().
+  void drainRxUntilEmpty();
   enum class Gather { kReady, kWaiting, kBroken };
   Gather gatherRx(uint64_t want);
   void finishRxFrame(uint64_t frameBytes);
@@ -164,6 +173,7 @@ class QueuePairWorker {
   int stopFd_ = -1;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> discardTxOnStop_{false};
+  std::atomic<bool> drainRxOnStop_{false};
   std::atomic<bool> rxBroken_{false};
   std::atomic<bool> txBroken_{false};
   bool tapFailed_ = false;

@@ -62,7 +62,7 @@ export interface NativeQueueStats {
 
 export interface NativeQueuePair {
   start(): void;
-  stop(discardTx?: boolean): { rxLastAvailIdx: number; txLastAvailIdx: number; rxBroken: boolean; txBroken: boolean };
+  stop(discardTx?: boolean, drainRx?: boolean): { rxLastAvailIdx: number; txLastAvailIdx: number; rxBroken: boolean; txBroken: boolean };
   stats(): { rx: NativeQueueStats; tx: NativeQueueStats; rxBroken: boolean; txBroken: boolean };
   running(): boolean;
 }

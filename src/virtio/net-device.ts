@@ -16,6 +16,7 @@ import { describeRequirement, featureBit, hasFeature, netHdrSize, resolveRequire
 import type { GuestMemory } from './guest-memory';
 import { NetConfigSpace, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from './net-config';
 import { tapOffloadsForGuest } from './offloads';
+import { TapSteering } from '../tap/steering';
 import { QueuePair, type QueuePairStats, type VirtqueueConfig } from './queue-pair';
 import { freshRingBase } from './ring-base';
 
@@ -68,6 +69,22 @@ export interface VirtioNetDeviceOptions {
    * the last frame before it sleeps (see QueuePairOptions.busyPollUs). Default 0.
    */
   busyPollUs?: number;
+  /**
+   * Which queue each frame from the host goes to (see TapSteering). 'auto' (the
+   * default): load the tap steering program and attach it, so that a queue pair
+   * taken out of use loses none of the frames already on their way to it; if it
+   * cannot be loaded (no CAP_BPF, an old kernel), tun's own flow hash steers, as
+   * without it, and the device says why once ('steering' event, stats()). A
+   * TapSteering: that one, loaded by someone else (a privileged helper) and left
+   * theirs to close. 'off': tun's hash.
+   */
+  steering?: 'auto' | 'off' | TapSteering;
+}
+
+/** Whether frames are steered by the program (lossless queue changes), and if not, why. */
+export interface SteeringState {
+  active: boolean;
+  reason?: string;
 }
 
 /** One virtqueue as the VMM's transport (or vhost) configures it. */
@@ -163,6 +180,8 @@ export interface VirtioNetDeviceEvents {
   'protocol-error': [string];
   /** A frontend-negotiated feature set was accepted with features left off (see DriverFeaturesOptions). */
   'features-inactive': [InactiveFeatures];
+  /** Emitted once, at construction: whether the steering program steers (and if not, why). */
+  steering: [SteeringState];
 }
 
 export interface DeviceStats {
@@ -174,6 +193,7 @@ export interface DeviceStats {
    */
   pairs: ({ pair: number; running: boolean; discardingTx: boolean; tapAttached: boolean } & Partial<QueuePairStats>)[];
   control: { ok: number; err: number };
+  steering: SteeringState;
 }
 
 /**
@@ -209,6 +229,9 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   #closed = false;
   /** Which dirty log the queues write to (live migration); none unless startDirtyLog(). */
   readonly #dirtyLog = new DirtyLogSlot();
+  #steering: TapSteering | undefined;
+  #ownsSteering = false;
+  #steeringState: SteeringState = { active: false, reason: 'not set up' };
 
   constructor(options: VirtioNetDeviceOptions) {
     super();
@@ -233,6 +256,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.#config.setStatus(linkUp ? VIRTIO_NET_S_LINK_UP : 0);
     this.offeredFeatures = this.#probeFeatures((options.features ?? IMPLEMENTED_FEATURES) & IMPLEMENTED_FEATURES);
     this.#resetState();
+    this.#setUpSteering(options.steering ?? 'auto');
   }
 
   // ---- status and features (the transport's registers) ----
@@ -516,11 +540,21 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       for (const i of attached) this.#detachQuietly(i);
       throw makeError(errorCode(error) ?? 'EIO', `could not use ${n} queue pairs (still ${previous}): ${(error as Error).message}`, error);
     }
-    for (let i = n; i < this.maxQueuePairs; i++) {
+    // The pairs that stay (and those that start) get every frame from here on; those that
+    // leave get none once frames already steered to them have arrived: they are read
+    // empty, then detached, so the kernel purges nothing (tun drops a detached queue's
+    // backlog). Top down, so that tun's numbering of the attached queues stays 0..n-1,
+    // the numbers the steering table uses (a detach moves tun's last queue into the hole).
+    const leaving = Array.from({ length: this.maxQueuePairs - n }, (_, k) => this.maxQueuePairs - 1 - k).filter((i) => this.tap.queues[i]!.attached);
+    this.#steer(n);
+    const drainRx = this.#steering !== undefined && leaving.length > 0;
+    if (drainRx && !this.#steering!.waitForInFlight()) sleepSync(20); // no grace period to wait for (nohz_full): a moment instead
+    for (const i of leaving) {
       // A pair the driver stops using: its tx chains are completed unsent (QueuePair.stop).
-      if (forwarding(i)) this.#stopPair(i, options.discardTx ?? false);
+      if (forwarding(i)) this.#stopPair(i, options.discardTx ?? false, drainRx);
       this.#detachQuietly(i);
     }
+    for (let i = n; i < this.maxQueuePairs; i++) if (forwarding(i)) this.#stopPair(i, options.discardTx ?? false);
     this.#discardTxOfPairsOutOfUse(n);
     this.#active = n;
     if (n !== previous) this.emit('queue-pairs', { active: n, previous });
@@ -558,6 +592,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
         };
       }),
       control: this.#control ? { ...this.#control.counts } : { ok: 0, err: 0 },
+      steering: { ...this.#steeringState },
     };
   }
 
@@ -748,6 +783,47 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     if (this.#closed) return;
     this.#stopAll();
     this.#closed = true;
+    if (this.#steering && this.#ownsSteering) {
+      try {
+        this.#steering.detach(this.tap);
+      } catch {
+        // a tap whose queues are gone: nothing to detach from
+      }
+      this.#steering.close();
+    }
+    this.#steering = undefined;
+  }
+
+  /** Loads and attaches the steering program (or adopts one); without it, tun's own hash steers. */
+  #setUpSteering(choice: 'auto' | 'off' | TapSteering): void {
+    if (choice === 'off') {
+      this.#steeringState = { active: false, reason: 'turned off (steering: \'off\')' };
+    } else {
+      const owned = !(choice instanceof TapSteering);
+      let steering: TapSteering | undefined;
+      try {
+        steering = owned ? TapSteering.load() : choice;
+        if (owned) steering.attach(this.tap);
+        this.#steering = steering;
+        this.#ownsSteering = owned;
+        this.#steer(this.#active);
+        this.#steeringState = { active: true };
+      } catch (error) {
+        if (owned) steering?.close();
+        this.#steering = undefined;
+        this.#steeringState = {
+          active: false,
+          reason: `${(error as Error).message}: tun's own flow hash steers, and frames already steered to a queue pair taken out of use are lost`,
+        };
+      }
+    }
+    // Once, whoever listens: a listener added right after construction still gets it.
+    queueMicrotask(() => this.emit('steering', { ...this.#steeringState }));
+  }
+
+  /** The steering program sends frames to the first `pairs` tap queues only (tun numbers attached queues 0..n-1). */
+  #steer(pairs: number): void {
+    this.#steering?.spread(pairs);
   }
 
   // ---- internals ----
@@ -926,10 +1002,10 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.#workers[pair] = worker;
   }
 
-  #stopPair(pair: number, discardTx = false): void {
+  #stopPair(pair: number, discardTx = false, drainRx = false): void {
     const worker = this.#workers[pair];
     if (!worker) return;
-    const { rxLastAvailIdx, txLastAvailIdx } = worker.stop({ discardTx });
+    const { rxLastAvailIdx, txLastAvailIdx } = worker.stop({ discardTx, drainRx: drainRx && !worker.txDiscardOnly });
     if (!worker.txDiscardOnly) this.#queues[2 * pair]!.lastAvailIdx = rxLastAvailIdx; // a discarding worker has no rx ring
     this.#queues[2 * pair + 1]!.lastAvailIdx = txLastAvailIdx;
     this.#workers[pair] = undefined;
@@ -1064,7 +1140,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.#config.setStatus(this.#config.status & ~VIRTIO_NET_S_ANNOUNCE);
     const first = this.tap.queues[0]!;
     if (!first.attached) first.attach();
-    for (let i = 1; i < this.tap.queues.length; i++) this.#detachQuietly(i);
+    for (let i = this.tap.queues.length - 1; i >= 1; i--) this.#detachQuietly(i); // top down: see setActiveQueuePairs
+    this.#steer(1);
     try {
       this.tap.setOffload({});
     } catch {
@@ -1093,4 +1170,9 @@ function randomMac(): Buffer {
 function checkFd(fd: number): number {
   if (!Number.isInteger(fd) || fd < 0) throw makeError('EBADF', `${String(fd)} is not a file descriptor`);
   return fd;
+}
+
+/** Blocks this thread for `ms` (a fallback used only where the kernel has no RCU barrier for us). */
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }

@@ -194,13 +194,15 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
    * every chain it took is completed or given back, and its fds and guest memory are
    * released. Returns where each ring stopped.
    */
-  stop(options: { discardTx?: boolean } = {}): QueuePairPosition {
+  stop(options: { discardTx?: boolean; drainRx?: boolean } = {}): QueuePairPosition {
     // discardTx: the pair goes out of use while its rings stay started (a queue-pair
     // change): what the driver left on the tx ring is completed unsent, so it gets
     // those buffers back (vhost-user.rst "Ring states": a started but disabled ring
     // discards its TX packets). Never for a stop that keeps the ring where it is
     // (GET_VRING_BASE, a migration): those chains are the destination's to send.
-    const { rxLastAvailIdx, txLastAvailIdx } = this.#native.stop(options.discardTx ?? false);
+    // drainRx: no frame is steered to this queue any more (a steering program took it out
+    // of its table, TapSteering): read it empty, since the detach that follows purges it.
+    const { rxLastAvailIdx, txLastAvailIdx } = this.#native.stop(options.discardTx ?? false, options.drainRx ?? false);
     return { rxLastAvailIdx, txLastAvailIdx };
   }
 
