@@ -125,6 +125,8 @@ Napi::Value DescribeFd(const Napi::CallbackInfo& info) {
       out.Set("kind", "eventfd");
       uint64_t count;
       if (readEventfdCount(fd, &count)) out.Set("eventfdCount", Napi::BigInt::New(env, count));
+    } else if (strcmp(link, "anon_inode:bpf-map") == 0) {
+      out.Set("kind", "bpf-map");
     } else {
       out.Set("kind", "other");
     }

@@ -72,6 +72,28 @@ bool loadSteering(SteeringFds* out, int* err, std::string* what, std::string* ve
   return true;
 }
 
+bool isSteeringMap(int mapFd, int* err, std::string* why) {
+  struct bpf_map_info info;
+  memset(&info, 0, sizeof info);
+  union bpf_attr attr;
+  memset(&attr, 0, sizeof attr);
+  attr.info.bpf_fd = static_cast<uint32_t>(mapFd);
+  attr.info.info_len = sizeof info;
+  attr.info.info = reinterpret_cast<uint64_t>(&info);
+  if (bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) < 0) {
+    *err = errno;
+    *why = "it is not a BPF map";
+    return false;
+  }
+  if (info.type != BPF_MAP_TYPE_ARRAY || info.key_size != 4 || info.value_size != sizeof(SteeringConfig) || info.max_entries != 1) {
+    *err = EINVAL;
+    *why = "it is a BPF map of another shape (type " + std::to_string(info.type) + ", value " + std::to_string(info.value_size) +
+           " bytes, " + std::to_string(info.max_entries) + " entries): not this version's steering map";
+    return false;
+  }
+  return true;
+}
+
 bool configureSteering(int mapFd, const SteeringConfig& config, int* err) {
   uint32_t key = 0;
   union bpf_attr attr;

@@ -31,6 +31,9 @@ struct SteeringFds {
 // (EPERM: no CAP_BPF / CAP_SYS_ADMIN, or unprivileged BPF is off); nothing is left open.
 // *verifierLog: the kernel verifier's complaint, if it refused the program.
 bool loadSteering(SteeringFds* out, int* err, std::string* what, std::string* verifierLog);
+// Whether `mapFd` is a steering configuration map (an array of one SteeringConfig):
+// a map handed over by another process is checked before anything is written to it.
+bool isSteeringMap(int mapFd, int* err, std::string* why);
 // Writes the configuration into the map (what the program reads for the next frame).
 bool configureSteering(int mapFd, const SteeringConfig& config, int* err);
 // TUNSETSTEERINGEBPF on any queue fd of the tap: progFd, or -1 to detach.

@@ -120,6 +120,17 @@ Napi::Value SteeringTestRun(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, retval);
 }
 
+// steeringCheckMap(mapFd): throws unless it is this version's steering configuration map.
+Napi::Value SteeringCheckMap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int mapFd;
+  if (!argFd(info, 0, &mapFd)) return env.Undefined();
+  int err = 0;
+  std::string why;
+  if (!isSteeringMap(mapFd, &err, &why)) throwErrno(env, err, "fd " + std::to_string(mapFd) + " is not a steering map: " + why);
+  return env.Undefined();
+}
+
 // rcuGracePeriod() -> true once every CPU passed a quiescent state; false if the kernel cannot say.
 Napi::Value RcuGracePeriod(const Napi::CallbackInfo& info) {
   int err = 0;
@@ -134,6 +145,7 @@ void registerSteering(Napi::Env env, Napi::Object exports) {
   exports.Set("steeringAttach", Napi::Function::New(env, SteeringAttach));
   exports.Set("steeringTestRun", Napi::Function::New(env, SteeringTestRun));
   exports.Set("rcuGracePeriod", Napi::Function::New(env, RcuGracePeriod));
+  exports.Set("steeringCheckMap", Napi::Function::New(env, SteeringCheckMap));
 }
 
 }  // namespace vhost_tap

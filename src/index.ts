@@ -11,6 +11,11 @@
 export { Tap, TapQueue, TAP_QUEUE_FLAGS } from './tap/tap';
 export type { TapCreateOptions, TapOpenOptions, TapOffloads, TapFeatures, VnetHdrSize } from './tap/tap';
 export {
+  TapSteering, RSS_HASH_TYPE_IPV4, RSS_HASH_TYPE_TCPV4, RSS_HASH_TYPE_UDPV4, RSS_HASH_TYPE_IPV6, RSS_HASH_TYPE_TCPV6, RSS_HASH_TYPE_UDPV6,
+  RSS_SUPPORTED_HASH_TYPES, RSS_KEY_BYTES, RSS_MAX_TABLE_ENTRIES,
+} from './tap/steering';
+export type { SteeringTable } from './tap/steering';
+export {
   socketPair, listenUnix, connectUnix, acceptUnix, sendFds, receiveFds, closeFd, sendTapQueues, receiveTapQueues,
 } from './tap/fd-passing';
 export type { UnixSocketType, ReceivedFds } from './tap/fd-passing';
@@ -21,7 +26,7 @@ export { MAX_TAP_QUEUES, MAX_IFNAME_BYTES } from './tap/constants';
 // The device a VMM embeds: status, features, config space, queues, control queue
 export { VirtioNetDevice } from './virtio/net-device';
 export type {
-  VirtioNetDeviceOptions, VirtioNetDeviceEvents, DeviceStats, DeviceQueueError, QueuePairsChange, VirtioNetDeviceState,
+  VirtioNetDeviceOptions, VirtioNetDeviceEvents, DeviceStats, SteeringState, DeviceQueueError, QueuePairsChange, VirtioNetDeviceState,
 } from './virtio/net-device';
 export { DEVICE_STATE_VERSION } from './virtio/net-device';
 export { DirtyLog, DirtyLogSlot, DIRTY_LOG_PAGE_SIZE, dirtyLogBytes } from './virtio/dirty-log';

@@ -10,7 +10,7 @@ export interface NativeReceived { fds: number[]; data: Buffer }
 export interface NativeReceivedSome { data: Buffer; fds: number[]; end: boolean; fdsCut: boolean }
 
 export interface NativeFdDescription {
-  kind: 'eventfd' | 'file' | 'socket' | 'pipe' | 'device' | 'directory' | 'other';
+  kind: 'eventfd' | 'bpf-map' | 'file' | 'socket' | 'pipe' | 'device' | 'directory' | 'other';
   nonBlocking: boolean;
   /** Regular files: their size, and F_GET_SEALS (-1 where the file system has no seals). */
   size?: number;
@@ -102,6 +102,7 @@ export interface NativeBindings {
   steeringAttach(tapFd: number, progFd: number): void;
   steeringTestRun(progFd: number, frame: Buffer): number;
   rcuGracePeriod(): boolean;
+  steeringCheckMap(mapFd: number): void;
 
   tunOpen(name: string, flags: number): NativeTapOpenResult;
   tunSetVnetHdrSize(fd: number, size: number): void;

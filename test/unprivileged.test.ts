@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,7 +8,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { Tap, closeFd, readTapLinkInfo, receiveFds, sendFds, sendTapQueues, socketPair } from '../src';
-import { assertPrivateNetns, uniqueName } from './helpers/system';
+import { TapSteering } from '../src/tap/steering';
+import { assertPrivateNetns, drainFrames, run, sleep, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
 
@@ -54,8 +56,10 @@ test('an unprivileged process handed the queue fds detaches and re-attaches a qu
   const say = (word: string): void => {
     sendFds(parentEnd, [], Buffer.from(word));
   };
+  const steering = TapSteering.load();
   try {
-    sendTapQueues(parentEnd, tap);
+    steering.attach(tap);
+    sendTapQueues(parentEnd, tap, { steering });
     const received = await hear();
     assert.is(received.uid, NOBODY);
     assert.is(received.capEff, '0000000000000000', 'the child has no capabilities');
@@ -70,6 +74,22 @@ test('an unprivileged process handed the queue fds detaches and re-attaches a qu
     assert.is((await hear()).step, 'attached');
     assert.is(readTapLinkInfo(name).numDisabled, 0);
 
+    // The parent (root) loaded and attached the steering program and sent its map with
+    // the queues; the child, without any capability, moves every flow onto queue 1.
+    say('steer');
+    const steered = await hear();
+    assert.equal([steered.hasSteering, steered.steerError], [true, 'none'], 'the unprivileged child steers through the map it was handed');
+    run('ip', ['addr', 'add', '10.7.1.1/24', 'dev', name]);
+    run('ip', ['link', 'set', 'dev', name, 'up']);
+    run('ip', ['neigh', 'replace', '10.7.1.2', 'lladdr', '52:54:00:12:34:56', 'dev', name, 'nud', 'permanent']);
+    for (const q of tap.queues) drainFrames(q.fd);
+    const udp = dgram.createSocket('udp4');
+    for (let port = 6000; port < 6032; port++) await new Promise<void>((resolve, reject) => udp.send(Buffer.from('x'), port, '10.7.1.2', (e) => (e ? reject(e) : resolve())));
+    udp.close();
+    await sleep(50);
+    const udpFrames = (fd: number): number => drainFrames(fd).filter((f) => f.readUInt16BE(12 + 12) === 0x0800 && f[12 + 23] === 17).length;
+    assert.equal([udpFrames(tap.queues[0]!.fd), udpFrames(tap.queues[1]!.fd)], [0, 32], 'all 32 flows on queue 1, as the child steered them');
+
     say('open');
     const opened = await hear();
     const tunMode = String(opened.tunMode);
@@ -79,6 +99,7 @@ test('an unprivileged process handed the queue fds detaches and re-attaches a qu
   } finally {
     child.kill('SIGKILL');
     closeFd(parentEnd);
+    steering.close();
     tap.destroy();
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -4,6 +4,7 @@
 // sendTapQueues(); the backend adopts them with receiveTapQueues().
 import { errorCode, makeError } from '../errors';
 import { native } from '../native';
+import { TapSteering } from './steering';
 import { Tap } from './tap';
 
 export type UnixSocketType = 'stream' | 'seqpacket';
@@ -52,10 +53,13 @@ export function closeFd(fd: number): void {
 const HANDOVER_MAGIC = 'vhost-tap/queues/1';
 
 /** Sends every queue fd of `tap` with its name, for receiveTapQueues() on the other end. */
-export function sendTapQueues(sockFd: number, tap: Tap): void {
+export function sendTapQueues(sockFd: number, tap: Tap, options: { steering?: TapSteering } = {}): void {
   const attached = tap.queues.map((q) => q.attached);
-  const payload = Buffer.from(JSON.stringify({ magic: HANDOVER_MAGIC, name: tap.name, queues: tap.queues.length, attached }));
-  sendFds(sockFd, tap.queues.map((q) => q.fd), payload);
+  // The steering program's map goes with the queues (after them): the receiver steers
+  // by writing it, which needs no privilege; loading and attaching the program did.
+  const steering = options.steering ?? tap.steering;
+  const payload = Buffer.from(JSON.stringify({ magic: HANDOVER_MAGIC, name: tap.name, queues: tap.queues.length, attached, steeringMap: steering !== undefined }));
+  sendFds(sockFd, [...tap.queues.map((q) => q.fd), ...(steering ? [steering.mapFd] : [])], payload);
 }
 
 /** Receives queue fds sent by sendTapQueues() and adopts them as a Tap. Fds of a bad message are closed, never leaked. */
@@ -63,17 +67,22 @@ export async function receiveTapQueues(sockFd: number, timeoutMs = 30_000): Prom
   const { fds, data } = await receiveFds(sockFd, { timeoutMs });
   try {
     if (data.length === 0) throw makeError('ECONNRESET', 'the sender closed the socket before sending tap queues');
-    let message: { magic?: unknown; name?: unknown; queues?: unknown; attached?: unknown };
+    let message: { magic?: unknown; name?: unknown; queues?: unknown; attached?: unknown; steeringMap?: unknown };
     try {
       message = JSON.parse(data.toString('utf8')) as typeof message;
     } catch {
       throw makeError('EINVAL', 'the message is not a tap queue handover (not JSON): send it with sendTapQueues()');
     }
-    if (message.magic !== HANDOVER_MAGIC || typeof message.name !== 'string' || message.queues !== fds.length) {
+    const withMap = message.steeringMap === true;
+    if (message.magic !== HANDOVER_MAGIC || typeof message.name !== 'string' || message.queues !== fds.length - (withMap ? 1 : 0)) {
       throw makeError('EINVAL', `the message is not a tap queue handover or its fd count (${fds.length}) does not match: send it with sendTapQueues()`);
     }
     const attached = Array.isArray(message.attached) ? (message.attached as boolean[]) : undefined;
-    return Tap.fromFds(message.name, fds, attached ? { attached } : {});
+    const queueFds = withMap ? fds.slice(0, -1) : fds;
+    const steering = withMap ? TapSteering.fromFds(fds[fds.length - 1]!) : undefined;
+    const tap = Tap.fromFds(message.name, queueFds, attached ? { attached } : {});
+    tap.steering = steering;
+    return tap;
   } catch (error) {
     for (const fd of fds) {
       try {

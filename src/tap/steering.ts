@@ -78,6 +78,11 @@ export class TapSteering {
     for (const fd of [mapFd, progFd]) {
       if (fd !== undefined && (!Number.isInteger(fd) || fd < 0)) throw makeError('EBADF', `${String(fd)} is not a file descriptor`);
     }
+    try {
+      native.steeringCheckMap(mapFd); // what another process sent is checked before anything is written to it
+    } catch (error) {
+      throw makeError(errorCode(error) ?? 'EINVAL', `${(error as Error).message}: hand over the map that TapSteering.load() made`, error);
+    }
     return new TapSteering(progFd, mapFd);
   }
 

@@ -5,6 +5,7 @@ import {
   IFF_TUN_EXCL, IFF_VNET_HDR, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6,
 } from './constants';
 import { checkInterfaceName, checkQueueCount, formatMac, parseMac } from './names';
+import type { TapSteering } from './steering';
 
 /** The flags every queue of a vhost-tap device is opened with. */
 export const TAP_QUEUE_FLAGS = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
@@ -223,6 +224,12 @@ export class TapQueue {
  */
 export class Tap {
   readonly queues: readonly TapQueue[];
+  /**
+   * The tap's steering program, when the process that made the tap loaded and
+   * attached one and handed its map over with the queues (receiveTapQueues):
+   * a VirtioNetDevice on this tap steers with it. Closed with the tap.
+   */
+  steering: TapSteering | undefined;
   #closed = false;
 
   private constructor(readonly name: string, readonly ifindex: number, fds: readonly number[], private persistent: boolean,
@@ -399,6 +406,7 @@ export class Tap {
     if (this.#closed) return;
     this.#closed = true;
     for (const q of this.queues) q.release();
+    this.steering?.close();
   }
 
   /** Clears persistence (if this handle set it or the device has it) and closes: the device is removed once no one else holds a queue. */

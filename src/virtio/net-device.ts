@@ -799,10 +799,12 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     if (choice === 'off') {
       this.#steeringState = { active: false, reason: 'turned off (steering: \'off\')' };
     } else {
-      const owned = !(choice instanceof TapSteering);
+      // A tap handed over with its steering map (receiveTapQueues) already has one, attached by its sender.
+      const given = choice instanceof TapSteering ? choice : this.tap.steering;
+      const owned = given === undefined;
       let steering: TapSteering | undefined;
       try {
-        steering = owned ? TapSteering.load() : choice;
+        steering = given ?? TapSteering.load();
         if (owned) steering.attach(this.tap);
         this.#steering = steering;
         this.#ownsSteering = owned;
