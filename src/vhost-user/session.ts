@@ -262,6 +262,8 @@ export class VhostUserSession {
         // wrap counter, 16-30 and 31 the used ones (the device checks which it has).
         this.device.setQueueBase(this.#ringIndex(index), num);
         Object.assign(this.#rings[index]!, { givenBase: num, baseFromFrontend: true });
+        // Where each ring starts and stops, for whoever reads a migration or a restart afterwards.
+        this.log('ring-base', { ring: index, base: num });
         return {};
       }
       case Request.GET_VRING_BASE: {
@@ -270,6 +272,7 @@ export class VhostUserSession {
         this.#rings[index]!.started = false;
         this.ringPositions?.forget(index); // the frontend knows where the ring is now
         this.#reconcile();
+        this.log('ring-stopped', { ring: index, base });
         return { reply: encodeVringState({ index, num: base }) };
       }
       case Request.SET_VRING_KICK: {
