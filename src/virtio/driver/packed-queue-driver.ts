@@ -1,11 +1,12 @@
 import { makeError } from '../../errors';
-import { EventFd } from '../eventfd';
+import type { EventFd } from '../eventfd';
+import { DriverSignals } from './driver-signals';
 import type { GuestMemory } from '../guest-memory';
 import type { GuestAllocator } from './guest-allocator';
 import { PACKED_RING_BASE_FRESH, encodePackedRingBase, type PackedRingPosition } from '../ring-base';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './split-queue-driver';
 import {
-  MAX_QUEUE_SIZE, vringNeedEvent, type Segment, type UsedBuffer, type VirtqueueDriver, type VirtqueueLayout, type VirtqueueOptions,
+  MAX_QUEUE_SIZE, checkChain, vringNeedEvent, type Segment, type UsedBuffer, type VirtqueueDriver, type VirtqueueLayout, type VirtqueueOptions,
 } from './virtqueue-driver';
 
 // virtio 1.x 2.8 "Packed Virtqueues". NEXT, WRITE and INDIRECT keep their split
@@ -64,10 +65,18 @@ export class PackedQueueDriver<T> implements VirtqueueDriver<T> {
   readonly indirectDesc: boolean;
   readonly maxIndirectSegments: number;
   readonly checkUsedLen: boolean;
+  /** The kick and call eventfds, and waiting on the call. */
+  readonly #signals: DriverSignals;
+
   /** Driver to device: "new buffers are available". */
-  readonly kickEvent: EventFd;
+  get kickEvent(): EventFd {
+    return this.#signals.kickEvent;
+  }
+
   /** Device to driver: "buffers were used" (the used buffer notification). */
-  readonly callEvent: EventFd;
+  get callEvent(): EventFd {
+    return this.#signals.callEvent;
+  }
 
   readonly #allocator: GuestAllocator;
   readonly #descAddr: number;
@@ -113,10 +122,7 @@ export class PackedQueueDriver<T> implements VirtqueueDriver<T> {
   #usedWrap = 1;
 
   #callsEnabled = true;
-  #kicks = 0;
   #broken: string | undefined;
-  #closed = false;
-  #waiting = 0;
 
   constructor(memory: GuestMemory, allocator: GuestAllocator, options: PackedQueueOptions) {
     const { size, eventIdx, indirectDesc } = options;
@@ -158,13 +164,7 @@ export class PackedQueueDriver<T> implements VirtqueueDriver<T> {
     // Calls start enabled: with event idx, that is "at the first used descriptor" (offset 0, wrap 1).
     this.#writeDriverEvent();
 
-    this.kickEvent = EventFd.create();
-    try {
-      this.callEvent = EventFd.create();
-    } catch (error) {
-      this.kickEvent.close();
-      throw error;
-    }
+    this.#signals = new DriverSignals();
   }
 
   get memory(): GuestMemory {
@@ -205,7 +205,7 @@ export class PackedQueueDriver<T> implements VirtqueueDriver<T> {
 
   /** Times kick() signalled the device. */
   get kicks(): number {
-    return this.#kicks;
+    return this.#signals.kicks;
   }
 
   /**
@@ -245,27 +245,7 @@ export class PackedQueueDriver<T> implements VirtqueueDriver<T> {
   add(segments: readonly Segment[], token: T, options?: { indirect?: boolean }): boolean {
     this.#assertUsable();
     const indirect = options?.indirect ?? false;
-    if (!Array.isArray(segments) || segments.length === 0) throw makeError('EINVAL', 'a descriptor chain needs at least one segment');
-    if (segments.length > this.size) {
-      throw makeError('E2BIG', `a chain of ${segments.length} descriptors is longer than the queue size ${this.size} (2.8.17)`);
-    }
-    // 2.8.19: INDIRECT only with VIRTIO_F_INDIRECT_DESC.
-    if (indirect && !this.indirectDesc) throw makeError('EINVAL', 'indirect descriptors were not negotiated (VIRTIO_F_INDIRECT_DESC) for this queue');
-    if (indirect && segments.length > this.maxIndirectSegments) {
-      throw makeError('E2BIG', `${segments.length} segments do not fit this queue's indirect tables of ${this.maxIndirectSegments}`);
-    }
-    let writableBytes = 0;
-    let sawWritable = false;
-    segments.forEach((s, i) => {
-      if (!Number.isSafeInteger(s.addr) || s.addr < 0) throw makeError('EINVAL', `segment ${i}: addr must be a non-negative integer, got ${s.addr}`);
-      if (!Number.isInteger(s.len) || s.len < 0 || s.len > 0xffffffff) throw makeError('EINVAL', `segment ${i}: len must be a u32, got ${s.len}`);
-      // 2.8.17: device-writable elements must all come after the device-readable ones.
-      if (sawWritable && !s.writable) throw makeError('EINVAL', `segment ${i} is device-readable after a device-writable one: readable segments must come first`);
-      if (s.writable) {
-        sawWritable = true;
-        writableBytes += s.len;
-      }
-    });
+    const writableBytes = checkChain(segments, this, indirect);
 
     // 2.8.17: room for the whole list before its first descriptor is made available.
     const needed = indirect ? 1 : segments.length;
@@ -366,8 +346,7 @@ export class PackedQueueDriver<T> implements VirtqueueDriver<T> {
 
   /** Notifies the device (signals the kick eventfd), whether or not it asked. */
   kick(): void {
-    this.kickEvent.signal();
-    this.#kicks++;
+    this.#signals.kick();
   }
 
   /** publish(), then kick() only if the device asked for it. */
@@ -458,22 +437,7 @@ export class PackedQueueDriver<T> implements VirtqueueDriver<T> {
    */
   async waitUsed(timeoutMs: number): Promise<boolean> {
     this.#assertUsable();
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      if (this.enableCalls()) return true;
-      const remaining = deadline - Date.now();
-      if (remaining <= 0) return false;
-      this.#waiting++;
-      try {
-        await this.callEvent.wait(remaining);
-      } finally {
-        this.#waiting--;
-      }
-      if (this.#closed) {
-        if (this.#waiting === 0) this.#closeEventFds();
-        return false;
-      }
-    }
+    return this.#signals.waitUntil(() => this.enableCalls(), timeoutMs);
   }
 
   /**
@@ -481,19 +445,11 @@ export class PackedQueueDriver<T> implements VirtqueueDriver<T> {
    * eventfd under a pending EventFd.wait would leave its timer reading a closed fd.
    */
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    if (this.#waiting > 0) this.callEvent.signal();
-    else this.#closeEventFds();
+    this.#signals.close();
   }
 
   get closed(): boolean {
-    return this.#closed;
-  }
-
-  #closeEventFds(): void {
-    this.kickEvent.close();
-    this.callEvent.close();
+    return this.#signals.closed;
   }
 
   /** 2.8.1: an available descriptor has AVAIL equal to the driver's wrap counter and USED its inverse. */
@@ -554,7 +510,7 @@ export class PackedQueueDriver<T> implements VirtqueueDriver<T> {
   }
 
   #assertUsable(): void {
-    if (this.#closed) throw makeError('EBADF', 'virtqueue is closed');
+    if (this.#signals.closed) throw makeError('EBADF', 'virtqueue is closed');
     if (this.#broken !== undefined) throw makeError('EPROTO', `virtqueue is broken after a device bug: ${this.#broken}`);
   }
 }

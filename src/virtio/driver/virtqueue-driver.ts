@@ -1,3 +1,4 @@
+import { makeError } from '../../errors';
 import type { EventFd } from '../eventfd';
 import type { GuestMemory } from '../guest-memory';
 
@@ -124,4 +125,32 @@ export interface VirtqueueDriver<T> {
   /** Closes the eventfds (after a waitUsed in progress has resolved false). */
   close(): void;
   readonly closed: boolean;
+}
+
+/**
+ * Checks a chain a driver is about to add (the rules both layouts share: 2.7.4.2 /
+ * 2.8.17, 2.7.5.3.1 / 2.8.19) and returns its device-writable bytes.
+ */
+export function checkChain(segments: readonly Segment[], queue: { size: number; indirectDesc: boolean; maxIndirectSegments: number }, indirect: boolean): number {
+  if (!Array.isArray(segments) || segments.length === 0) throw makeError('EINVAL', 'a descriptor chain needs at least one segment');
+  if (segments.length > queue.size) {
+    throw makeError('E2BIG', `a chain of ${segments.length} descriptors is longer than the queue size ${queue.size}`);
+  }
+  if (indirect && !queue.indirectDesc) throw makeError('EINVAL', 'indirect descriptors were not negotiated (VIRTIO_F_INDIRECT_DESC) for this queue');
+  if (indirect && segments.length > queue.maxIndirectSegments) {
+    throw makeError('E2BIG', `${segments.length} segments do not fit this queue's indirect tables of ${queue.maxIndirectSegments}`);
+  }
+  let writableBytes = 0;
+  let sawWritable = false;
+  segments.forEach((s, i) => {
+    if (!Number.isSafeInteger(s.addr) || s.addr < 0) throw makeError('EINVAL', `segment ${i}: addr must be a non-negative integer, got ${s.addr}`);
+    if (!Number.isInteger(s.len) || s.len < 0 || s.len > 0xffffffff) throw makeError('EINVAL', `segment ${i}: len must be a u32, got ${s.len}`);
+    // Device-readable descriptors all come before device-writable ones.
+    if (sawWritable && !s.writable) throw makeError('EINVAL', `segment ${i} is device-readable after a device-writable one: readable segments must come first`);
+    if (s.writable) {
+      sawWritable = true;
+      writableBytes += s.len;
+    }
+  });
+  return writableBytes;
 }
