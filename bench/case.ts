@@ -4,6 +4,7 @@
 // sender. Argument: one JSON object; prints "RESULT <json>" (or "ERROR <text>").
 import { spawn, type ChildProcess, execFileSync } from 'node:child_process';
 
+import { TapSteering } from '../src/tap/steering';
 import { Tap } from '../src/tap/tap';
 import { native } from '../src/native';
 import { GuestMemory } from '../src/virtio/guest-memory';
@@ -11,7 +12,7 @@ import { QueuePair, type QueuePairOptions, type QueuePairStats } from '../src/vi
 import { PACKED_RING_BASE_FRESH } from '../src/virtio/ring-base';
 import { GUEST_IP, GUEST_MAC, HOST_IP, PREFIX, VNET_HDR, gsoFrame, pingFrame, txFrame, udpPayloadFor } from './lib/frames';
 import { bench, type BenchLoop, type GuestRing, type GuestStats, type LoopStats, type RttSummary } from './lib/native';
-import { contextSwitches, diffCounters, linkCounters, sleep, threadCpuSeconds, threadIds, type LinkCounters } from './lib/proc';
+import { contextSwitches, diffCounters, linkCounters, processCpuSeconds, sleep, threadCpuSeconds, threadIds, type LinkCounters } from './lib/proc';
 
 export interface ThroughputSpec {
   kind: 'raw-tx' | 'raw-rx' | 'emb-tx' | 'emb-rx';
@@ -24,6 +25,11 @@ export interface ThroughputSpec {
   flows?: number;
   /** embedded: the virtqueue layout the native guest and the QueuePair use (default split). */
   ring?: RingLayout;
+  /**
+   * embedded: the tap steering program attached and spreading over every queue, as
+   * VirtioNetDevice does (default: none, tun's own flow hash, as a bare QueuePair has).
+   */
+  steering?: boolean;
 }
 /** Split (virtio 1.x 2.7) or packed (2.8, VIRTIO_F_RING_PACKED) virtqueues. */
 export type RingLayout = 'split' | 'packed';
@@ -93,6 +99,17 @@ function startFlood(spec: { flows: number; frame: number; seconds: number }): Ch
   return child;
 }
 
+/**
+ * The flood sender's CPU per frame it sent (the tap's tx count and its tx drops: the queue
+ * is picked, by tun's flow hash or the steering program, before a full queue drops a frame),
+ * in ns: where host->guest steering costs, in the sender's system calls.
+ */
+function senderCost(flood: ChildProcess | undefined, cpuSeconds: number, link: LinkCounters): Record<string, number> {
+  if (!flood || !Number.isFinite(cpuSeconds)) return {};
+  const frames = link.txPackets + link.txDropped;
+  return { senderCpuSeconds: cpuSeconds, ...(frames > 0 ? { senderNsPerFrame: (cpuSeconds / frames) * 1e9 } : {}) };
+}
+
 async function measure<S>(warmup: number, seconds: number, sample: () => S): Promise<{ a: S; b: S; seconds: number }> {
   await sleep(warmup * 1000);
   const t0 = process.hrtime.bigint();
@@ -116,7 +133,9 @@ async function rawThroughput(spec: ThroughputSpec): Promise<Measurement> {
     for (const l of loops) l.start();
     pinThreads(await Promise.all(loops.map(loopTid)), BACKEND_CPU);
     if (!tx) flood = startFlood({ flows: spec.flows ?? 8, frame: spec.frame as number, seconds: spec.warmup + spec.seconds + 30 });
-    const sample = (): { link: LinkCounters; loops: LoopStats[] } => ({ link: linkCounters(TAP), loops: loops.map((l) => l.stats()) });
+    const sample = (): { link: LinkCounters; loops: LoopStats[]; sender: number } => ({
+      link: linkCounters(TAP), loops: loops.map((l) => l.stats()), sender: flood ? processCpuSeconds(flood.pid!) : NaN,
+    });
     const { a, b, seconds } = await measure(spec.warmup, spec.seconds, sample);
     const link = diffCounters(a.link, b.link);
     const sum = (k: keyof LoopStats, s: { loops: LoopStats[] }): number => s.loops.reduce((t, l) => t + Number(l[k]), 0);
@@ -131,6 +150,7 @@ async function rawThroughput(spec: ThroughputSpec): Promise<Measurement> {
         loopPackets, syscallsPerFrame: loopPackets ? syscalls / loopPackets : 0,
         tapDropped: tx ? link.rxDropped : link.txDropped,
         errors: sum('errors', b), lastError: b.loops.find((l) => l.lastError)?.lastError,
+        ...senderCost(flood, b.sender - a.sender, link),
       },
     };
   } finally {
@@ -183,8 +203,20 @@ interface Embedded {
   close(): void;
 }
 
-function setupEmbedded(queues: number, txBufBytes: number, busyPollUs = 0, ring: RingLayout = 'split'): Embedded {
+function setupEmbedded(queues: number, txBufBytes: number, busyPollUs = 0, ring: RingLayout = 'split', steering = false): Embedded {
   const tap = makeTap(queues);
+  let program: TapSteering | undefined;
+  if (steering) {
+    try {
+      program = TapSteering.load();
+      program.attach(tap);
+      program.spread(queues);
+    } catch (error) {
+      program?.close();
+      tap.close();
+      throw error;
+    }
+  }
   const rxBuf = 2048; // mergeable rx buffers, as Linux's virtio_net posts them (1 page / 2)
   const lay = layout(queues, RING, rxBuf, Math.ceil(txBufBytes / 64) * 64, ring);
   const memory = GuestMemory.allocate(lay.bytes);
@@ -210,6 +242,7 @@ function setupEmbedded(queues: number, txBufBytes: number, busyPollUs = 0, ring:
     tap, memory, pairs, workerTids: [], fds, rings,
     close() {
       for (const p of pairs) if (p.running) p.stop();
+      program?.close();
       tap.close();
       memory.close();
       for (const fd of fds) native.closeFd(fd);
@@ -242,7 +275,7 @@ async function embeddedThroughput(spec: ThroughputSpec): Promise<Measurement> {
   const tx = spec.kind === 'emb-tx';
   const frame = tx ? (spec.frame === 'gso' ? gsoFrame() : txFrame(spec.frame)) : undefined;
   const ring = spec.ring ?? 'split';
-  const e = setupEmbedded(spec.queues, frame ? frame.length : 64, 0, ring);
+  const e = setupEmbedded(spec.queues, frame ? frame.length : 64, 0, ring, spec.steering === true);
   let flood: ChildProcess | undefined;
   try {
     const guest = new bench.BenchGuest({
@@ -264,6 +297,7 @@ async function embeddedThroughput(spec: ThroughputSpec): Promise<Measurement> {
       pairs: e.pairs.map((p) => p.stats()),
       workerCpu: e.workerTids.reduce((t, tid) => t + threadCpuSeconds('self', tid), 0),
       workerCsw: contextSwitches(process.pid, e.workerTids),
+      sender: flood ? processCpuSeconds(flood.pid!) : NaN,
     });
     const { a, b, seconds } = await measure(spec.warmup, spec.seconds, sample);
     const end = guest.stop();
@@ -290,6 +324,8 @@ async function embeddedThroughput(spec: ThroughputSpec): Promise<Measurement> {
         framesPerWakeup: frames / Math.max(1, pd[`${side}.wakeups`]! + pd[`${side}.kicks`]!),
         framesPerCall: frames / Math.max(1, pd[`${side}.calls`]!),
         tapDropped: tx ? link.rxDropped : link.txDropped,
+        steering: spec.steering === true,
+        ...senderCost(flood, b.sender - a.sender, link),
       },
     };
   } finally {

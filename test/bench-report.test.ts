@@ -7,6 +7,7 @@ import * as assert from 'uvu/assert';
 import {
   evaluateTargets, finishRow, renderMarkdown, renderSvg, renderTable, summarizeRtts,
   type GuestResult, type IdleResult, type LatencyResult, type MemoryResult, type MigrationResult, type MigrationRun, type Report, type Row,
+  type SwitchLossResult,
 } from '../bench/lib/report';
 import { replaceBlock } from '../bench/readme';
 
@@ -209,6 +210,99 @@ test('split vs packed rows: a section of their own with packed / split per path,
   assert.match(alone.split('\n').find((l) => l.startsWith('g->h 64 B 1q'))!, /^g->h 64 B 1q +- +- +- +3\.000 .* - +- +- +- +1\.200 +\S+ +\S+ +-$/);
   // Without packed rows, no section.
   assert.not.match(renderTable({ ...report, rows: split }), 'split vs packed');
+});
+
+test('tun\'s flow hash vs the steering program: 2-pair rows in a section of their own, CPU ns per frame of the workers and the host sender, never in the main table, a target or a bar', () => {
+  const sender = (r: Row, ns: number): Row => ({ ...r, detail: { ...r.detail, senderNsPerFrame: ns } });
+  const hash = [
+    row('raw', 'g2h', 1500, 2, 0.6), row('embedded', 'g2h', 1500, 2, 2.0),
+    sender(row('raw', 'h2g', 64, 2, 0.5), 1100), sender(row('embedded', 'h2g', 64, 2, 0.8), 1150),
+  ];
+  const program = [
+    // Faster than the hash on purpose: a steering row that leaked into the main table, a target or the chart would show.
+    row('embedded-steering', 'g2h', 1500, 2, 3.0),
+    sender(row('embedded-steering', 'h2g', 64, 2, 0.75), 1230.4),
+    { backend: 'embedded-steering', dir: 'h2g', frame: 1500, queues: 2, error: 'cannot load the tap steering program: EPERM\n | at stack' } as Row,
+  ];
+  const rows = [...hash, ...program];
+  assert.equal(evaluateTargets(rows, latency, idle, memory), evaluateTargets(hash, latency, idle, memory), 'the steering rows change no target');
+  const report: Report = {
+    machine: { cpus: 2 }, startedAt: '2026-12-01T00:00:00.000Z', elapsedSeconds: 1, config: {}, rows, latency, idle, memory, guest,
+    targets: evaluateTargets(rows, latency, idle, memory), notes: [],
+  };
+  const table = renderTable(report);
+  const lines = table.split('\n');
+  const main = lines.find((l) => l.startsWith('g->h 1500 B 2q'))!;
+  assert.match(main, /^g->h 1500 B 2q +0\.600 .* 2\.000 .* 3\.33x/, 'the main table: raw and embedded (no program), e/raw from them');
+  assert.not.match(main, '3.000');
+  const head = lines.findIndex((l) => l.startsWith('tun\'s flow hash vs the steering program'));
+  assert.ok(head > lines.indexOf(main), 'the section follows the main table');
+  const section = lines.slice(head, lines.findIndex((l, i) => i > head && l.startsWith('ping-pong')));
+  assert.match(section.join('\n'), /^ +tun's flow hash +steering program +d ns\/frame$/m);
+  assert.match(section.join('\n'), /^case +Mpps +wrk ns +snd ns +Mpps +wrk ns +snd ns +wrk +snd$/m);
+  // row(): 1.5 CPU s over mpps * 2e6 frames, so ns per frame = 1.5e9 / (mpps * 2e6); d = program - hash.
+  const ns = (mpps: number): number => 1.5e9 / (mpps * 2e6);
+  const g2h = section.find((l) => l.startsWith('g->h 1500 B 2q'))!;
+  assert.match(g2h, new RegExp(`^g->h 1500 B 2q +2\\.000 +${ns(2.0).toFixed(0)} +- +3\\.000 +${ns(3.0).toFixed(0)} +- +${(ns(3.0) - ns(2.0)).toFixed(0)} +-$`));
+  const h2g = section.find((l) => l.startsWith('h->g 64 B 2q'))!;
+  assert.match(h2g, new RegExp(`^h->g 64 B 2q +0\\.800 +${ns(0.8).toFixed(0)} +1150 +0\\.750 +${ns(0.75).toFixed(0)} +1230 +\\+${(ns(0.75) - ns(0.8)).toFixed(0)} +\\+80$`));
+  // No raw row in the section; a failed steering row is said, without its stack.
+  assert.not.match(section.join('\n'), /^h->g 1500 B 2q .*0\.500/m);
+  assert.match(section.join('\n'), /^h->g 1500 B 2q +- +- +- +FAILED +- +-$/m);
+  assert.match(section.join('\n'), /^ {2}FAILED vhost-tap embedded \+ steering program host->guest 1500 B 2q: cannot load the tap steering program: EPERM$/m);
+  assert.not.match(table, 'at stack');
+  assert.match(renderMarkdown(report), 'tun\'s flow hash vs the steering program', 'in the README block');
+  assert.not.match(renderSvg(report), 'steering', 'no steering bar or legend in the chart');
+  // --only steering: the section alone, not "no cases run"; without steering rows, no section.
+  const alone = renderTable({ ...report, rows: program });
+  assert.match(alone, 'tun\'s flow hash vs the steering program');
+  assert.match(alone.split('\n').find((l) => l.startsWith('g->h 1500 B 2q'))!, /^g->h 1500 B 2q +- +- +- +3\.000 +\d+ +- +- +-$/);
+  assert.not.match(renderTable({ ...report, rows: hash }), 'steering program');
+});
+
+test('queue-count changes: frames lost per change for each backend beside its baseline, a baseline that lost marked not comparable, informational', () => {
+  const rows = [row('testpmd', 'g2h', 64, 1, 1.0), row('daemon', 'g2h', 64, 1, 1.3)];
+  const targets = evaluateTargets(rows, latency, idle, memory);
+  const switchLoss: SwitchLossResult = {
+    rate: 8000, flows: 16, changes: 20, queues: 4, elapsedSeconds: 57, errors: [],
+    vhostTap: { changes: 20, sent: 58934, lost: 0, outOfOrder: 202, tapDrops: 0, baselineSent: 16020, baselineLost: 0 },
+    vhostTapNoSteering: { changes: 20, sent: 55497, lost: 5, outOfOrder: 44, tapDrops: 1, baselineSent: 16020, baselineLost: 0 },
+    qemuTap: { changes: 19, sent: 55418, lost: 86, outOfOrder: 10, tapDrops: 62, baselineSent: 16006, baselineLost: 3 },
+  };
+  const report: Report = {
+    machine: { cpus: 2, cpuModel: 'x' }, startedAt: '2026-12-01T00:00:00.000Z', elapsedSeconds: 1, config: {}, rows, latency, idle, memory, guest, switchLoss, targets, notes: [],
+  };
+  for (const text of [renderTable(report), renderMarkdown(report)]) {
+    assert.match(text, /^queue-count changes \(QEMU TCG guest, ethtool -L, UDP\), frames lost per change \(informational, no target\): the guest runs$/m);
+    assert.match(text, '`ethtool -L eth0 combined 1/2/4` 20 times while the host sends UDP to its iperf3 (4 pairs, 16 flows, 8000');
+    assert.match(text, /^ +changes +sent +lost +per change +out of order +tap drops +baseline lost$/m);
+    // changes, sent, lost, lost / changes, out of order, tap drops, then the baseline
+    assert.match(text, /^ {2}vhost-tap daemon, steering program +20 +58934 +0 +0\.00 +202 +0 +0 of 16020$/m);
+    assert.match(text, /^ {2}vhost-tap daemon --no-steering +20 +55497 +5 +0\.25 +44 +1 +0 of 16020$/m);
+    assert.match(text, /^ {2}QEMU tap vhost=off +19 +55418 +86 +4\.53 +10 +62 +3 of 16006 \(the guest fell behind: not comparable\)$/m);
+    assert.match(text, 'the section took 57 s');
+  }
+  assert.is((renderTable(report).match(/not comparable/g) ?? []).length, 1, 'only the run whose baseline lost is marked');
+  // The columns line up: each figure ends where its heading does.
+  const lines = renderTable(report).split('\n');
+  const head = lines.find((l) => /^ +changes +sent/.test(l))!;
+  const ends = (l: string): number[] => [...l.matchAll(/\S+/g)].map((m) => m.index! + m[0].length);
+  const headingEnds = [0, 1, 2, 4, 7, 9].map((i) => ends(head)[i]); // changes, sent, lost, per change, out of order, tap drops
+  for (const [prefix, words] of [['  vhost-tap daemon, steering', 4], ['  vhost-tap daemon --no', 3], ['  QEMU tap', 3]] as const) {
+    const line = lines.find((l) => l.startsWith(prefix))!;
+    assert.equal(ends(line).slice(words, words + 6), headingEnds, `${prefix.trim()}: figures under their headings`);
+  }
+  assert.equal(evaluateTargets(rows, latency, idle, memory), targets, 'no target of its own');
+
+  const failed = renderTable({ ...report, switchLoss: { errors: ['QEMU tap: the sender (sw) failed: no answer\n--- guest output ---'], vhostTap: switchLoss.vhostTap } });
+  assert.match(failed, /^ {2}vhost-tap daemon --no-steering +n\/a$/m);
+  assert.match(failed, /^ {2}FAILED: QEMU tap: the sender \(sw\) failed: no answer$/m);
+  assert.not.match(failed, 'guest output', 'only the first line of an error');
+  assert.match(renderTable({ ...report, switchLoss: { errors: [], skipped: 'time budget: 500 s used of 540' } }),
+    'queue-count changes (QEMU TCG guest, ethtool -L, UDP): skipped: time budget: 500 s used of 540');
+  assert.match(renderTable({ ...report, switchLoss: { errors: [] } }), 'queue-count changes (QEMU TCG guest, ethtool -L, UDP): not run');
+  // A saved report from before the section existed renders as it did.
+  assert.not.match(renderTable({ ...report, switchLoss: undefined }), 'queue-count changes');
 });
 
 test('the README block replaces what is between the markers and nothing else', () => {

@@ -7,8 +7,10 @@
  * embedded and daemon run split virtqueues; embedded-packed and daemon-packed are the same
  * paths over packed ones (VIRTIO_F_RING_PACKED): the native guest in packed mode, DPDK's
  * virtio_user with packed_vq=1. Informational rows, in a section of their own, no target.
+ * embedded-steering is the embedded path with the tap steering program attached (issue 12:
+ * it replaces tun's own per-frame flow hash with 2+ queues); the embedded rows have none.
  */
-export type Backend = 'raw' | 'embedded' | 'testpmd' | 'daemon' | 'embedded-packed' | 'daemon-packed';
+export type Backend = 'raw' | 'embedded' | 'testpmd' | 'daemon' | 'embedded-packed' | 'daemon-packed' | 'embedded-steering';
 export type Direction = 'g2h' | 'h2g';
 /** Ethernet frame bytes, or 'gso': one 64 KB TCP GSO super-frame. */
 export type FrameKind = number | 'gso';
@@ -153,6 +155,43 @@ export interface MigrationResult {
   skipped?: string;
 }
 
+/** One backend in the queue-count change section: the same guest, rate and changes for each. */
+export interface SwitchLossRun {
+  /** `ethtool -L` runs that succeeded. */
+  changes: number;
+  /** Datagrams sent while the guest changed its queue count, and how many never arrived (sent - received, per flow). */
+  sent: number;
+  lost: number;
+  /** Arrivals out of order within a flow (iperf3's count). */
+  outOfOrder: number;
+  /** tun's tx_dropped during the changes: a full queue, or (tun's own hash) a frame sent to a queue as it was detached. */
+  tapDrops: number;
+  /** The same guest and rate without any change: lost > 0 there means the guest fell behind, and the run says nothing about changes. */
+  baselineSent: number;
+  baselineLost: number;
+}
+
+/**
+ * Datagrams lost per queue-count change (issue 12, informational): a guest under QEMU/TCG
+ * receives UDP over many flows while it runs `ethtool -L eth0 combined 1/2/4` again and
+ * again, through the daemon with its steering program, through the daemon with
+ * --no-steering (tun's own flow hash), and through QEMU's own tap backend.
+ */
+export interface SwitchLossResult {
+  /** Datagrams per second over all flows, the UDP flows, the ethtool -L runs asked for, the guest's queue pairs. */
+  rate?: number;
+  flows?: number;
+  changes?: number;
+  queues?: number;
+  vhostTap?: SwitchLossRun;
+  vhostTapNoSteering?: SwitchLossRun;
+  qemuTap?: SwitchLossRun;
+  /** Wall-clock seconds the section took. */
+  elapsedSeconds?: number;
+  errors: string[];
+  skipped?: string;
+}
+
 /** How Target.measured is expressed. */
 export type TargetUnit = 'x' | 'us' | 'MB' | 'core';
 
@@ -184,6 +223,8 @@ export interface Report {
   guest: GuestResult;
   /** Absent in the results of runs from before the section existed. */
   migration?: MigrationResult;
+  /** Absent in the results of runs from before the section existed. */
+  switchLoss?: SwitchLossResult;
   targets: Target[];
   notes: string[];
 }
@@ -199,12 +240,12 @@ const PACKED_PAIRS: readonly { split: Backend; packed: Backend }[] = [
 /** The virtqueue layout a backend's rows ran, where the backend drives virtqueues at all (raw and testpmd's tap side do not). */
 export function ringOf(b: Backend): 'split' | 'packed' | undefined {
   if (b === 'embedded-packed' || b === 'daemon-packed') return 'packed';
-  return b === 'embedded' || b === 'daemon' ? 'split' : undefined;
+  return b === 'embedded' || b === 'daemon' || b === 'embedded-steering' ? 'split' : undefined;
 }
 
-/** The backend whose path a row ran, whatever its ring layout: embedded-packed -> embedded. */
+/** The backend whose path a row ran, whatever its ring layout or steering: embedded-packed -> embedded. */
 export function baseBackend(b: Backend): Backend {
-  return b === 'embedded-packed' ? 'embedded' : b === 'daemon-packed' ? 'daemon' : b;
+  return b === 'embedded-packed' || b === 'embedded-steering' ? 'embedded' : b === 'daemon-packed' ? 'daemon' : b;
 }
 const DIRECTIONS: readonly Direction[] = ['g2h', 'h2g'];
 
@@ -228,6 +269,8 @@ export function backendLabel(b: Backend, dir: Direction): string {
       return 'vhost-tap embedded packed';
     case 'daemon-packed':
       return 'vhost-tap daemon packed';
+    case 'embedded-steering':
+      return 'vhost-tap embedded + steering program';
   }
 }
 
@@ -517,6 +560,7 @@ const TABLE_TITLES: Record<Backend, string> = {
   daemon: 'vhost-tap daemon',
   'embedded-packed': 'vhost-tap embedded packed',
   'daemon-packed': 'vhost-tap daemon packed',
+  'embedded-steering': 'vhost-tap embedded + steering program',
 };
 
 interface RatioColumn {
@@ -535,9 +579,12 @@ function throughputTable(allRows: readonly Row[], out: string[]): void {
   const rows = allRows.filter((r) => BACKENDS.includes(r.backend));
   const cases = casesOf(rows);
   if (cases.length === 0) {
-    // (--only 'packed' runs the packed rows alone)
+    // (--only 'packed' runs the packed rows alone, --only 'steering' the steering ones)
     if (allRows.length === 0) out.push('throughput: no cases run');
-    else packedSection(allRows, out);
+    else {
+      packedSection(allRows, out);
+      steeringSection(allRows, out);
+    }
     return;
   }
   out.push(
@@ -595,7 +642,59 @@ function throughputTable(allRows: readonly Row[], out: string[]): void {
     out.push(...wrap(`(${f.rows.join(', ')})`, WIDTH, '    ', '    '));
   });
   packedSection(allRows, out);
+  steeringSection(allRows, out);
   dropsAndClaims(allRows, out);
+}
+
+/** CPU nanoseconds per frame from a row's detail (the flood sender's, host->guest), or undefined. */
+function senderNs(r: Row | undefined): number | undefined {
+  const v = r?.detail?.senderNsPerFrame;
+  return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+}
+
+/** The backend's CPU per frame in ns: s/Mpkt is us per frame. */
+function workerNs(r: Row | undefined): number | undefined {
+  return usable(r) && r.cpuSecondsPerMpkt !== undefined ? r.cpuSecondsPerMpkt * 1000 : undefined;
+}
+
+/**
+ * tun's own flow hash against the steering program (issue 12), for each case that has an
+ * embedded-steering row: the embedded path without and with the program, as CPU per frame
+ * (what does not depend on how fast this machine's system calls are): the data path
+ * workers', and host->guest the sender's, whose transmit picks the queue. Informational.
+ */
+function steeringSection(rows: readonly Row[], out: string[]): void {
+  const cases = casesOf(rows.filter((r) => r.backend === 'embedded-steering'));
+  if (cases.length === 0) return;
+  const W = 7;
+  const group = 3 * (W + 1);
+  out.push('', ...wrap('tun\'s flow hash vs the steering program (informational, no target): the embedded path as above (no program: tun hashes every frame ' +
+    'to pick its queue, and with 2+ queues every frame a worker writes updates tun\'s flow table) and the same case with the program attached, spreading over ' +
+    'every queue as VirtioNetDevice does. ns per frame of CPU: wrk = the data path workers, snd = the host sender (host->guest, where the queue is picked); ' +
+    'd = program - hash.', WIDTH, '', ''));
+  out.push(`${' '.repeat(CASE_W)} ${center('tun\'s flow hash', group - 1)} ${center('steering program', group - 1)} ${center('d ns/frame', 2 * (W + 1) - 1)}`.trimEnd());
+  const heads = ` ${'Mpps'.padStart(W)} ${'wrk ns'.padStart(W)} ${'snd ns'.padStart(W)}`;
+  out.push(`${'case'.padEnd(CASE_W)}${heads}${heads} ${'wrk'.padStart(W)} ${'snd'.padStart(W)}`);
+  out.push('-'.repeat(out[out.length - 1]!.length));
+  const ns = (x: number | undefined): string => (x === undefined ? '-' : x.toFixed(0)).padStart(W);
+  const delta = (a: number | undefined, b: number | undefined): string => (a === undefined || b === undefined ? '-' : `${b - a >= 0 ? '+' : ''}${(b - a).toFixed(0)}`).padStart(W);
+  let lastDir: Direction | undefined;
+  for (const c of cases) {
+    if (lastDir !== undefined && c.dir !== lastDir) out.push('');
+    lastDir = c.dir;
+    const hash = findRow(rows, 'embedded', c.dir, c.frame, c.queues);
+    const program = findRow(rows, 'embedded-steering', c.dir, c.frame, c.queues);
+    let line = caseLabel(c.dir, c.frame, c.queues, true).padEnd(CASE_W);
+    for (const r of [hash, program]) {
+      if (r?.error !== undefined) line += ` ${center('FAILED', group - 1)}`;
+      else line += ` ${fit(r?.mpps, 3, W).padStart(W)} ${ns(workerNs(r))} ${ns(senderNs(r))}`;
+    }
+    line += ` ${delta(workerNs(hash), workerNs(program))} ${delta(senderNs(hash), senderNs(program))}`;
+    out.push(line.trimEnd());
+  }
+  for (const r of rows.filter((x) => x.error !== undefined && x.backend === 'embedded-steering')) {
+    out.push(...wrap(firstLine(r.error!), WIDTH, `  FAILED ${rowLabel(r)}: `, '    '));
+  }
 }
 
 /**
@@ -763,6 +862,47 @@ function migrationSection(m: MigrationResult | undefined, out: string[]): void {
   for (const e of m.errors) out.push(...wrap(firstLine(e), WIDTH, '  FAILED: ', '    '));
 }
 
+/**
+ * Datagrams lost per queue-count change: one line per backend, the baseline beside it (a
+ * run whose baseline lost is marked: its guest fell behind, its figure says nothing about
+ * changes). A report from before the section existed has none: nothing is printed for it.
+ */
+function switchLossSection(sl: SwitchLossResult | undefined, out: string[]): void {
+  if (sl === undefined) return;
+  const title = 'queue-count changes (QEMU TCG guest, ethtool -L, UDP)';
+  out.push('');
+  if (sl.skipped !== undefined) {
+    out.push(...wrap(`skipped: ${sl.skipped}`, WIDTH, `${title}: `, '  '));
+    return;
+  }
+  if (!sl.vhostTap && !sl.vhostTapNoSteering && !sl.qemuTap && sl.errors.length === 0) {
+    out.push(`${title}: not run`);
+    return;
+  }
+  const n = (x: number | undefined, what: string): string => (x === undefined ? '' : `${x} ${what}`);
+  const setup = [n(sl.queues, 'pairs'), n(sl.flows, 'flows'), sl.rate !== undefined ? `${sl.rate} datagrams/s` : ''].filter(Boolean).join(', ');
+  out.push(...wrap(`${title}, frames lost per change (informational, no target): the guest runs \`ethtool -L eth0 combined 1/2/4\` ` +
+    `${sl.changes ?? 'N'} times while the host sends UDP to its iperf3${setup ? ` (${setup})` : ''}; lost = sent - received, by per-flow sequence numbers; ` +
+    'the baseline is the same guest and rate with no change.', WIDTH, '', '  '));
+  const NAME_W = 36;
+  out.push(`${' '.repeat(2 + NAME_W)}${'changes'.padStart(8)}${'sent'.padStart(9)}${'lost'.padStart(7)}${'per change'.padStart(12)}${'out of order'.padStart(14)}${'tap drops'.padStart(11)}   baseline lost`);
+  const backends = [
+    ['vhost-tap daemon, steering program', sl.vhostTap], ['vhost-tap daemon --no-steering', sl.vhostTapNoSteering], ['QEMU tap vhost=off', sl.qemuTap],
+  ] as const;
+  for (const [name, r] of backends) {
+    if (!r) {
+      out.push(`  ${name.padEnd(NAME_W)}${'n/a'.padStart(8)}`);
+      continue;
+    }
+    const perChange = r.changes > 0 ? (r.lost / r.changes).toFixed(2) : '-';
+    const behind = r.baselineLost > 0 ? ' (the guest fell behind: not comparable)' : '';
+    out.push(`  ${name.padEnd(NAME_W)}${String(r.changes).padStart(8)}${String(r.sent).padStart(9)}${String(r.lost).padStart(7)}${perChange.padStart(12)}` +
+      `${String(r.outOfOrder).padStart(14)}${String(r.tapDrops).padStart(11)}   ${r.baselineLost} of ${r.baselineSent}${behind}`);
+  }
+  if (sl.elapsedSeconds !== undefined) out.push(`  (the section took ${sl.elapsedSeconds} s)`);
+  for (const e of sl.errors) out.push(...wrap(firstLine(e), WIDTH, '  FAILED: ', '    '));
+}
+
 /** perf stat / strace output the --profile option stores in a row's detail: otherwise only in the JSON. */
 function profileSection(rows: readonly Row[], out: string[]): void {
   for (const r of rows) {
@@ -802,6 +942,7 @@ export function renderTable(report: Report): string {
   memorySection(report.memory, out);
   guestSection(report.guest, out);
   migrationSection(report.migration, out);
+  switchLossSection(report.switchLoss, out);
   profileSection(report.rows, out);
   targetsSection(report.targets, out);
   if (report.notes.length > 0) {
@@ -826,7 +967,7 @@ function esc(s: string): string {
 }
 
 // The chart draws the split rows only (BACKENDS); packed ones are in the table.
-const COLORS: Record<Backend, string> = { raw: '#8c8c8c', embedded: '#2b7bba', testpmd: '#e08a2b', daemon: '#3a9a4a', 'embedded-packed': '#7fb2dc', 'daemon-packed': '#8cc98f' };
+const COLORS: Record<Backend, string> = { raw: '#8c8c8c', embedded: '#2b7bba', testpmd: '#e08a2b', daemon: '#3a9a4a', 'embedded-packed': '#7fb2dc', 'daemon-packed': '#8cc98f', 'embedded-steering': '#1d4f7a' };
 
 /** 1, 2, 2.5 or 5 times a power of ten: the step for about `ticks` gridlines up to `max`. */
 function niceStep(max: number, ticks: number): number {

@@ -16,6 +16,8 @@ export interface ServeOptions {
   ringState?: string;
   /** The path was not given (the default beside the socket): a failure to use it is a warning, not fatal. */
   ringStateDefault: boolean;
+  /** --no-steering: no steering program on the tap, tun's own flow hash picks the queues. */
+  steering: boolean;
 }
 
 export function usage(): string {
@@ -41,6 +43,9 @@ virtqueues and a multiqueue tap.
                                       restarted under a running guest resumes them (QEMU cannot
                                       tell it); default PATH.rings beside --socket
   --no-ring-state                     keep none: after a restart a packed-ring guest needs a reset
+  --no-steering                       no steering eBPF program on the tap: tun's own flow hash
+                                      picks the queues, and a queue-count change loses the frames
+                                      already steered to the queues that leave (for comparison)
   --print-capabilities                print {"type":"net"} and exit
 `;
 }
@@ -54,7 +59,7 @@ function integer(flag: string, value: string | undefined, min: number, max: numb
 }
 
 export function parseServeArguments(args: string[]): ServeOptions {
-  const options: Partial<ServeOptions> & { tapFds: number[]; client: boolean; reconnectMs: number } = { tapFds: [], client: false, reconnectMs: 1000, busyPollUs: 0 };
+  const options: Partial<ServeOptions> & { tapFds: number[]; client: boolean; reconnectMs: number; steering: boolean } = { tapFds: [], client: false, reconnectMs: 1000, busyPollUs: 0, steering: true };
   let ringState: string | false | undefined;
   for (let i = 0; i < args.length; i++) {
     const flag = args[i]!;
@@ -104,6 +109,9 @@ export function parseServeArguments(args: string[]): ServeOptions {
         break;
       case '--no-ring-state':
         ringState = false;
+        break;
+      case '--no-steering':
+        options.steering = false;
         break;
       default:
         throw makeError('EINVAL', `unknown option ${flag}\n\n${usage()}`);

@@ -52,7 +52,13 @@ async function serve(options: ServeOptions): Promise<void> {
     ...(options.mac ? { mac: options.mac } : {}),
     ...(options.mtu ? { mtu: options.mtu } : {}),
     busyPollUs: options.busyPollUs,
+    steering: options.steering ? 'auto' : 'off',
   });
+  // Once, right after construction: whether queue-count changes are lossless here, and if not, why.
+  // A warning unless --no-steering asked for it.
+  device.on('steering', (e) => log('steering', {
+    active: e.active, ...(e.reason !== undefined ? { reason: e.reason } : {}), ...(!e.active && options.steering ? { level: 'warning' } : {}),
+  }));
   device.on('queue-error', (e) => log('queue-error', { pair: e.pair, queue: e.queue, error: e.message }));
   device.on('queue-pairs', (e) => log('queue-pairs-changed', { active: e.active, previous: e.previous, numDisabled: tap.queues.filter((q) => !q.attached).length }));
   device.on('protocol-error', (e) => log('protocol-error', { error: e }));
