@@ -11,7 +11,7 @@ import { Worker } from 'node:worker_threads';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { Tap, acceptUnix, listenUnix, readTapLinkInfo } from '../src';
+import { Tap, TapSteering, acceptUnix, listenUnix, readTapLinkInfo } from '../src';
 import { native } from '../src/native';
 import { STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../src/virtio/device-status';
 import { EventFd } from '../src/virtio/eventfd';
@@ -1483,6 +1483,52 @@ test('CLI: serve passes traffic for a frontend in another process; SIGTERM mid-t
     fe?.close();
     guest?.close();
     if (d.child.exitCode === null) d.child.kill('SIGKILL');
+  }
+});
+
+test('CLI: --tap-fd with --steering-map-fd: the daemon steers through the map a privileged helper handed it; a map fd that is not one is refused', async () => {
+  const tapName = uniqueName('vvusm');
+  const tap = Tap.create({ name: tapName, queues: 2 });
+  const steering = TapSteering.load();
+  const notAMap = EventFd.create();
+  try {
+    steering.attach(tap);
+    const start = (mapFd: number, sock: string): Daemon => {
+      const child = spawn(process.execPath, [CLI, 'serve', '--socket', sock, '--tap', tapName, '--tap-fd', '3', '4', '--steering-map-fd', '5'], {
+        stdio: ['ignore', 'pipe', 'pipe', tap.queues[0]!.fd, tap.queues[1]!.fd, mapFd],
+      });
+      let err = '';
+      const logs: Record<string, unknown>[] = [];
+      child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+        err += chunk;
+        for (const line of chunk.split('\n')) {
+          try {
+            logs.push(JSON.parse(line) as Record<string, unknown>);
+          } catch {
+            // partial or not a log line
+          }
+        }
+      });
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+      return { child, logs, stderr: () => err, exited };
+    };
+    const d = start(steering.mapFd, path.join(tmp, `${tapName}.sock`));
+    try {
+      await until('the steering log line', () => d.logs.some((l) => l.event === 'steering'), 10_000);
+      assert.is(d.logs.find((l) => l.event === 'steering')?.active, true, `the daemon steers with the handed-over map: ${d.stderr()}`);
+      d.child.kill('SIGTERM');
+      assert.is((await waitExit(d)).code, 0, d.stderr());
+    } finally {
+      if (d.child.exitCode === null) d.child.kill('SIGKILL');
+    }
+    const bad = start(notAMap.fd, path.join(tmp, `${tapName}-2.sock`));
+    const { code } = await waitExit(bad);
+    assert.ok(code !== 0, 'an eventfd given as the steering map is refused');
+    assert.match(bad.stderr(), /not a steering map/);
+  } finally {
+    notAMap.close();
+    steering.close();
+    tap.close();
   }
 });
 

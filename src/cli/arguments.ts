@@ -18,6 +18,8 @@ export interface ServeOptions {
   ringStateDefault: boolean;
   /** --no-steering: no steering program on the tap, tun's own flow hash picks the queues. */
   steering: boolean;
+  /** --steering-map-fd: the map of a steering program a privileged helper loaded and attached to the --tap-fd tap. */
+  steeringMapFd?: number;
 }
 
 export function usage(): string {
@@ -46,6 +48,8 @@ virtqueues and a multiqueue tap.
   --no-steering                       no steering eBPF program on the tap: tun's own flow hash
                                       picks the queues, and a queue-count change loses the frames
                                       already steered to the queues that leave (for comparison)
+  --steering-map-fd FD                with --tap-fd: the map of the steering program the helper loaded
+                                      and attached (TapSteering, sendTapQueues): no privilege needed
   --print-capabilities                print {"type":"net"} and exit
 `;
 }
@@ -113,11 +117,16 @@ export function parseServeArguments(args: string[]): ServeOptions {
       case '--no-steering':
         options.steering = false;
         break;
+      case '--steering-map-fd':
+        options.steeringMapFd = integer(flag, value(), 0, 0x7fffffff);
+        break;
       default:
         throw makeError('EINVAL', `unknown option ${flag}\n\n${usage()}`);
     }
   }
   if (!options.tap) throw makeError('EINVAL', `--tap NAME is required\n\n${usage()}`);
+  if (options.steeringMapFd !== undefined && options.tapFds.length === 0) throw makeError('EINVAL', '--steering-map-fd goes with --tap-fd: the helper that made the tap loaded the program');
+  if (options.steeringMapFd !== undefined && !options.steering) throw makeError('EINVAL', 'give --steering-map-fd or --no-steering, not both');
   if (!options.socket && options.listenFd === undefined) throw makeError('EINVAL', `--socket PATH (or --fd) is required\n\n${usage()}`);
   if (options.socket && options.listenFd !== undefined) throw makeError('EINVAL', 'give --socket or --fd, not both');
   if (options.client && !options.socket) throw makeError('EINVAL', '--client needs --socket PATH');

@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 
 // The daemon is a consumer of the public API like any VMM: only the package root.
-import { Tap, VhostUserServer, VirtioNetDevice, makeError, readTapLinkInfo } from '..';
+import { Tap, TapSteering, VhostUserServer, VirtioNetDevice, makeError, readTapLinkInfo } from '..';
 import { parseServeArguments, usage, type ServeOptions } from './arguments';
 
 const NETNS_MARK = 'VHOST_TAP_IN_NETNS';
@@ -25,7 +25,12 @@ function reexecInNetns(netns: string): void {
 }
 
 function openTap(options: ServeOptions): Tap {
-  if (options.tapFds.length > 0) return Tap.fromFds(options.tap, options.tapFds);
+  if (options.tapFds.length > 0) {
+    const tap = Tap.fromFds(options.tap, options.tapFds);
+    // The steering program's map from the privileged helper: the device steers through it.
+    if (options.steeringMapFd !== undefined) tap.steering = TapSteering.fromFds(options.steeringMapFd);
+    return tap;
+  }
   try {
     return Tap.create({ name: options.tap, queues: options.queues, ...(options.mtu ? { mtu: options.mtu } : {}) });
   } catch (error) {
