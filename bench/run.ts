@@ -48,7 +48,7 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { seconds: 3, warmup: 1, guest: true, quick: false, budgetSeconds: 540, profile: false, repeat: 2 };
+  const o: Options = { seconds: 3, warmup: 1, guest: true, quick: false, budgetSeconds: 900, profile: false, repeat: 2 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = (): string => {
@@ -65,7 +65,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--budget') o.budgetSeconds = Number(value());
     else if (a === '--repeat') o.repeat = Math.max(1, Math.floor(Number(value())));
     else if (a === '--help' || a === '-h') {
-      process.stdout.write('node dist/bench/run.js [--seconds 3] [--warmup 1] [--repeat 2] [--no-guest] [--only REGEX] [--quick] [--budget 540] [--profile]\n');
+      process.stdout.write('node dist/bench/run.js [--seconds 3] [--warmup 1] [--repeat 2] [--no-guest] [--only REGEX] [--quick] [--budget 900] [--profile]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);
   }
