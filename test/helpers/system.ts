@@ -40,9 +40,13 @@ export function openFds(): Map<string, string> {
   return fds;
 }
 
-/** The fds open now that were not in `before` (or are another file now), as "fd -> target". */
+/**
+ * The fds open now that were not in `before` (or are another file now), as "fd -> target".
+ * /dev/null is left out: Node opens it for its own children's stdio as they are spawned,
+ * so another test's child starting at that moment shows one for a while.
+ */
 export function newFds(before: Map<string, string>): string[] {
-  return [...openFds()].filter(([fd, target]) => before.get(fd) !== target).map(([fd, target]) => `${fd} -> ${target}`);
+  return [...openFds()].filter(([fd, target]) => before.get(fd) !== target && target !== '/dev/null').map(([fd, target]) => `${fd} -> ${target}`);
 }
 
 /** Threads of this process, without io_uring's kernel workers (iou-wrk-*, iou-sqp-*): they linger idle a while, and are not ours. */
