@@ -18,6 +18,19 @@ namespace {
 
 long bpf(int cmd, union bpf_attr* attr) { return syscall(SYS_bpf, cmd, attr, sizeof *attr); }
 
+// The verifier gives up with EAGAIN when a signal is pending for the thread (a child's
+// SIGCHLD will do): try again, a few times, as libbpf does (PROG_LOAD_ATTEMPTS).
+constexpr int kProgLoadAttempts = 5;
+
+long bpfProgLoad(union bpf_attr* attr) {
+  long fd;
+  int attempts = kProgLoadAttempts;
+  do {
+    fd = bpf(BPF_PROG_LOAD, attr);
+  } while (fd < 0 && errno == EAGAIN && --attempts > 0);
+  return fd;
+}
+
 }  // namespace
 
 bool loadSteering(SteeringFds* out, int* err, std::string* what, std::string* verifierLog) {
@@ -52,13 +65,13 @@ bool loadSteering(SteeringFds* out, int* err, std::string* what, std::string* ve
   attr.log_size = static_cast<uint32_t>(log.size());
   attr.log_level = 1;
   strncpy(attr.prog_name, "vt_steer", sizeof attr.prog_name - 1);
-  int prog = static_cast<int>(bpf(BPF_PROG_LOAD, &attr));
+  int prog = static_cast<int>(bpfProgLoad(&attr));
   if (prog < 0 && errno == ENOSPC) {
     // The log buffer was too small for the verifier's trace: load again without one.
     attr.log_buf = 0;
     attr.log_size = 0;
     attr.log_level = 0;
-    prog = static_cast<int>(bpf(BPF_PROG_LOAD, &attr));
+    prog = static_cast<int>(bpfProgLoad(&attr));
   }
   if (prog < 0) {
     *err = errno;

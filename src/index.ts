@@ -27,7 +27,9 @@ export { MAX_TAP_QUEUES, MAX_IFNAME_BYTES } from './tap/constants';
 export { VirtioNetDevice } from './virtio/net-device';
 export type {
   VirtioNetDeviceOptions, VirtioNetDeviceEvents, DeviceStats, SteeringState, DeviceQueueError, QueuePairsChange, VirtioNetDeviceState,
+  RssState,
 } from './virtio/net-device';
+export type { RssConfig } from './virtio/rss';
 export { DEVICE_STATE_VERSION } from './virtio/net-device';
 export { DirtyLog, DirtyLogSlot, DIRTY_LOG_PAGE_SIZE, dirtyLogBytes } from './virtio/dirty-log';
 export {
@@ -62,6 +64,7 @@ export type { PackedRingPosition } from './virtio/ring-base';
 export type { PackedQueueOptions } from './virtio/driver/packed-queue-driver';
 export type { VirtqueueDriver, VirtqueueLayout, VirtqueueOptions, Segment, UsedBuffer } from './virtio/driver/virtqueue-driver';
 export { ControlQueueDriver } from './virtio/driver/control-queue-driver';
+export type { RssSettings } from './virtio/driver/control-queue-driver';
 export { VirtioNetGuest } from './virtio/driver/guest';
 export type { GuestBringUpOptions } from './virtio/driver/guest';
 export { GuestAllocator } from './virtio/driver/guest-allocator';

@@ -8,11 +8,12 @@ import type { DirtyLogSlot } from './dirty-log';
 import { EventFd } from './eventfd';
 import {
   VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_GUEST_ANNOUNCE,
-  VIRTIO_NET_F_MQ, hasFeature,
+  VIRTIO_NET_F_MQ, VIRTIO_NET_F_RSS, hasFeature,
 } from './features';
 import type { GuestMemory } from './guest-memory';
 import type { VirtqueueConfig } from './queue-pair';
 import { freshRingBase } from './ring-base';
+import { parseRssConfig, type RssConfig } from './rss';
 
 export const VIRTIO_NET_OK = 0;
 export const VIRTIO_NET_ERR = 1;
@@ -27,6 +28,8 @@ export const VIRTIO_NET_CTRL_ANNOUNCE = 3;
 export const VIRTIO_NET_CTRL_ANNOUNCE_ACK = 0;
 export const VIRTIO_NET_CTRL_MQ = 4;
 export const VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = 0;
+export const VIRTIO_NET_CTRL_MQ_RSS_CONFIG = 1;
+export const VIRTIO_NET_CTRL_MQ_HASH_CONFIG = 2;
 export const VIRTIO_NET_CTRL_GUEST_OFFLOADS = 5;
 export const VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET = 0;
 
@@ -38,6 +41,8 @@ export interface ControlCommandHandler {
   announceAck(): boolean;
   setQueuePairs(pairs: number): boolean;
   setGuestOffloads(offloads: bigint): boolean;
+  /** VIRTIO_NET_CTRL_MQ_RSS_CONFIG, decoded but not checked (see rssConfigError). Without it the command is ERR. */
+  setRss?(config: RssConfig): boolean;
 }
 
 /** Parses one MAC table of a MAC_TABLE_SET: u32 entries, then 6 bytes each. */
@@ -85,8 +90,17 @@ export function handleControlCommand(request: Buffer, features: bigint, handler:
         if (!hasFeature(features, VIRTIO_NET_F_GUEST_ANNOUNCE) || command !== VIRTIO_NET_CTRL_ANNOUNCE_ACK || data.length !== 0) return VIRTIO_NET_ERR;
         return ok(handler.announceAck());
       case VIRTIO_NET_CTRL_MQ:
-        if (!hasFeature(features, VIRTIO_NET_F_MQ) || command !== VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET || data.length !== 2) return VIRTIO_NET_ERR;
-        return ok(handler.setQueuePairs(data.readUInt16LE(0)));
+        if (command === VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET) {
+          if (!hasFeature(features, VIRTIO_NET_F_MQ) || data.length !== 2) return VIRTIO_NET_ERR;
+          return ok(handler.setQueuePairs(data.readUInt16LE(0)));
+        }
+        if (command === VIRTIO_NET_CTRL_MQ_RSS_CONFIG) {
+          // 5.1.6.5.7.1: only with VIRTIO_NET_F_RSS negotiated (MQ is not needed).
+          if (!hasFeature(features, VIRTIO_NET_F_RSS) || !handler.setRss) return VIRTIO_NET_ERR;
+          const config = parseRssConfig(data);
+          return config ? ok(handler.setRss(config)) : VIRTIO_NET_ERR;
+        }
+        return VIRTIO_NET_ERR; // HASH_CONFIG needs VIRTIO_NET_F_HASH_REPORT, not offered
       case VIRTIO_NET_CTRL_GUEST_OFFLOADS:
         if (!hasFeature(features, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS) || command !== VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET || data.length !== 8) {
           return VIRTIO_NET_ERR;

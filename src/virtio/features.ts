@@ -30,6 +30,10 @@ export const VIRTIO_F_RING_PACKED = 34;
 export const VIRTIO_NET_F_GUEST_USO4 = 54;
 export const VIRTIO_NET_F_GUEST_USO6 = 55;
 export const VIRTIO_NET_F_HOST_USO = 56;
+/** The device reports each received frame's RSS hash in the header. Not offered: see README ("Receive-side scaling"). */
+export const VIRTIO_NET_F_HASH_REPORT = 57;
+/** Receive-side scaling: the guest's Toeplitz key, hash types and indirection table steer received frames (5.1.6.5.7). */
+export const VIRTIO_NET_F_RSS = 60;
 
 /** The mask of one feature bit. */
 export function featureBit(bit: number): bigint {
@@ -54,7 +58,8 @@ const FEATURE_NAMES: Record<number, string> = {
   [VIRTIO_NET_F_CTRL_RX]: 'CTRL_RX', [VIRTIO_NET_F_CTRL_VLAN]: 'CTRL_VLAN', [VIRTIO_NET_F_GUEST_ANNOUNCE]: 'GUEST_ANNOUNCE',
   [VIRTIO_NET_F_MQ]: 'MQ', [VIRTIO_NET_F_CTRL_MAC_ADDR]: 'CTRL_MAC_ADDR', [VIRTIO_RING_F_INDIRECT_DESC]: 'INDIRECT_DESC',
   [VIRTIO_RING_F_EVENT_IDX]: 'EVENT_IDX', [VIRTIO_F_VERSION_1]: 'VERSION_1', [VIRTIO_F_RING_PACKED]: 'RING_PACKED', [VIRTIO_NET_F_GUEST_USO4]: 'GUEST_USO4',
-  [VIRTIO_NET_F_GUEST_USO6]: 'GUEST_USO6', [VIRTIO_NET_F_HOST_USO]: 'HOST_USO',
+  [VIRTIO_NET_F_GUEST_USO6]: 'GUEST_USO6', [VIRTIO_NET_F_HOST_USO]: 'HOST_USO', [VIRTIO_NET_F_HASH_REPORT]: 'HASH_REPORT',
+  [VIRTIO_NET_F_RSS]: 'RSS',
 };
 
 /** "GUEST_TSO4 (bit 7)", or "bit 40" for a bit this code has no name for. */
@@ -87,6 +92,8 @@ export const FEATURE_REQUIREMENTS: readonly FeatureRequirement[] = [
   { feature: VIRTIO_NET_F_GUEST_ANNOUNCE, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
   { feature: VIRTIO_NET_F_MQ, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
   { feature: VIRTIO_NET_F_CTRL_MAC_ADDR, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
+  // Listed in 5.1.3.1 since virtio 1.2: RSS_CONFIG travels on the control queue.
+  { feature: VIRTIO_NET_F_RSS, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
   // Not in 5.1.3.1's list, but its commands travel on the control queue (5.1.6.5.6.1).
   { feature: VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, oneOf: [VIRTIO_NET_F_CTRL_VQ] },
 ];

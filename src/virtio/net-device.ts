@@ -16,7 +16,8 @@ import { describeRequirement, featureBit, hasFeature, netHdrSize, resolveRequire
 import type { GuestMemory } from './guest-memory';
 import { NetConfigSpace, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from './net-config';
 import { tapOffloadsForGuest } from './offloads';
-import { TapSteering } from '../tap/steering';
+import { RSS_KEY_BYTES, RSS_MAX_TABLE_ENTRIES, RSS_SUPPORTED_HASH_TYPES, TapSteering } from '../tap/steering';
+import { rssConfigError, rssQueuePairs, rssSteeringTable, type RssConfig } from './rss';
 import { QueuePair, type QueuePairStats, type VirtqueueConfig } from './queue-pair';
 import { freshRingBase } from './ring-base';
 
@@ -28,7 +29,7 @@ const IMPLEMENTED_FEATURES = [
   F.VIRTIO_NET_F_HOST_TSO4, F.VIRTIO_NET_F_HOST_TSO6, F.VIRTIO_NET_F_GUEST_TSO4, F.VIRTIO_NET_F_GUEST_TSO6,
   F.VIRTIO_NET_F_HOST_ECN, F.VIRTIO_NET_F_GUEST_ECN, F.VIRTIO_NET_F_HOST_UFO, F.VIRTIO_NET_F_GUEST_UFO,
   F.VIRTIO_NET_F_HOST_USO, F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6,
-  F.VIRTIO_RING_F_INDIRECT_DESC, F.VIRTIO_RING_F_EVENT_IDX, F.VIRTIO_F_RING_PACKED,
+  F.VIRTIO_RING_F_INDIRECT_DESC, F.VIRTIO_RING_F_EVENT_IDX, F.VIRTIO_F_RING_PACKED, F.VIRTIO_NET_F_RSS,
 ].reduce((mask, bit) => mask | featureBit(bit), 0n);
 
 /** The guest offloads that TUNSETOFFLOAD controls (they follow CTRL_GUEST_OFFLOADS_SET too). */
@@ -76,7 +77,8 @@ export interface VirtioNetDeviceOptions {
    * cannot be loaded (no CAP_BPF, an old kernel), tun's own flow hash steers, as
    * without it, and the device says why once ('steering' event, stats()). A
    * TapSteering: that one, loaded by someone else (a privileged helper) and left
-   * theirs to close. 'off': tun's hash.
+   * theirs to close. 'off': tun's hash. VIRTIO_NET_F_RSS is offered only while the
+   * program steers (the guest's table is the program's table).
    */
   steering?: 'auto' | 'off' | TapSteering;
 }
@@ -104,8 +106,24 @@ interface VirtqueueState {
   positionRecord?: { file: GuestMemory; offset: number };
 }
 
-/** The format of saveState()'s record; restoreState() takes this version only. */
+/**
+ * The format of saveState()'s record; restoreState() takes this version only.
+ * Still 1 with `rss` added: a record without it is what version 1 always was
+ * (no RSS configuration in force), and one with it has VIRTIO_NET_F_RSS among its
+ * driver features, which a device without RSS does not offer and so refuses.
+ */
 export const DEVICE_STATE_VERSION = 1;
+
+/** The guest's RSS configuration (VIRTIO_NET_CTRL_MQ_RSS_CONFIG) in a saved state. */
+export interface RssState {
+  hashTypes: number;
+  /** Hex, hash_key_length bytes (up to 40) as the guest gave them. */
+  key: string;
+  /** Receive queue (pair) indexes, a power of two of them, at most 128. */
+  table: number[];
+  unclassified: number;
+  maxTxVq: number;
+}
 
 /**
  * Everything a destination device needs to carry on where the source stopped
@@ -131,6 +149,8 @@ export interface VirtioNetDeviceState {
   rxMode: { promisc: boolean; allmulti: boolean };
   macTable: { unicast: string[]; multicast: string[] };
   queues: { size: number; descAddr?: number; availAddr?: number; usedAddr?: number; lastAvailIdx: number; enabled: boolean }[];
+  /** The guest's RSS configuration while it steers (absent: automatic steering, as after VQ_PAIRS_SET or reset). */
+  rss?: RssState;
 }
 
 export interface DriverFeaturesOptions {
@@ -232,6 +252,8 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   #steering: TapSteering | undefined;
   #ownsSteering = false;
   #steeringState: SteeringState = { active: false, reason: 'not set up' };
+  /** The guest's RSS configuration, while it is the last multiqueue command (5.1.6.5.5); undefined: automatic steering. */
+  #rss: RssConfig | undefined;
 
   constructor(options: VirtioNetDeviceOptions) {
     super();
@@ -252,11 +274,21 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     }
     this.#busyPollUs = busyPollUs;
     this.#defaultMac = options.mac !== undefined ? parseMac(options.mac) : randomMac();
-    this.#config = new NetConfigSpace(this.#defaultMac, maxQueuePairs, this.#mtu);
-    this.#config.setStatus(linkUp ? VIRTIO_NET_S_LINK_UP : 0);
-    this.offeredFeatures = this.#probeFeatures((options.features ?? IMPLEMENTED_FEATURES) & IMPLEMENTED_FEATURES);
-    this.#resetState();
+    // The steering program first: whether it steers decides whether RSS is offered.
     this.#setUpSteering(options.steering ?? 'auto');
+    try {
+      this.offeredFeatures = this.#probeFeatures((options.features ?? IMPLEMENTED_FEATURES) & IMPLEMENTED_FEATURES);
+      // 5.1.4.1: with RSS offered, a key of at least 40 bytes and a table of at least 128 entries.
+      const rssLimits = hasFeature(this.offeredFeatures, F.VIRTIO_NET_F_RSS)
+        ? { maxKeySize: RSS_KEY_BYTES, maxTableLength: RSS_MAX_TABLE_ENTRIES, supportedHashTypes: RSS_SUPPORTED_HASH_TYPES }
+        : undefined;
+      this.#config = new NetConfigSpace(this.#defaultMac, maxQueuePairs, this.#mtu, rssLimits);
+      this.#config.setStatus(linkUp ? VIRTIO_NET_S_LINK_UP : 0);
+      this.#resetState();
+    } catch (error) {
+      this.#releaseSteering();
+      throw error;
+    }
   }
 
   // ---- status and features (the transport's registers) ----
@@ -496,6 +528,15 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   }
 
   /**
+   * The guest's RSS configuration while it steers (VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+   * until a VQ_PAIRS_SET or a reset); undefined under automatic steering.
+   */
+  get rss(): RssConfig | undefined {
+    const rss = this.#rss;
+    return rss && { ...rss, table: [...rss.table], key: Buffer.from(rss.key) };
+  }
+
+  /**
    * The one path that changes the queue pairs in use (the control queue's
    * VQ_PAIRS_SET here, vhost-user's SET_VRING_ENABLE later). Pairs below n:
    * attach the tap queue, then start the worker. Pairs from n up: stop the
@@ -507,6 +548,9 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.#assertOpen();
     if (!Number.isInteger(n) || n < 1 || n > this.maxQueuePairs) {
       throw makeError('EINVAL', `queue pairs must be 1 to ${this.maxQueuePairs}, got ${String(n)}`);
+    }
+    if (this.#rss && n < rssQueuePairs(this.#rss)) {
+      throw makeError('EINVAL', `the guest's RSS configuration steers over ${rssQueuePairs(this.#rss)} queue pairs: it needs them all (got ${n})`);
     }
     const previous = this.#active;
     if (!(this.#status & STATUS_DRIVER_OK)) {
@@ -664,6 +708,12 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
         size: q.size, lastAvailIdx: this.#baseOf(q), enabled: q.enabled,
         ...(q.descAddr !== undefined ? { descAddr: q.descAddr, availAddr: q.availAddr, usedAddr: q.usedAddr } : {}),
       })),
+      ...(this.#rss ? {
+        rss: {
+          hashTypes: this.#rss.hashTypes, key: this.#rss.key.toString('hex'), table: [...this.#rss.table],
+          unclassified: this.#rss.unclassified, maxTxVq: this.#rss.maxTxVq,
+        },
+      } : {}),
     };
   }
 
@@ -696,6 +746,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       this.#rxMode = { ...state.rxMode };
       this.#macTable = { unicast: state.macTable.unicast.map((m) => parseMac(m)), multicast: state.macTable.multicast.map((m) => parseMac(m)) };
       this.#active = state.activeQueuePairs;
+      this.#rss = plan.rss; // steers from the first setActiveQueuePairs on
       this.#status = state.status & ~STATUS_DRIVER_OK;
       if (state.status & STATUS_DRIVER_OK) {
         this.#status = state.status;
@@ -737,7 +788,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
   }
 
   /** Checks a saved state completely before restoreState() touches anything. */
-  #checkState(state: VirtioNetDeviceState): { features: bigint; guestOffloads: bigint } {
+  #checkState(state: VirtioNetDeviceState): { features: bigint; guestOffloads: bigint; rss: RssConfig | undefined } {
     const bad = (why: string): never => {
       throw makeError('EINVAL', `not a device state this device can restore: ${why}`);
     };
@@ -775,7 +826,28 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
         if (q[key] !== undefined && (!Number.isSafeInteger(q[key]) || q[key]! < 0)) bad(`queue ${i}: ${key}`);
       }
     });
-    return { features, guestOffloads };
+    return { features, guestOffloads, rss: this.#checkRssState(state, features, bad) };
+  }
+
+  /** The saved RSS configuration, held to the rules RSS_CONFIG is (rssConfigError), and to the state around it. */
+  #checkRssState(state: VirtioNetDeviceState, features: bigint, bad: (why: string) => never): RssConfig | undefined {
+    const saved = state.rss;
+    if (saved === undefined) return undefined;
+    if (!saved || typeof saved !== 'object') bad('rss is malformed');
+    if (!hasFeature(features, F.VIRTIO_NET_F_RSS)) bad('an RSS configuration without VIRTIO_NET_F_RSS negotiated');
+    if (!(state.status & STATUS_DRIVER_OK)) bad('an RSS configuration before DRIVER_OK');
+    const u16 = (v: unknown): boolean => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffff;
+    if (!Number.isInteger(saved.hashTypes) || saved.hashTypes < 0 || saved.hashTypes > 0xffffffff) bad('rss.hashTypes is malformed');
+    if (typeof saved.key !== 'string' || !/^(?:[0-9a-f]{2})*$/.test(saved.key)) bad('rss.key is not hex');
+    if (!Array.isArray(saved.table) || saved.table.length > RSS_MAX_TABLE_ENTRIES || !saved.table.every(u16)) bad('rss.table is malformed');
+    if (!u16(saved.unclassified) || !u16(saved.maxTxVq)) bad('rss.unclassified or rss.maxTxVq is malformed');
+    const config: RssConfig = {
+      hashTypes: saved.hashTypes, key: Buffer.from(saved.key, 'hex'), table: [...saved.table], unclassified: saved.unclassified, maxTxVq: saved.maxTxVq,
+    };
+    const problem = rssConfigError(config, this.maxQueuePairs);
+    if (problem !== undefined) bad(`rss: ${problem}`);
+    if (state.activeQueuePairs < rssQueuePairs(config)) bad(`rss steers over ${rssQueuePairs(config)} queue pairs, ${state.activeQueuePairs} are in use`);
+    return config;
   }
 
   /** Resets the device and lets go of the tap (which stays the caller's). */
@@ -783,6 +855,11 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     if (this.#closed) return;
     this.#stopAll();
     this.#closed = true;
+    this.#releaseSteering();
+  }
+
+  /** Detaches and closes the steering program if it is this device's own. */
+  #releaseSteering(): void {
     if (this.#steering && this.#ownsSteering) {
       try {
         this.#steering.detach(this.tap);
@@ -823,9 +900,15 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     queueMicrotask(() => this.emit('steering', { ...this.#steeringState }));
   }
 
-  /** The steering program sends frames to the first `pairs` tap queues only (tun numbers attached queues 0..n-1). */
+  /**
+   * The steering program sends frames to the first `pairs` tap queues only (tun
+   * numbers attached queues 0..n-1): by the guest's RSS table while it is in
+   * force (its entries are pair indexes, all below `pairs`), else spread evenly.
+   */
   #steer(pairs: number): void {
-    this.#steering?.spread(pairs);
+    if (!this.#steering) return;
+    if (this.#rss && rssQueuePairs(this.#rss) <= pairs) this.#steering.configure(rssSteeringTable(this.#rss));
+    else this.#steering.spread(pairs);
   }
 
   // ---- internals ----
@@ -877,9 +960,13 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     // USO through tun came with Linux 6.2, both directions at once.
     if (!tries({ csum: true, uso4: true, uso6: true })) drop(F.VIRTIO_NET_F_GUEST_USO4, F.VIRTIO_NET_F_GUEST_USO6, F.VIRTIO_NET_F_HOST_USO);
     tries({});
-    if (this.maxQueuePairs < 2) drop(F.VIRTIO_NET_F_MQ);
+    // One pair has nothing to steer between; the guest's table needs the steering program.
+    if (this.maxQueuePairs < 2) drop(F.VIRTIO_NET_F_MQ, F.VIRTIO_NET_F_RSS);
+    if (!this.#steering) drop(F.VIRTIO_NET_F_RSS);
     if (this.#mtu === 0) drop(F.VIRTIO_NET_F_MTU);
     if (this.#frontendControl) {
+      // RSS too: its RSS_CONFIG would reach the frontend's control queue, never this device.
+      drop(F.VIRTIO_NET_F_RSS);
       // GUEST_ANNOUNCE stays: the frontend's control queue carries the announce, and QEMU
       // asks the backend for this bit (vhost_net's feature bits): without it the guest never
       // announces itself after a migration, and QEMU's RARP needs a protocol feature we lack.
@@ -934,7 +1021,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     // 5.1.6.5.5: until the driver sets more, one pair is in use.
     const wanted = this.#active;
     this.#active = 1;
-    const multiqueue = this.#frontendControl || hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_MQ);
+    const multiqueue = this.#frontendControl || this.#multiqueueNegotiated();
     try {
       this.setActiveQueuePairs(Math.min(wanted, multiqueue ? this.maxQueuePairs : 1));
     } catch (error) {
@@ -1031,9 +1118,14 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     }
   }
 
-  /** 5.1.2: the control queue follows the last pair: virtqueue 2N with MQ (N = max pairs), virtqueue 2 without. */
+  /** 5.1.2: N = max_virtqueue_pairs once MQ or RSS is negotiated, else 1. */
+  #multiqueueNegotiated(): boolean {
+    return hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_MQ) || hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_RSS);
+  }
+
+  /** 5.1.2: the control queue follows the last pair: virtqueue 2N with MQ or RSS (N = max pairs), virtqueue 2 without. */
   #controlIndex(): number {
-    return 2 * (hasFeature(this.#activeFeatures, F.VIRTIO_NET_F_MQ) ? this.maxQueuePairs : 1);
+    return 2 * (this.#multiqueueNegotiated() ? this.maxQueuePairs : 1);
   }
 
   #startControl(): void {
@@ -1063,13 +1155,13 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       },
       setQueuePairs: (pairs) => {
         if (pairs < 1 || pairs > this.maxQueuePairs) return false; // the guest's mistake: ERR, nothing to report
-        try {
-          this.setActiveQueuePairs(pairs, { discardTx: true });
-          return true;
-        } catch (error) {
-          this.emit('queue-error', { pair: 'ctrl', queue: 'ctrl', message: (error as Error).message });
-          return false;
-        }
+        // 5.1.6.5.5: with both multiqueue modes negotiated, the last command decides:
+        // VQ_PAIRS_SET puts automatic steering back in place of the guest's RSS table.
+        return this.#switchSteering(undefined, pairs);
+      },
+      setRss: (config) => {
+        if (rssConfigError(config, this.maxQueuePairs) !== undefined) return false; // the guest's mistake: ERR, nothing changes
+        return this.#switchSteering(config, rssQueuePairs(config));
       },
       setGuestOffloads: (offloads) => this.#setGuestOffloads(offloads),
     };
@@ -1091,6 +1183,25 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     const control = this.#control;
     this.#control = undefined;
     if (control) await control.stop();
+  }
+
+  /**
+   * A multiqueue command from the guest: `rss` (or automatic steering, undefined)
+   * over `pairs` queue pairs, through the one lossless path (setActiveQueuePairs).
+   * If the pairs cannot be had, the previous configuration and pairs stay in force.
+   */
+  #switchSteering(rss: RssConfig | undefined, pairs: number): boolean {
+    const previous = this.#rss;
+    this.#rss = rss;
+    try {
+      this.setActiveQueuePairs(pairs, { discardTx: true });
+      this.#steer(this.#active); // the same pairs as before: setActiveQueuePairs changed nothing, the table is new
+      return true;
+    } catch (error) {
+      this.#rss = previous;
+      this.emit('queue-error', { pair: 'ctrl', queue: 'ctrl', message: (error as Error).message });
+      return false;
+    }
   }
 
   /** 5.1.6.5.6.1: only offloads that were negotiated, and the tap follows them. */
@@ -1134,6 +1245,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     this.#activeFeatures = 0n;
     this.#guestOffloads = 0n;
     this.#active = 1;
+    this.#rss = undefined; // RSS is the driver's to set again
     this.#queues = Array.from({ length: this.numQueues }, () => ({ size: 256, enabled: true }));
     this.#workers = new Array<QueuePair | undefined>(this.maxQueuePairs).fill(undefined);
     this.#rxMode = { promisc: true, allmulti: true };

@@ -1,8 +1,8 @@
 import { makeError } from '../../errors';
 import {
   VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_GUEST_OFFLOADS, VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET,
-  VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX,
-  VIRTIO_NET_CTRL_RX_ALLMULTI, VIRTIO_NET_CTRL_RX_PROMISC,
+  VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+  VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI, VIRTIO_NET_CTRL_RX_PROMISC,
 } from '../control-queue';
 import type { GuestMemory } from '../guest-memory';
 import type { GuestAllocator } from './guest-allocator';
@@ -12,6 +12,39 @@ import type { VirtqueueDriver } from './virtqueue-driver';
 
 /** Largest command this driver sends (class, command, data). */
 const MAX_COMMAND = 4096;
+
+/** What a driver sends with VIRTIO_NET_CTRL_MQ_RSS_CONFIG (virtio 1.2 5.1.6.5.7.1). */
+export interface RssSettings {
+  /** VIRTIO_NET_HASH_TYPE_* bits (0: no hash, every frame to `unclassified`). */
+  hashTypes: number;
+  /** The Toeplitz key: hash_key_length bytes, at most rss_max_key_size. */
+  key: Uint8Array;
+  /** Receive queue indexes (0 is receiveq1); indirection_table_mask + 1 of them. */
+  table: readonly number[];
+  /** The receive queue for frames with no hash. Default 0. */
+  unclassified?: number;
+  /** How many transmit queues the driver may use. */
+  maxTxVq: number;
+}
+
+/**
+ * struct virtio_net_rss_config, little-endian, as the driver lays it out: the
+ * table's length gives indirection_table_mask, the key's hash_key_length. Values
+ * are written as given (masked to their field), so tests can send what a
+ * careless driver would.
+ */
+export function encodeRssConfig(settings: RssSettings): Buffer {
+  const n = settings.table.length;
+  const out = Buffer.alloc(8 + 2 * n + 3 + settings.key.length);
+  out.writeUInt32LE(settings.hashTypes >>> 0, 0);
+  out.writeUInt16LE((n - 1) & 0xffff, 4);
+  out.writeUInt16LE((settings.unclassified ?? 0) & 0xffff, 6);
+  settings.table.forEach((q, i) => out.writeUInt16LE(q & 0xffff, 8 + 2 * i));
+  out.writeUInt16LE(settings.maxTxVq & 0xffff, 8 + 2 * n);
+  out[8 + 2 * n + 2] = settings.key.length & 0xff;
+  out.set(settings.key, 8 + 2 * n + 3);
+  return out;
+}
 
 /**
  * The guest side of the control virtqueue (virtio 1.x 5.1.6.5): one command at
@@ -73,6 +106,11 @@ export class ControlQueueDriver {
     const data = Buffer.alloc(2);
     data.writeUInt16LE(pairs & 0xffff);
     return this.command(VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, data);
+  }
+
+  /** VIRTIO_NET_CTRL_MQ_RSS_CONFIG; needs VIRTIO_NET_F_RSS negotiated. */
+  setRss(settings: RssSettings): Promise<number> {
+    return this.command(VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG, encodeRssConfig(settings));
   }
 
   setMac(mac: Uint8Array): Promise<number> {

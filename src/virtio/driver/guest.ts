@@ -4,7 +4,7 @@ import * as F from '../features';
 import { hasFeature } from '../features';
 import type { GuestMemory } from '../guest-memory';
 import type { VirtioNetDevice } from '../net-device';
-import { ControlQueueDriver } from './control-queue-driver';
+import { ControlQueueDriver, type RssSettings } from './control-queue-driver';
 import { GuestAllocator } from './guest-allocator';
 import { VirtioNetDriver, type VirtioNetDriverOptions } from './net-driver';
 import { PACKED_RING_BASE_FRESH } from '../ring-base';
@@ -20,6 +20,12 @@ export interface GuestBringUpOptions {
    * negotiated, whatever wantFeatures says, and every queue is a split ring.
    */
   ringPacked?: boolean;
+  /**
+   * Negotiate VIRTIO_NET_F_RSS if the device offers it (then setRss() steers the
+   * receive queues). Default false: RSS is never negotiated, whatever
+   * wantFeatures says, and VQ_PAIRS_SET alone chooses the pairs, as before.
+   */
+  rss?: boolean;
   /** Who negotiated them, as setDriverFeatures takes it: 'frontend' to act as a vhost-user frontend. Default 'driver'. */
   negotiatedBy?: 'driver' | 'frontend';
   queueSize?: number;
@@ -49,13 +55,15 @@ export class VirtioNetGuest {
     let wanted = options.wantFeatures ?? device.offeredFeatures;
     // Negotiating RING_PACKED obliges the driver to packed rings (6): only when asked for.
     if (!options.ringPacked) wanted &= ~F.featureBit(F.VIRTIO_F_RING_PACKED);
+    if (!options.rss) wanted &= ~F.featureBit(F.VIRTIO_NET_F_RSS);
     const features = device.offeredFeatures & wanted;
     const ringPacked = hasFeature(features, F.VIRTIO_F_RING_PACKED);
     device.setDriverFeatures(features, { negotiatedBy: options.negotiatedBy ?? 'driver' });
     device.writeStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
     if (!(device.status & STATUS_FEATURES_OK)) throw makeError('EINVAL', 'the device refused the features (FEATURES_OK did not stick)');
 
-    const pairs = hasFeature(features, F.VIRTIO_NET_F_MQ) ? device.maxQueuePairs : 1;
+    // 5.1.2: every pair's virtqueues exist once MQ or RSS is negotiated.
+    const pairs = hasFeature(features, F.VIRTIO_NET_F_MQ) || hasFeature(features, F.VIRTIO_NET_F_RSS) ? device.maxQueuePairs : 1;
     const queueSize = options.queueSize ?? 256;
     const allocator = new GuestAllocator(memory);
     const driverOptions: VirtioNetDriverOptions = {
@@ -141,6 +149,12 @@ export class VirtioNetGuest {
   setQueuePairs(pairs: number): Promise<number> {
     if (!this.control) return Promise.reject(makeError('EINVAL', 'the control queue was not negotiated'));
     return this.control.setQueuePairs(pairs);
+  }
+
+  /** VIRTIO_NET_CTRL_MQ_RSS_CONFIG (needs bringUp({ rss: true })); resolves with the ack (0 OK, 1 ERR). */
+  setRss(settings: RssSettings): Promise<number> {
+    if (!this.control) return Promise.reject(makeError('EINVAL', 'the control queue was not negotiated'));
+    return this.control.setRss(settings);
   }
 
   close(): void {
