@@ -54,14 +54,15 @@ test('npm pack ships what a build needs, and no tests, bench code, source maps o
   packed = (JSON.parse(out.slice(out.indexOf('['))) as PackResult[])[0]!;
   const files = packed.files.map((f) => f.path).sort();
   for (const needed of ['package.json', 'README.md', 'LICENSE', 'CMakeLists.txt', 'dist/src/index.js', 'dist/src/index.d.ts',
-    'dist/src/cli/vhost-tap.js', 'native/addon.cc', 'native/queue_pair_worker.cc']) {
+    'dist/src/cli/vhost-tap.js', 'native/addon/addon.cc', 'native/core/queue_pair_worker.cc']) {
     assert.ok(files.includes(needed), `the tarball has ${needed}`);
   }
   const unexpected = files.filter((f) => !(
     ['package.json', 'README.md', 'LICENSE', 'CMakeLists.txt'].includes(f) ||
-    /^native\/[a-z_]+\.(cc|h)$/.test(f) ||
+    // The data path (native/core) and the Node-API addon around it; not native/tests or native/fuzz.
+    /^native\/(core|addon)\/[a-z_]+\.(cc|h)$/.test(f) ||
     // The steering program: its committed bytecode (built in) and the C it is built from.
-    /^native\/bpf\/(steering\.bpf\.c|steering_program\.h)$/.test(f) ||
+    /^native\/addon\/bpf\/(steering\.bpf\.c|steering_program\.h)$/.test(f) ||
     /^dist\/src\/.+\.(js|d\.ts)$/.test(f)));
   assert.equal(unexpected, [], 'nothing but the build inputs, the compiled library and the docs');
   assert.not.ok(files.some((f) => /bench/.test(f)), 'no bench code (bench/native/ is built only in a checkout)');
@@ -70,10 +71,13 @@ test('npm pack ships what a build needs, and no tests, bench code, source maps o
     .map((f) => f.replace(/^dist\//, '').replace(/\.d\.ts$|\.js$/, '.ts'))
     .filter((src) => !fs.existsSync(path.join(REPO_ROOT, src)));
   assert.equal(stale, [], 'no compiled file without its TypeScript source (rm -rf dist && npx tsc, then pack)');
-  for (const src of fs.readdirSync(path.join(REPO_ROOT, 'native'), { recursive: true }) as string[]) {
-    if (fs.statSync(path.join(REPO_ROOT, 'native', src)).isDirectory()) continue;
-    assert.ok(files.includes(`native/${src}`), `native/${src} is shipped (the install builds every file there)`);
+  for (const dir of ['native/core', 'native/addon']) {
+    for (const src of fs.readdirSync(path.join(REPO_ROOT, dir), { recursive: true }) as string[]) {
+      if (fs.statSync(path.join(REPO_ROOT, dir, src)).isDirectory()) continue;
+      assert.ok(files.includes(`${dir}/${src}`), `${dir}/${src} is shipped (the install builds every file there)`);
+    }
   }
+  assert.not.ok(files.some((f) => /^native\/(tests|fuzz)\//.test(f)), 'no C++ tests or fuzzers');
   // 250 kB: the packed ring and the steering program (its bytecode header) took it past 200 kB.
   assert.ok(packed.size < 250_000, `the tarball stays small: ${packed.size} bytes`);
   console.log(`    tarball ${packed.filename}: ${(packed.size / 1000).toFixed(1)} kB, ${packed.entryCount} files, ${(packed.unpackedSize / 1000).toFixed(0)} kB unpacked`);

@@ -1,4 +1,4 @@
-// The tap steering program (native/bpf/steering.bpf.c): its Toeplitz hash
+// The tap steering program (native/addon/bpf/steering.bpf.c): its Toeplitz hash
 // against the published RSS verification vectors (Microsoft's "Verifying the
 // RSS Hash Calculation", the same table as Intel's 82599 datasheet 7.1.2.8.3),
 // run by the kernel itself (BPF_PROG_TEST_RUN); which fields each hash type

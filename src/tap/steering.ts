@@ -2,7 +2,7 @@
 //
 // Without it, tun hashes each flow over the queues attached, and a queue taken
 // away loses what was already steered into it (detaching purges its backlog).
-// With it (native/bpf/steering.bpf.c, attached with TUNSETSTEERINGEBPF), the
+// With it (native/addon/bpf/steering.bpf.c, attached with TUNSETSTEERINGEBPF), the
 // queue is the entry of an indirection table that the control plane writes,
 // picked by the Toeplitz hash of virtio-net RSS: a queue leaves the table first,
 // and is detached only once nothing can still be on its way to it. The same

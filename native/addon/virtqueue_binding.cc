@@ -83,7 +83,7 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
     // A control chain is readable descriptors then writable ones: walk it in two passes.
     PopResult r = queue_.popMixed(iov_.data(), kMaxIov, &chain, &readableIov_);
     if (r == PopResult::kEmpty) return env.Null();
-    if (r == PopResult::kNoRoom) queue_.markBroken("control chain has more than 64 segments");
+    if (r == PopResult::kNoRoom) queue_.markBroken(QueueFault::kTooManySegments, "control chain has more than 64 segments");
     if (r != PopResult::kChain) {
       throwCode(env, "EPROTO", queue_.brokenReason());
       return env.Undefined();

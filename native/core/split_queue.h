@@ -12,6 +12,7 @@
 #include "dirty_log.h"
 #include "guest_memory.h"
 #include "queue_common.h"
+#include "queue_fault.h"
 #include "vring.h"
 
 namespace vhost_tap {
@@ -63,9 +64,11 @@ class SplitQueue {
   uint32_t ringBase() const { return lastAvail_; }
   uint16_t usedIdx() const { return usedIdx_; }
   uint32_t size() const { return size_; }
+  // Why the queue stopped (kNone: it did not), with the particulars in brokenReason().
+  QueueFault fault() const { return fault_; }
   const std::string& brokenReason() const { return broken_; }
-  bool broken() const { return !broken_.empty(); }
-  void markBroken(std::string reason) { fail(std::move(reason)); }
+  bool broken() const { return fault_ != QueueFault::kNone; }
+  void markBroken(QueueFault fault, std::string reason) { fail(fault, std::move(reason)); }
   // Lets go of guest memory (a stopped queue must not keep a departed VM's RAM
   // mapped until JS collects it). The indexes stay readable; setup() again to use it.
   void releaseMemory() {
@@ -77,7 +80,7 @@ class SplitQueue {
   }
 
  private:
-  PopResult fail(std::string reason);
+  PopResult fail(QueueFault fault, std::string reason);
   PopResult walk(ChainDirection direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov);
   // Marks bytes [offset, offset + len) of the used ring in the dirty log.
   void logUsed(uint64_t offset, uint64_t len) { log_.mark(usedLogAddr_ + offset, len); }
@@ -100,6 +103,7 @@ class SplitQueue {
   uint16_t pendingUsed_ = 0;
   uint16_t signalledUsed_ = 0;
   bool signalledUsedValid_ = false;
+  QueueFault fault_ = QueueFault::kNone;
   std::string broken_;
   DirtyLogCursor log_;
   uint64_t usedLogAddr_ = 0;

@@ -46,13 +46,15 @@ bool SplitQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig
   pendingUsed_ = 0;
   signalledUsedValid_ = false;
   broken_.clear();
+  fault_ = QueueFault::kNone;
   if (c.dirtyLog) log_.attach(c.dirtyLog);
   else log_.detach();
   usedLogAddr_ = c.usedLogAddr == QueueConfig::kLogAtUsedAddr ? c.usedAddr : c.usedLogAddr;
   return true;
 }
 
-PopResult SplitQueue::fail(std::string reason) {
+PopResult SplitQueue::fail(QueueFault fault, std::string reason) {
+  fault_ = fault;
   broken_ = std::move(reason);
   return PopResult::kBroken;
 }
@@ -74,16 +76,16 @@ VringDesc readDescriptor(const VringDesc* desc) {
 }  // namespace
 
 PopResult SplitQueue::walk(ChainDirection direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov) {
-  if (!broken_.empty()) return PopResult::kBroken;
+  if (fault_ != QueueFault::kNone) return PopResult::kBroken;
   uint16_t availIdx = __atomic_load_n(availIdx_, __ATOMIC_ACQUIRE);
   uint16_t pending = static_cast<uint16_t>(availIdx - lastAvail_);
   if (pending == 0) return PopResult::kEmpty;
   if (pending > size_) {
-    return fail("available index jumped by " + std::to_string(pending) + ", more than the queue size " +
+    return fail(QueueFault::kAvailIndexJump, "available index jumped by " + std::to_string(pending) + ", more than the queue size " +
                 std::to_string(size_));
   }
   uint16_t head = __atomic_load_n(&availRing_[lastAvail_ & (size_ - 1)], __ATOMIC_RELAXED);
-  if (head >= size_) return fail("available ring names descriptor " + std::to_string(head) + " of " + std::to_string(size_));
+  if (head >= size_) return fail(QueueFault::kHeadOutOfRange, "available ring names descriptor " + std::to_string(head) + " of " + std::to_string(size_));
 
   const VringDesc* table = desc_;
   uint32_t tableSize = size_;
@@ -98,26 +100,26 @@ PopResult SplitQueue::walk(ChainDirection direction, struct iovec* iov, int maxI
   // table's size of descriptors in each table (the ring's, then one indirect one),
   // so a chain costs at most twice the queue size of steps, loops included.
   for (;;) {
-    if (++visited > tableSize) return fail("descriptor chain is longer than its table or loops");
+    if (++visited > tableSize) return fail(QueueFault::kChainTooLong, "descriptor chain is longer than its table or loops");
     const VringDesc d = readDescriptor(&table[index]);
     if (d.flags & VRING_DESC_F_INDIRECT) {
-      if (!indirect_) return fail("indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC");
-      if (inIndirect) return fail("indirect descriptor inside an indirect table");
-      if (d.flags & VRING_DESC_F_NEXT) return fail("indirect descriptor with the NEXT flag");
+      if (!indirect_) return fail(QueueFault::kBadIndirect, "indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC");
+      if (inIndirect) return fail(QueueFault::kBadIndirect, "indirect descriptor inside an indirect table");
+      if (d.flags & VRING_DESC_F_NEXT) return fail(QueueFault::kBadIndirect, "indirect descriptor with the NEXT flag");
       if (d.len == 0 || d.len % sizeof(VringDesc) != 0) {
-        return fail("indirect table length " + std::to_string(d.len) + " is not a multiple of 16");
+        return fail(QueueFault::kBadIndirect, "indirect table length " + std::to_string(d.len) + " is not a multiple of 16");
       }
       // virtio 1.2 2.7.5.3.1: "A driver MUST NOT create a descriptor chain longer than
       // the Queue Size of the device." A larger table would let one chain cost the
       // worker up to 65536 steps (zero-length descriptors consume no iovec), and the
       // same table can back every head in the ring.
       if (d.len / sizeof(VringDesc) > size_) {
-        return fail("indirect table of " + std::to_string(d.len / sizeof(VringDesc)) +
+        return fail(QueueFault::kBadIndirect, "indirect table of " + std::to_string(d.len / sizeof(VringDesc)) +
                     " descriptors is larger than the queue size " + std::to_string(size_));
       }
-      if (d.addr & 15) return fail("indirect table is not 16-byte aligned");
+      if (d.addr & 15) return fail(QueueFault::kBadIndirect, "indirect table is not 16-byte aligned");
       const uint8_t* t = memory_->translate(d.addr, d.len);
-      if (!t) return fail("indirect table is not inside guest memory");
+      if (!t) return fail(QueueFault::kAddressOutOfBounds, "indirect table is not inside guest memory");
       table = reinterpret_cast<const VringDesc*>(t);
       tableSize = d.len / sizeof(VringDesc);
       index = 0;
@@ -126,27 +128,27 @@ PopResult SplitQueue::walk(ChainDirection direction, struct iovec* iov, int maxI
       continue;
     }
     bool writable = (d.flags & VRING_DESC_F_WRITE) != 0;
-    if (direction == ChainDirection::kWritable && !writable) return fail("read-only descriptor in a receive chain");
-    if (direction == ChainDirection::kReadable && writable) return fail("write-only descriptor in a transmit chain");
+    if (direction == ChainDirection::kWritable && !writable) return fail(QueueFault::kBadDirection, "read-only descriptor in a receive chain");
+    if (direction == ChainDirection::kReadable && writable) return fail(QueueFault::kBadDirection, "write-only descriptor in a transmit chain");
     if (direction == ChainDirection::kReadThenWrite && seenWritable && !writable) {
-      return fail("read-only descriptor after a write-only one");
+      return fail(QueueFault::kBadDirection, "read-only descriptor after a write-only one");
     }
     seenWritable = seenWritable || writable;
     // At most 2 x 32768 lengths of 32 bits are summed: the uint64 cannot overflow.
-    if (bytes + d.len > kMaxChainBytes) return fail("descriptor chain is longer than 2^32 bytes");
+    if (bytes + d.len > kMaxChainBytes) return fail(QueueFault::kChainTooLarge, "descriptor chain is longer than 2^32 bytes");
     int n = memory_->translateIov(d.addr, d.len, iov + iovCount, maxIov - iovCount);
     if (n == -2) return PopResult::kNoRoom;
     if (n < 0) {
       char range[64];
       snprintf(range, sizeof range, "0x%llx+%u", static_cast<unsigned long long>(d.addr), d.len);
-      return fail(std::string("descriptor buffer ") + range + " is outside guest memory");
+      return fail(QueueFault::kAddressOutOfBounds, std::string("descriptor buffer ") + range + " is outside guest memory");
     }
     iovCount += n;
     if (!writable) readableCount = iovCount;
     bytes += d.len;
     if (!(d.flags & VRING_DESC_F_NEXT)) break;
     index = d.next;
-    if (index >= tableSize) return fail("descriptor next " + std::to_string(index) + " is past its table");
+    if (index >= tableSize) return fail(QueueFault::kNextOutOfRange, "descriptor next " + std::to_string(index) + " is past its table");
   }
   lastAvail_++;
   if (readableIov) *readableIov = readableCount;

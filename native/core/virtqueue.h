@@ -60,8 +60,9 @@ class Virtqueue {
   uint32_t size() const { return packed_ ? packedRing_.size() : split_.size(); }
   const std::string& brokenReason() const { return packed_ ? packedRing_.brokenReason() : split_.brokenReason(); }
   bool broken() const { return packed_ ? packedRing_.broken() : split_.broken(); }
-  void markBroken(std::string reason) {
-    packed_ ? packedRing_.markBroken(std::move(reason)) : split_.markBroken(std::move(reason));
+  QueueFault fault() const { return packed_ ? packedRing_.fault() : split_.fault(); }
+  void markBroken(QueueFault fault, std::string reason) {
+    packed_ ? packedRing_.markBroken(fault, std::move(reason)) : split_.markBroken(fault, std::move(reason));
   }
   // Lets go of guest memory (a stopped queue must not keep a departed VM's RAM
   // mapped until JS collects it). ringBase() stays readable; setup() again to use it.

@@ -15,6 +15,7 @@
 #include "dirty_log.h"
 #include "guest_memory.h"
 #include "queue_common.h"
+#include "queue_fault.h"
 #include "vring.h"
 
 namespace vhost_tap {
@@ -62,9 +63,11 @@ class PackedQueue {
            (static_cast<uint32_t>(usedSlot_) << 16) | (static_cast<uint32_t>(usedWrap_) << (16 + kPackedWrapBit));
   }
   uint32_t size() const { return size_; }
+  // Why the queue stopped (kNone: it did not), with the particulars in brokenReason().
+  QueueFault fault() const { return fault_; }
   const std::string& brokenReason() const { return broken_; }
-  bool broken() const { return !broken_.empty(); }
-  void markBroken(std::string reason) { fail(std::move(reason)); }
+  bool broken() const { return fault_ != QueueFault::kNone; }
+  void markBroken(QueueFault fault, std::string reason) { fail(fault, std::move(reason)); }
   void releaseMemory() {
     log_.detach();
     memory_.reset();
@@ -81,7 +84,7 @@ class PackedQueue {
     uint16_t descCount;
   };
 
-  PopResult fail(std::string reason);
+  PopResult fail(QueueFault fault, std::string reason);
   PopResult walk(ChainDirection direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov);
   uint16_t loadFlags(uint32_t slot) const {
     return static_cast<uint16_t>(__atomic_load_n(&reinterpret_cast<const uint64_t*>(&desc_[slot])[1], __ATOMIC_ACQUIRE) >> 48);
@@ -120,6 +123,7 @@ class PackedQueue {
   uint32_t usedSinceCheck_ = 0;
   bool signalledValid_ = false;
   uint16_t deviceEventFlags_ = 0xffff;  // what we last wrote, to skip rewriting it
+  QueueFault fault_ = QueueFault::kNone;
   std::string broken_;
   DirtyLogCursor log_;
   uint64_t descLogAddr_ = 0;

@@ -66,6 +66,7 @@ bool PackedQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfi
   signalledValid_ = false;
   deviceEventFlags_ = 0xffff;
   broken_.clear();
+  fault_ = QueueFault::kNone;
   if (c.dirtyLog) log_.attach(c.dirtyLog);
   else log_.detach();
   descLogAddr_ = c.descAddr;
@@ -81,13 +82,14 @@ bool PackedQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfi
   return true;
 }
 
-PopResult PackedQueue::fail(std::string reason) {
+PopResult PackedQueue::fail(QueueFault fault, std::string reason) {
+  fault_ = fault;
   broken_ = std::move(reason);
   return PopResult::kBroken;
 }
 
 PopResult PackedQueue::walk(ChainDirection direction, struct iovec* iov, int maxIov, Chain* out, int* readableIov) {
-  if (!broken_.empty()) return PopResult::kBroken;
+  if (fault_ != QueueFault::kNone) return PopResult::kBroken;
   uint32_t slot = lastAvail_;
   bool wrap = availWrap_;
   int iovCount = 0;
@@ -99,21 +101,21 @@ PopResult PackedQueue::walk(ChainDirection direction, struct iovec* iov, int max
 
   // Checks one buffer element and appends its iovecs; kChain to go on.
   auto element = [&](uint64_t addr, uint32_t len, bool writable) -> PopResult {
-    if (direction == ChainDirection::kWritable && !writable) return fail("read-only descriptor in a receive chain");
-    if (direction == ChainDirection::kReadable && writable) return fail("write-only descriptor in a transmit chain");
+    if (direction == ChainDirection::kWritable && !writable) return fail(QueueFault::kBadDirection, "read-only descriptor in a receive chain");
+    if (direction == ChainDirection::kReadable && writable) return fail(QueueFault::kBadDirection, "write-only descriptor in a transmit chain");
     // 2.8.4 ("Scatter-Gather Support"): writable elements follow every readable one.
     if (direction == ChainDirection::kReadThenWrite && seenWritable && !writable) {
-      return fail("read-only descriptor after a write-only one");
+      return fail(QueueFault::kBadDirection, "read-only descriptor after a write-only one");
     }
     seenWritable = seenWritable || writable;
     // At most 32768 lengths of 32 bits are summed per table: the uint64 cannot overflow.
-    if (bytes + len > kMaxChainBytes) return fail("descriptor chain is longer than 2^32 bytes");
+    if (bytes + len > kMaxChainBytes) return fail(QueueFault::kChainTooLarge, "descriptor chain is longer than 2^32 bytes");
     int n = memory_->translateIov(addr, len, iov + iovCount, maxIov - iovCount);
     if (n == -2) return PopResult::kNoRoom;
     if (n < 0) {
       char range[64];
       snprintf(range, sizeof range, "0x%llx+%u", static_cast<unsigned long long>(addr), len);
-      return fail(std::string("descriptor buffer ") + range + " is outside guest memory");
+      return fail(QueueFault::kAddressOutOfBounds, std::string("descriptor buffer ") + range + " is outside guest memory");
     }
     iovCount += n;
     if (!writable) readableCount = iovCount;
@@ -132,28 +134,28 @@ PopResult PackedQueue::walk(ChainDirection direction, struct iovec* iov, int max
     const uint16_t flags = static_cast<uint16_t>(w.rest >> 48);
     if (!isAvailable(flags, wrap)) {
       if (slots == 0) return PopResult::kEmpty;
-      return fail("descriptor " + std::to_string(slots) + " of a chain is not available (its AVAIL/USED flags do not match the wrap counter)");
+      return fail(QueueFault::kDescriptorNotAvailable, "descriptor " + std::to_string(slots) + " of a chain is not available (its AVAIL/USED flags do not match the wrap counter)");
     }
-    if (++slots > size_) return fail("descriptor chain is longer than the queue");
+    if (++slots > size_) return fail(QueueFault::kChainTooLong, "descriptor chain is longer than the queue");
     const uint32_t len = static_cast<uint32_t>(w.rest);
     id = static_cast<uint16_t>(w.rest >> 32);  // 2.8.6: the buffer ID is in the chain's last descriptor
     advance(&slot, &wrap, 1);
     if (flags & VRING_DESC_F_INDIRECT) {
       // 2.8.7: a table of packed descriptors in place of the chain; only WRITE counts
       // in its entries, and an indirect descriptor is never part of a NEXT list.
-      if (!indirect_) return fail("indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC");
-      if (slots > 1 || (flags & VRING_DESC_F_NEXT)) return fail("indirect descriptor in a chain of ring descriptors");
+      if (!indirect_) return fail(QueueFault::kBadIndirect, "indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC");
+      if (slots > 1 || (flags & VRING_DESC_F_NEXT)) return fail(QueueFault::kBadIndirect, "indirect descriptor in a chain of ring descriptors");
       if (len == 0 || len % sizeof(PackedDesc) != 0) {
-        return fail("indirect table length " + std::to_string(len) + " is not a multiple of 16");
+        return fail(QueueFault::kBadIndirect, "indirect table length " + std::to_string(len) + " is not a multiple of 16");
       }
       const uint32_t entries = len / sizeof(PackedDesc);
       if (entries > size_) {
-        return fail("indirect table of " + std::to_string(entries) + " descriptors is larger than the queue size " +
+        return fail(QueueFault::kBadIndirect, "indirect table of " + std::to_string(entries) + " descriptors is larger than the queue size " +
                     std::to_string(size_));
       }
-      if (w.addr & 15) return fail("indirect table is not 16-byte aligned");
+      if (w.addr & 15) return fail(QueueFault::kBadIndirect, "indirect table is not 16-byte aligned");
       const uint8_t* table = memory_->translate(w.addr, len);
-      if (!table) return fail("indirect table is not inside guest memory");
+      if (!table) return fail(QueueFault::kAddressOutOfBounds, "indirect table is not inside guest memory");
       const PackedDesc* entry = reinterpret_cast<const PackedDesc*>(table);
       for (uint32_t i = 0; i < entries; i++) {
         const DescriptorWords e = loadDescriptorWords(&entry[i], __ATOMIC_RELAXED);

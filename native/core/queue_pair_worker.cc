@@ -406,7 +406,7 @@ bool QueuePairWorker::discardTx(uint32_t budget, bool reportBroken) {
     Chain chain;
     PopResult r = tx_.pop(false, txIov_.data(), kMaxIov, &chain);
     if (r == PopResult::kNoRoom) {
-      tx_.markBroken("transmit chain has more than " + std::to_string(kMaxIov) + " segments");
+      tx_.markBroken(QueueFault::kTooManySegments, "transmit chain has more than " + std::to_string(kMaxIov) + " segments");
       r = PopResult::kBroken;
     }
     if (r == PopResult::kBroken) {
@@ -491,7 +491,7 @@ bool QueuePairWorker::handleTx() {
       Chain chain;
       PopResult r = tx_.pop(false, txIov_.data() + iovUsed, kMaxIov, &chain);
       if (r == PopResult::kNoRoom) {
-        tx_.markBroken("transmit chain has more than " + std::to_string(kMaxIov) + " segments");
+        tx_.markBroken(QueueFault::kTooManySegments, "transmit chain has more than " + std::to_string(kMaxIov) + " segments");
         r = PopResult::kBroken;
       }
       if (r == PopResult::kBroken) {
@@ -586,7 +586,7 @@ QueuePairWorker::Gather QueuePairWorker::gatherRx(uint64_t want) {
         gatherOutOfIov_ = true;
         break;
       }
-      rx_.markBroken("receive chain has more than " + std::to_string(kMaxIov - 1) + " segments");
+      rx_.markBroken(QueueFault::kTooManySegments, "receive chain has more than " + std::to_string(kMaxIov - 1) + " segments");
       r = PopResult::kBroken;
     }
     if (r == PopResult::kBroken) {
@@ -602,7 +602,7 @@ QueuePairWorker::Gather QueuePairWorker::gatherRx(uint64_t want) {
     }
     if (chain.bytes < options_.hdrSize) {
       rx_.unpop(1);
-      rx_.markBroken("receive buffer of " + std::to_string(chain.bytes) + " bytes cannot hold the " +
+      rx_.markBroken(QueueFault::kBufferTooSmall, "receive buffer of " + std::to_string(chain.bytes) + " bytes cannot hold the " +
                      std::to_string(options_.hdrSize) + "-byte header");
       breakQueue(true);
       return Gather::kBroken;
