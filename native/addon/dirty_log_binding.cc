@@ -37,10 +37,8 @@ class DirtyLogBinding : public Napi::ObjectWrap<DirtyLogBinding> {
     int fd;
     uint64_t size, offset;
     if (!argFd(info, 0, &fd) || !argUint64(info, 1, "log size", &size) || !argUint64(info, 2, "log offset", &offset)) return;
-    int err = 0;
-    std::string what;
-    log_ = DirtyLog::map(fd, size, offset, &err, &what);
-    if (!log_) throwErrno(info.Env(), err, "mapping the dirty log: " + what);
+    Status mapped = DirtyLog::map(fd, size, offset, &log_);
+    if (!mapped) throwStatus(info.Env(), mapped.prefixed("mapping the dirty log: "));
   }
 
   static std::shared_ptr<DirtyLog> LogOf(Napi::Env env, Napi::Value value) {

@@ -40,6 +40,7 @@ const char* errnoName(int err) {
     case ENXIO: return "ENXIO";
     case E2BIG: return "E2BIG";
     case EOVERFLOW: return "EOVERFLOW";
+    case EPROTO: return "EPROTO";
     default: {
       static thread_local char buf[16];
       snprintf(buf, sizeof buf, "E%d", err);
@@ -53,6 +54,14 @@ void throwErrno(Napi::Env env, int err, const std::string& message) {
   Napi::Error error = Napi::Error::New(env, full);
   error.Set("code", Napi::String::New(env, errnoName(err)));
   error.Set("errno", Napi::Number::New(env, err));
+  error.ThrowAsJavaScriptException();
+}
+
+void throwStatus(Napi::Env env, const Status& status) {
+  Napi::Error error = Napi::Error::New(env, status.message);
+  error.Set("code", Napi::String::New(env, errnoName(status.err)));
+  error.Set("errno", Napi::Number::New(env, status.err));
+  if (status.fault != QueueFault::kNone) error.Set("fault", Napi::String::New(env, queueFaultCode(status.fault)));
   error.ThrowAsJavaScriptException();
 }
 

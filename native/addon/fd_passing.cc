@@ -67,7 +67,7 @@ Napi::Value UnixListen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path, type;
   int64_t backlog;
-  if (!argString(info, 0, &path) || !argString(info, 1, &type) || !argInt(info, 2, &backlog)) return env.Undefined();
+  if (!argString(info, 0, &path) || !argString(info, 1, &type) || !argIntIn(info, 2, 0, INT32_MAX, &backlog)) return env.Undefined();
   int st = socketType(type);
   if (st < 0) {
     throwCode(env, "EINVAL", "socket type must be 'stream' or 'seqpacket'");
@@ -167,7 +167,7 @@ Napi::Value UnixAccept(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd;
   int64_t timeoutMs;
-  if (!argFd(info, 0, &fd) || !argInt(info, 1, &timeoutMs)) return env.Undefined();
+  if (!argFd(info, 0, &fd) || !argIntIn(info, 1, -1, INT32_MAX, &timeoutMs)) return env.Undefined();
   auto* worker = new AcceptWorker(env, fd, static_cast<int>(timeoutMs));
   Napi::Promise p = worker->promise();
   worker->Queue();
@@ -199,12 +199,10 @@ Napi::Value SendFds(const Napi::CallbackInfo& info) {
   }
   std::vector<int> fds(count);
   for (uint32_t i = 0; i < count; i++) {
-    Napi::Value v = fdArray.Get(i);
-    if (!v.IsNumber() || v.As<Napi::Number>().Int32Value() < 0) {
+    if (!toFd(fdArray.Get(i), &fds[i])) {
       throwCode(env, "EBADF", "fds[" + std::to_string(i) + "] is not a file descriptor");
       return env.Undefined();
     }
-    fds[i] = v.As<Napi::Number>().Int32Value();
   }
   struct iovec iov = {payload.Data(), payload.Length()};
   struct msghdr msg;
@@ -322,7 +320,7 @@ Napi::Value ReceiveFds(const Napi::CallbackInfo& info) {
   int fd;
   int64_t maxFds, maxBytes, timeoutMs;
   if (!argFd(info, 0, &fd) || !argInt(info, 1, &maxFds) || !argInt(info, 2, &maxBytes) ||
-      !argInt(info, 3, &timeoutMs))
+      !argIntIn(info, 3, -1, INT32_MAX, &timeoutMs))
     return env.Undefined();
   if (maxFds < 0 || maxFds > kMaxFdsPerMessage || maxBytes < 1 || maxBytes > (1 << 20)) {
     throwCode(env, "EINVAL", "maxFds must be 0..253 and maxBytes 1..1048576");

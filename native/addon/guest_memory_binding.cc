@@ -94,10 +94,8 @@ GuestMemoryBinding::GuestMemoryBinding(const Napi::CallbackInfo& info) : Napi::O
     spec.fd = static_cast<int>(fd);
     specs.push_back(spec);
   }
-  int err = 0;
-  std::string what;
-  map_ = GuestMemoryMap::create(specs, &err, &what);
-  if (!map_) throwErrno(env, err, "mapping guest memory: " + what);
+  Status mapped = GuestMemoryMap::create(specs, &map_);
+  if (!mapped) throwStatus(env, mapped.prefixed("mapping guest memory: "));
 }
 
 std::shared_ptr<GuestMemoryMap> GuestMemoryBinding::MapOf(Napi::Env env, Napi::Value value) {

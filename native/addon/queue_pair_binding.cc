@@ -16,22 +16,6 @@
 namespace vhost_tap {
 namespace {
 
-bool readNumber(Napi::Env env, Napi::Object obj, const char* key, double min, double max, double* out) {
-  Napi::Value v = obj.Get(key);
-  if (!v.IsNumber()) {
-    throwCode(env, "EINVAL", std::string(key) + " must be a number");
-    return false;
-  }
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= min && d <= max) || d != static_cast<double>(static_cast<int64_t>(d))) {
-    throwCode(env, "EINVAL", std::string(key) + " must be an integer from " + std::to_string(static_cast<int64_t>(min)) +
-                                 " to " + std::to_string(static_cast<int64_t>(max)));
-    return false;
-  }
-  *out = d;
-  return true;
-}
-
 bool readQueue(Napi::Env env, Napi::Value value, const char* which, QueueConfig* q) {
   if (!value.IsObject()) {
     throwCode(env, "EINVAL", std::string(which) + " queue config is missing");
@@ -39,11 +23,11 @@ bool readQueue(Napi::Env env, Napi::Value value, const char* which, QueueConfig*
   }
   Napi::Object o = value.As<Napi::Object>();
   double size, desc, avail, used, last, kick, call;
-  if (!readNumber(env, o, "size", 1, 32768, &size) || !readNumber(env, o, "descAddr", 0, 9007199254740991.0, &desc) ||
-      !readNumber(env, o, "availAddr", 0, 9007199254740991.0, &avail) ||
-      !readNumber(env, o, "usedAddr", 0, 9007199254740991.0, &used) ||
-      !readNumber(env, o, "lastAvailIdx", 0, o.Get("packed").ToBoolean().Value() ? 4294967295.0 : 65535, &last) || !readNumber(env, o, "kickFd", 0, INT32_MAX, &kick) ||
-      !readNumber(env, o, "callFd", -1, INT32_MAX, &call))
+  if (!propInteger(env, o, "size", 1, 32768, &size) || !propInteger(env, o, "descAddr", 0, kMaxSafeInteger, &desc) ||
+      !propInteger(env, o, "availAddr", 0, kMaxSafeInteger, &avail) ||
+      !propInteger(env, o, "usedAddr", 0, kMaxSafeInteger, &used) ||
+      !propInteger(env, o, "lastAvailIdx", 0, o.Get("packed").ToBoolean().Value() ? 4294967295.0 : 65535, &last) || !propInteger(env, o, "kickFd", 0, INT32_MAX, &kick) ||
+      !propInteger(env, o, "callFd", -1, INT32_MAX, &call))
     return false;
   q->size = static_cast<uint32_t>(size);
   q->descAddr = static_cast<uint64_t>(desc);
@@ -57,14 +41,14 @@ bool readQueue(Napi::Env env, Napi::Value value, const char* which, QueueConfig*
   q->indirectDesc = o.Get("indirectDesc").ToBoolean().Value();
   if (!o.Get("usedLogAddr").IsUndefined()) {
     double usedLog;
-    if (!readNumber(env, o, "usedLogAddr", 0, 9007199254740991.0, &usedLog)) return false;
+    if (!propInteger(env, o, "usedLogAddr", 0, kMaxSafeInteger, &usedLog)) return false;
     q->usedLogAddr = static_cast<uint64_t>(usedLog);
   }
   if (!o.Get("positionFile").IsUndefined()) {
     // A packed ring's used position, kept in a file that outlives the process (see QueueConfig).
     double offset;
     q->positionFile = GuestMemoryBinding::MapOf(env, o.Get("positionFile"));
-    if (!q->positionFile || !readNumber(env, o, "positionOffset", 0, 9007199254740991.0, &offset)) return false;
+    if (!q->positionFile || !propInteger(env, o, "positionOffset", 0, kMaxSafeInteger, &offset)) return false;
     q->positionOffset = static_cast<uint64_t>(offset);
   }
   return true;
@@ -72,6 +56,7 @@ bool readQueue(Napi::Env env, Napi::Value value, const char* which, QueueConfig*
 
 struct WorkerEvent {
   std::string where;
+  QueueFault fault;
   std::string message;
 };
 
@@ -101,10 +86,10 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     // no tap, no rx ring.
     options.txDiscardOnly = c.Get("txDiscardOnly").ToBoolean().Value();
     double tapFd, hdrSize, reserve, maxFrame, busyPollUs;
-    if (!readNumber(env, c, "tapFd", options.txDiscardOnly ? -1 : 0, INT32_MAX, &tapFd) || !readNumber(env, c, "hdrSize", 10, 12, &hdrSize) ||
-        !readNumber(env, c, "rxReserveBytes", 0, 1 << 20, &reserve) ||
-        !readNumber(env, c, "rxMaxFrameBytes", 0, 1 << 20, &maxFrame) ||
-        !readNumber(env, c, "busyPollUs", 0, 1000000, &busyPollUs))
+    if (!propInteger(env, c, "tapFd", options.txDiscardOnly ? -1 : 0, INT32_MAX, &tapFd) || !propInteger(env, c, "hdrSize", 10, 12, &hdrSize) ||
+        !propInteger(env, c, "rxReserveBytes", 0, 1 << 20, &reserve) ||
+        !propInteger(env, c, "rxMaxFrameBytes", 0, 1 << 20, &maxFrame) ||
+        !propInteger(env, c, "busyPollUs", 0, 1000000, &busyPollUs))
       return;
     options.busyPollNs = static_cast<uint64_t>(busyPollUs * 1000);
     options.rxMaxFrameBytes = static_cast<uint32_t>(maxFrame);
@@ -126,18 +111,21 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
     txStartIdx_ = options.tx.lastAvailIdx;
 
     events_.create(env, info[1].As<Napi::Function>(), "vhost-tap queue pair events");
-    worker_ = std::make_unique<QueuePairWorker>(std::move(options), [this](const char* where, const std::string& message) {
-      auto* event = new WorkerEvent{where, message};
+    // onEvent(where, message, code): code is queueFaultCode(), the QueueFaultCode of the TS side.
+    worker_ = std::make_unique<QueuePairWorker>(std::move(options), [this](const char* where, QueueFault fault, const std::string& message) {
+      auto* event = new WorkerEvent{where, fault, message};
       bool sent = events_.call(event, [](Napi::Env env, Napi::Function cb, WorkerEvent* e) {
         std::unique_ptr<WorkerEvent> owned(e);
-        if (env != nullptr) cb.Call({Napi::String::New(env, owned->where), Napi::String::New(env, owned->message)});
+        if (env != nullptr) {
+          cb.Call({Napi::String::New(env, owned->where), Napi::String::New(env, owned->message),
+                   Napi::String::New(env, queueFaultCode(owned->fault))});
+        }
       });
       if (!sent) delete event;
     });
-    std::string error;
-    const char* code = "EINVAL";
-    if (!worker_->adoptFds(&error, &code)) {
-      throwCode(env, code, error);
+    Status adopted = worker_->adoptFds();
+    if (!adopted) {
+      throwStatus(env, adopted);
       return;
     }
     // A worker still running when the environment goes away must stop before it does.
@@ -158,12 +146,12 @@ class QueuePairBinding : public Napi::ObjectWrap<QueuePairBinding> {
       throwCode(info.Env(), "EINVAL", "this queue pair failed to start and let go of its guest memory: create a new one");
       return info.Env().Undefined();
     }
-    std::string error;
-    if (!worker_->start(&error)) {
+    Status started = worker_->start();
+    if (!started) {
       // It holds guest memory that the frontend may be taking away right now:
       // let go of it at once, not when this object is garbage-collected.
       worker_.reset();
-      throwCode(info.Env(), "EINVAL", error);
+      throwStatus(info.Env(), started);
     }
     return info.Env().Undefined();
   }

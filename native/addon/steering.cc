@@ -33,7 +33,7 @@ long bpfProgLoad(union bpf_attr* attr) {
 
 }  // namespace
 
-bool loadSteering(SteeringFds* out, int* err, std::string* what, std::string* verifierLog) {
+Status loadSteering(SteeringFds* out) {
   union bpf_attr attr;
   memset(&attr, 0, sizeof attr);
   attr.map_type = BPF_MAP_TYPE_ARRAY;
@@ -42,11 +42,7 @@ bool loadSteering(SteeringFds* out, int* err, std::string* what, std::string* ve
   attr.max_entries = 1;
   strncpy(attr.map_name, "vt_steering", sizeof attr.map_name - 1);
   int map = static_cast<int>(bpf(BPF_MAP_CREATE, &attr));
-  if (map < 0) {
-    *err = errno;
-    *what = "bpf(BPF_MAP_CREATE)";
-    return false;
-  }
+  if (map < 0) return Status::fromErrno(errno, "bpf(BPF_MAP_CREATE)");
   // A zeroed configuration steers everything to queue 0 until the control plane writes one.
   constexpr size_t kCount = sizeof(steering_program::kInstructions) / sizeof(steering_program::kInstructions[0]);
   std::vector<struct bpf_insn> insns(kCount);
@@ -74,18 +70,19 @@ bool loadSteering(SteeringFds* out, int* err, std::string* what, std::string* ve
     prog = static_cast<int>(bpfProgLoad(&attr));
   }
   if (prog < 0) {
-    *err = errno;
-    *what = "bpf(BPF_PROG_LOAD)";
-    if (attr.log_buf) verifierLog->assign(log.data(), strnlen(log.data(), log.size()));
+    const int err = errno;
+    std::string verifierLog;
+    if (attr.log_buf) verifierLog.assign(log.data(), strnlen(log.data(), log.size()));
     close(map);
-    return false;
+    return Status::fromErrno(err, verifierLog.empty() ? "bpf(BPF_PROG_LOAD)"
+                                                      : "bpf(BPF_PROG_LOAD) (verifier: " + verifierLog.substr(0, 2000) + ")");
   }
   out->prog = prog;
   out->map = map;
-  return true;
+  return Status::success();
 }
 
-bool isSteeringMap(int mapFd, int* err, std::string* why) {
+Status checkSteeringMap(int mapFd) {
   struct bpf_map_info info;
   memset(&info, 0, sizeof info);
   union bpf_attr attr;
@@ -93,21 +90,17 @@ bool isSteeringMap(int mapFd, int* err, std::string* why) {
   attr.info.bpf_fd = static_cast<uint32_t>(mapFd);
   attr.info.info_len = sizeof info;
   attr.info.info = reinterpret_cast<uint64_t>(&info);
-  if (bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) < 0) {
-    *err = errno;
-    *why = "it is not a BPF map";
-    return false;
-  }
+  const std::string what = "fd " + std::to_string(mapFd) + " is not a steering map: ";
+  if (bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) < 0) return Status::fromErrno(errno, what + "it is not a BPF map");
   if (info.type != BPF_MAP_TYPE_ARRAY || info.key_size != 4 || info.value_size != sizeof(SteeringConfig) || info.max_entries != 1) {
-    *err = EINVAL;
-    *why = "it is a BPF map of another shape (type " + std::to_string(info.type) + ", value " + std::to_string(info.value_size) +
-           " bytes, " + std::to_string(info.max_entries) + " entries): not this version's steering map";
-    return false;
+    return Status::failure(EINVAL, what + "it is a BPF map of another shape (type " + std::to_string(info.type) + ", value " +
+                                       std::to_string(info.value_size) + " bytes, " + std::to_string(info.max_entries) +
+                                       " entries): not this version's steering map");
   }
-  return true;
+  return Status::success();
 }
 
-bool configureSteering(int mapFd, const SteeringConfig& config, int* err) {
+Status configureSteering(int mapFd, const SteeringConfig& config) {
   uint32_t key = 0;
   union bpf_attr attr;
   memset(&attr, 0, sizeof attr);
@@ -115,43 +108,31 @@ bool configureSteering(int mapFd, const SteeringConfig& config, int* err) {
   attr.key = reinterpret_cast<uint64_t>(&key);
   attr.value = reinterpret_cast<uint64_t>(&config);
   attr.flags = BPF_ANY;
-  if (bpf(BPF_MAP_UPDATE_ELEM, &attr) < 0) {
-    *err = errno;
-    return false;
-  }
-  return true;
+  if (bpf(BPF_MAP_UPDATE_ELEM, &attr) < 0) return Status::fromErrno(errno, "bpf(BPF_MAP_UPDATE_ELEM) of the steering map");
+  return Status::success();
 }
 
-bool attachSteering(int tapFd, int progFd, int* err) {
+Status attachSteering(int tapFd, int progFd) {
   int fd = progFd;
-  if (ioctl(tapFd, TUNSETSTEERINGEBPF, &fd) < 0) {
-    *err = errno;
-    return false;
-  }
-  return true;
+  if (ioctl(tapFd, TUNSETSTEERINGEBPF, &fd) < 0) return Status::fromErrno(errno, "TUNSETSTEERINGEBPF");
+  return Status::success();
 }
 
-bool testRunSteering(int progFd, const uint8_t* frame, uint32_t length, uint32_t* retval, int* err) {
+Status testRunSteering(int progFd, const uint8_t* frame, uint32_t length, uint32_t* retval) {
   union bpf_attr attr;
   memset(&attr, 0, sizeof attr);
   attr.test.prog_fd = static_cast<uint32_t>(progFd);
   attr.test.data_in = reinterpret_cast<uint64_t>(frame);
   attr.test.data_size_in = length;
   attr.test.repeat = 1;
-  if (bpf(BPF_PROG_TEST_RUN, &attr) < 0) {
-    *err = errno;
-    return false;
-  }
+  if (bpf(BPF_PROG_TEST_RUN, &attr) < 0) return Status::fromErrno(errno, "bpf(BPF_PROG_TEST_RUN)");
   *retval = attr.test.retval;
-  return true;
+  return Status::success();
 }
 
-bool waitForRcuGracePeriod(int* err) {
-  if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) < 0) {
-    *err = errno;
-    return false;
-  }
-  return true;
+Status waitForRcuGracePeriod() {
+  if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) < 0) return Status::fromErrno(errno, "membarrier(MEMBARRIER_CMD_GLOBAL)");
+  return Status::success();
 }
 
 }  // namespace vhost_tap

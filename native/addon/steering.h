@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "status.h"
+
 namespace vhost_tap {
 
 constexpr uint32_t kSteeringKeyBytes = 40;       // virtio-net rss_max_key_size
@@ -27,22 +29,22 @@ struct SteeringFds {
   int map = -1;
 };
 
-// Creates the map and loads the program. False with an errno-style *err and *what
-// (EPERM: no CAP_BPF / CAP_SYS_ADMIN, or unprivileged BPF is off); nothing is left open.
-// *verifierLog: the kernel verifier's complaint, if it refused the program.
-bool loadSteering(SteeringFds* out, int* err, std::string* what, std::string* verifierLog);
+// Creates the map and loads the program. Fails with the kernel's errno (EPERM: no
+// CAP_BPF / CAP_SYS_ADMIN, or unprivileged BPF is off; the verifier's complaint in
+// the message if it refused the program); nothing is left open.
+Status loadSteering(SteeringFds* out);
 // Whether `mapFd` is a steering configuration map (an array of one SteeringConfig):
 // a map handed over by another process is checked before anything is written to it.
-bool isSteeringMap(int mapFd, int* err, std::string* why);
+Status checkSteeringMap(int mapFd);
 // Writes the configuration into the map (what the program reads for the next frame).
-bool configureSteering(int mapFd, const SteeringConfig& config, int* err);
+Status configureSteering(int mapFd, const SteeringConfig& config);
 // TUNSETSTEERINGEBPF on any queue fd of the tap: progFd, or -1 to detach.
-bool attachSteering(int tapFd, int progFd, int* err);
+Status attachSteering(int tapFd, int progFd);
 // BPF_PROG_TEST_RUN over one Ethernet frame: the program's return value.
-bool testRunSteering(int progFd, const uint8_t* frame, uint32_t length, uint32_t* retval, int* err);
+Status testRunSteering(int progFd, const uint8_t* frame, uint32_t length, uint32_t* retval);
 // Waits until every CPU has passed a quiescent state (membarrier MEMBARRIER_CMD_GLOBAL,
 // which is synchronize_rcu()): a steering program that read the old configuration has
-// finished, and its frame is in the queue it chose. False if the kernel cannot (nohz_full).
-bool waitForRcuGracePeriod(int* err);
+// finished, and its frame is in the queue it chose. Fails if the kernel cannot (nohz_full).
+Status waitForRcuGracePeriod();
 
 }  // namespace vhost_tap

@@ -17,10 +17,9 @@ namespace {
 Napi::Value SteeringLoad(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   SteeringFds fds;
-  int err = 0;
-  std::string what, verifierLog;
-  if (!loadSteering(&fds, &err, &what, &verifierLog)) {
-    throwErrno(env, err, verifierLog.empty() ? what : what + " (verifier: " + verifierLog.substr(0, 2000) + ")");
+  Status loaded = loadSteering(&fds);
+  if (!loaded) {
+    throwStatus(env, loaded);
     return env.Undefined();
   }
   Napi::Object out = Napi::Object::New(env);
@@ -41,12 +40,8 @@ Napi::Value SteeringConfigure(const Napi::CallbackInfo& info) {
   Napi::Object o = info[1].As<Napi::Object>();
   SteeringConfig c;
   auto u32 = [&](const char* key, uint32_t max, uint32_t* out) {
-    Napi::Value v = o.Get(key);
-    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-    if (!(d >= 0 && d <= max) || d != static_cast<double>(static_cast<uint32_t>(d))) {
-      throwCode(env, "EINVAL", std::string(key) + " must be an integer from 0 to " + std::to_string(max));
-      return false;
-    }
+    double d;
+    if (!propInteger(env, o, key, 0, max, &d)) return false;
     *out = static_cast<uint32_t>(d);
     return true;
   };
@@ -73,20 +68,16 @@ Napi::Value SteeringConfigure(const Napi::CallbackInfo& info) {
   for (uint32_t i = 0; i < kSteeringTableEntries; i++) {
     // The program masks with tableMask: entries past it repeat the table, so a mask the
     // map and a reader disagree on can still only name queues of this table.
-    Napi::Value v = t.Get(i % (mask + 1));
-    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-    if (!(d >= 0 && d <= 0xffff) || d != static_cast<double>(static_cast<uint16_t>(d))) {
-      throwCode(env, "EINVAL", "table entries must be queue indexes from 0 to 65535");
-      return env.Undefined();
-    }
+    double d;
+    if (!checkInteger(env, t.Get(i % (mask + 1)), "table entry (a queue index)", 0, 0xffff, &d)) return env.Undefined();
     c.table[i] = static_cast<uint16_t>(d);
   }
   c.mode = mode;
   c.hashTypes = hashTypes;
   c.tableMask = static_cast<uint16_t>(mask);
   c.unclassified = static_cast<uint16_t>(unclassified);
-  int err = 0;
-  if (!configureSteering(mapFd, c, &err)) throwErrno(env, err, "bpf(BPF_MAP_UPDATE_ELEM) of the steering map");
+  Status configured = configureSteering(mapFd, c);
+  if (!configured) throwStatus(env, configured);
   return env.Undefined();
 }
 
@@ -95,9 +86,9 @@ Napi::Value SteeringAttach(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int tapFd;
   int64_t progFd;
-  if (!argFd(info, 0, &tapFd) || !argInt(info, 1, &progFd)) return env.Undefined();
-  int err = 0;
-  if (!attachSteering(tapFd, static_cast<int>(progFd), &err)) throwErrno(env, err, "TUNSETSTEERINGEBPF");
+  if (!argFd(info, 0, &tapFd) || !argIntIn(info, 1, -1, INT32_MAX, &progFd)) return env.Undefined();
+  Status attached = attachSteering(tapFd, static_cast<int>(progFd));
+  if (!attached) throwStatus(env, attached);
   return env.Undefined();
 }
 
@@ -112,9 +103,9 @@ Napi::Value SteeringTestRun(const Napi::CallbackInfo& info) {
   }
   Napi::Buffer<uint8_t> frame = info[1].As<Napi::Buffer<uint8_t>>();
   uint32_t retval = 0;
-  int err = 0;
-  if (!testRunSteering(progFd, frame.Data(), static_cast<uint32_t>(frame.Length()), &retval, &err)) {
-    throwErrno(env, err, "bpf(BPF_PROG_TEST_RUN)");
+  Status ran = testRunSteering(progFd, frame.Data(), static_cast<uint32_t>(frame.Length()), &retval);
+  if (!ran) {
+    throwStatus(env, ran);
     return env.Undefined();
   }
   return Napi::Number::New(env, retval);
@@ -125,16 +116,14 @@ Napi::Value SteeringCheckMap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int mapFd;
   if (!argFd(info, 0, &mapFd)) return env.Undefined();
-  int err = 0;
-  std::string why;
-  if (!isSteeringMap(mapFd, &err, &why)) throwErrno(env, err, "fd " + std::to_string(mapFd) + " is not a steering map: " + why);
+  Status checked = checkSteeringMap(mapFd);
+  if (!checked) throwStatus(env, checked);
   return env.Undefined();
 }
 
 // rcuGracePeriod() -> true once every CPU passed a quiescent state; false if the kernel cannot say.
 Napi::Value RcuGracePeriod(const Napi::CallbackInfo& info) {
-  int err = 0;
-  return Napi::Boolean::New(info.Env(), waitForRcuGracePeriod(&err));
+  return Napi::Boolean::New(info.Env(), waitForRcuGracePeriod().ok());
 }
 
 }  // namespace

@@ -38,7 +38,7 @@ Napi::Value TunOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name;
   int64_t flags;
-  if (!argString(info, 0, &name) || !argInt(info, 1, &flags)) return env.Undefined();
+  if (!argString(info, 0, &name) || !argIntIn(info, 1, 0, 0xffff, &flags)) return env.Undefined();  // ifr_flags: 16 bits
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
   if (!copyIfName(env, name, ifr.ifr_name)) return env.Undefined();
@@ -66,7 +66,7 @@ Napi::Value IoctlSetIntPtr(const Napi::CallbackInfo& info, unsigned long request
   Napi::Env env = info.Env();
   int fd;
   int64_t value;
-  if (!argFd(info, 0, &fd) || !argInt(info, 1, &value)) return env.Undefined();
+  if (!argFd(info, 0, &fd) || !argIntIn(info, 1, INT32_MIN, INT32_MAX, &value)) return env.Undefined();
   int v = static_cast<int>(value);
   if (ioctl(fd, request, &v) < 0) throwErrno(env, errno, what);
   return env.Undefined();
@@ -77,7 +77,7 @@ Napi::Value IoctlSetValue(const Napi::CallbackInfo& info, unsigned long request,
   Napi::Env env = info.Env();
   int fd;
   int64_t value;
-  if (!argFd(info, 0, &fd) || !argInt(info, 1, &value)) return env.Undefined();
+  if (!argFd(info, 0, &fd) || !argIntIn(info, 1, 0, kMaxSafeInteger, &value)) return env.Undefined();
   if (ioctl(fd, request, static_cast<unsigned long>(value)) < 0) throwErrno(env, errno, what);
   return env.Undefined();
 }
@@ -207,7 +207,7 @@ Napi::Value LinkSetMtu(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name;
   int64_t mtu;
-  if (!argString(info, 0, &name) || !argInt(info, 1, &mtu)) return env.Undefined();
+  if (!argString(info, 0, &name) || !argIntIn(info, 1, 0, INT32_MAX, &mtu)) return env.Undefined();
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
   if (!copyIfName(env, name, ifr.ifr_name)) return env.Undefined();

@@ -45,17 +45,17 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
     }
     Napi::Object o = info[1].As<Napi::Object>();
     QueueConfig c;
-    auto num = [&](const char* key) { return o.Get(key).ToNumber().DoubleValue(); };
-    c.size = static_cast<uint32_t>(num("size"));
-    c.descAddr = static_cast<uint64_t>(num("descAddr"));
-    c.availAddr = static_cast<uint64_t>(num("availAddr"));
-    c.usedAddr = static_cast<uint64_t>(num("usedAddr"));
     c.packed = o.Get("packed").ToBoolean().Value();
-    const double last = num("lastAvailIdx");
-    if (!(last >= 0 && last <= (c.packed ? 4294967295.0 : 65535.0)) || last != static_cast<double>(static_cast<uint32_t>(last))) {
-      throwCode(env, "EINVAL", c.packed ? "lastAvailIdx of a packed ring is a 32-bit ring base" : "lastAvailIdx is a 16-bit index");
+    double size, desc, avail, used, last;
+    if (!propInteger(env, o, "size", 1, 32768, &size) || !propInteger(env, o, "descAddr", 0, kMaxSafeInteger, &desc) ||
+        !propInteger(env, o, "availAddr", 0, kMaxSafeInteger, &avail) || !propInteger(env, o, "usedAddr", 0, kMaxSafeInteger, &used) ||
+        // A split ring's base is its 16-bit last avail index; a packed ring's is vhost-user's 32-bit encoding.
+        !propInteger(env, o, "lastAvailIdx", 0, c.packed ? 4294967295.0 : 65535.0, &last))
       return;
-    }
+    c.size = static_cast<uint32_t>(size);
+    c.descAddr = static_cast<uint64_t>(desc);
+    c.availAddr = static_cast<uint64_t>(avail);
+    c.usedAddr = static_cast<uint64_t>(used);
     c.lastAvailIdx = static_cast<uint32_t>(last);
     c.eventIdx = o.Get("eventIdx").ToBoolean().Value();
     c.indirectDesc = o.Get("indirectDesc").ToBoolean().Value();
@@ -63,15 +63,22 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
       c.dirtyLog = DirtyLogSlotOf(env, o.Get("dirtyLog"));
       if (!c.dirtyLog) return;
     }
-    if (!o.Get("usedLogAddr").IsUndefined()) c.usedLogAddr = static_cast<uint64_t>(num("usedLogAddr"));
-    std::string error;
-    if (!queue_.setup(std::move(memory), c, &error)) throwCode(env, "EINVAL", error);
+    if (!o.Get("usedLogAddr").IsUndefined()) {
+      double usedLog;
+      if (!propInteger(env, o, "usedLogAddr", 0, kMaxSafeInteger, &usedLog)) return;
+      c.usedLogAddr = static_cast<uint64_t>(usedLog);
+    }
+    Status ready = queue_.setup(std::move(memory), c);
+    if (!ready) {
+      throwStatus(env, ready);
+      return;
+    }
     iov_.resize(kMaxIov);
   }
 
  private:
   // pop() -> { head, readable: Buffer, writable: number } | null. Throws EPROTO
-  // (with the reason) if the driver's ring or chain is malformed.
+  // (with the reason, and its QueueFault code as `fault`) if the driver's ring or chain is malformed.
   Napi::Value Pop(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (released(env)) return env.Undefined();
@@ -85,7 +92,7 @@ class VirtqueueBinding : public Napi::ObjectWrap<VirtqueueBinding> {
     if (r == PopResult::kEmpty) return env.Null();
     if (r == PopResult::kNoRoom) queue_.markBroken(QueueFault::kTooManySegments, "control chain has more than 64 segments");
     if (r != PopResult::kChain) {
-      throwCode(env, "EPROTO", queue_.brokenReason());
+      throwStatus(env, Status::queueFault(queue_.fault(), queue_.brokenReason()));
       return env.Undefined();
     }
     size_t readable = 0, writable = 0;

@@ -57,22 +57,18 @@ bool isEventfd(int fd, std::string* kind) {
   return false;
 }
 
-bool CallNotifier::open(std::string* error) {
+Status CallNotifier::open() {
   close();
   int err = 0;
   context_ = processContext(&err);
   if (context_ == 0) {
-    *error = std::string("the kernel refuses Linux AIO (io_setup: ") + strerror(err) +
-             "), which signals call eventfds without blocking: allow io_setup/io_submit/io_getevents";
-    return false;
+    return Status::failure(err, std::string("the kernel refuses Linux AIO (io_setup: ") + strerror(err) +
+                                    "), which signals call eventfds without blocking: allow io_setup/io_submit/io_getevents");
   }
   source_ = memfd_create("vhost-tap-call", MFD_CLOEXEC);
-  if (source_ < 0) {
-    *error = std::string("memfd_create: ") + strerror(errno);
-    return false;
-  }
+  if (source_ < 0) return Status::fromErrno(errno, "memfd_create");
   submittedSinceReap_ = 0;
-  return true;
+  return Status::success();
 }
 
 void CallNotifier::close() {

@@ -3,6 +3,8 @@
 #pragma once
 #include <string>
 
+#include "status.h"
+
 namespace vhost_tap {
 
 // True when `fd` is an eventfd: the only kind of kick or call fd a worker takes,
@@ -35,8 +37,8 @@ class CallNotifier {
   CallNotifier(const CallNotifier&) = delete;
   CallNotifier& operator=(const CallNotifier&) = delete;
 
-  // False (with *error) if the kernel refuses AIO or a memfd.
-  bool open(std::string* error);
+  // Fails with the kernel's errno if it refuses AIO or a memfd.
+  Status open();
   void close();
   // Adds 1 to eventfd `fd` now, or not at all: 0, or the errno of why not (EAGAIN and
   // ENOMEM may pass; EINVAL, the fd is not an eventfd, and EBADF will not).

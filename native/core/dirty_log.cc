@@ -22,42 +22,35 @@ bool expeditedMembarrier() {
 
 }  // namespace
 
-std::shared_ptr<DirtyLog> DirtyLog::map(int fd, uint64_t size, uint64_t offset, int* err, std::string* what) {
+Status DirtyLog::map(int fd, uint64_t size, uint64_t offset, std::shared_ptr<DirtyLog>* out) {
   // The log covers size * 8 pages of 4 KiB: 1 TiB of guest memory needs 32 MiB of log.
   if (size == 0 || size > (1ull << 32) || offset > (1ull << 40)) {
-    *err = EINVAL;
-    *what = "log of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) +
-            " (1 byte to 4 GiB, offset below 1 TiB)";
-    return nullptr;
+    return Status::failure(EINVAL, "log of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) +
+                                       " (1 byte to 4 GiB, offset below 1 TiB)");
   }
   struct stat st;
   if (fstat(fd, &st) < 0) {
-    *err = errno;
-    *what = "fstat of the log fd";
-    return nullptr;
+    return Status::fromErrno(errno, "fstat of the log fd");
   }
   // A mapping past the end of its file kills the process with SIGBUS on first touch.
   if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < offset + size) {
-    *err = EINVAL;
-    *what = "log of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) + " ends beyond its file (" +
-            std::to_string(st.st_size) + " bytes)";
-    return nullptr;
+    return Status::failure(EINVAL, "log of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) +
+                                       " ends beyond its file (" + std::to_string(st.st_size) + " bytes)");
   }
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   uint64_t aligned = offset & ~(page - 1);
   size_t length = static_cast<size_t>(size + (offset - aligned));
   void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(aligned));
   if (base == MAP_FAILED) {
-    *err = errno;
-    *what = "mmap of the " + std::to_string(size) + "-byte log";
-    return nullptr;
+    return Status::fromErrno(errno, "mmap of the " + std::to_string(size) + "-byte log");
   }
   std::shared_ptr<DirtyLog> log(new DirtyLog());
   log->mapBase_ = base;
   log->mapLength_ = length;
   log->bits_ = static_cast<uint8_t*>(base) + (offset - aligned);
   log->size_ = size;
-  return log;
+  *out = std::move(log);
+  return Status::success();
 }
 
 DirtyLog::~DirtyLog() {

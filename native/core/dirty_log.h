@@ -15,15 +15,17 @@
 #include <mutex>
 #include <string>
 
+#include "status.h"
+
 namespace vhost_tap {
 
 class DirtyLog {
  public:
   static constexpr uint64_t kPageShift = 12;  // VHOST_LOG_PAGE: 4 KiB
 
-  // Maps `size` bytes of bitmap found `offset` bytes into the file. nullptr on
-  // failure, with an errno-style *err and *what; nothing is left mapped.
-  static std::shared_ptr<DirtyLog> map(int fd, uint64_t size, uint64_t offset, int* err, std::string* what);
+  // Maps `size` bytes of bitmap found `offset` bytes into the file, into *out. On
+  // failure (EINVAL, or the kernel's errno) nothing is left mapped.
+  static Status map(int fd, uint64_t size, uint64_t offset, std::shared_ptr<DirtyLog>* out);
   ~DirtyLog();
   DirtyLog(const DirtyLog&) = delete;
   DirtyLog& operator=(const DirtyLog&) = delete;

@@ -112,54 +112,45 @@ size_t mappingPageSize(int fd, uint64_t basePage) {
 
 uint64_t GuestMemoryMap::truncatedPages() { return truncatedPageCount.load(std::memory_order_relaxed); }
 
-std::shared_ptr<GuestMemoryMap> GuestMemoryMap::create(const std::vector<RegionSpec>& specs, int* err,
-                                                       std::string* what) {
+Status GuestMemoryMap::create(const std::vector<RegionSpec>& specs, std::shared_ptr<GuestMemoryMap>* out) {
   std::shared_ptr<GuestMemoryMap> map(new GuestMemoryMap());
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   for (size_t i = 0; i < specs.size(); i++) {
     const RegionSpec& s = specs[i];
     std::string where = "region " + std::to_string(i);
     if (s.size == 0 || s.guestPhysAddr + s.size < s.guestPhysAddr || s.offset + s.size < s.offset) {
-      *err = EINVAL;
-      *what = where + ": size is 0 or the region wraps around the address space";
-      return nullptr;
+      return Status::failure(EINVAL, where + ": size is 0 or the region wraps around the address space");
     }
     for (size_t j = 0; j < i; j++) {
       const RegionSpec& o = specs[j];
       if (s.guestPhysAddr < o.guestPhysAddr + o.size && o.guestPhysAddr < s.guestPhysAddr + s.size) {
-        *err = EINVAL;
-        *what = where + " overlaps region " + std::to_string(j) + " in guest-physical address space";
-        return nullptr;
+        return Status::failure(EINVAL, where + " overlaps region " + std::to_string(j) + " in guest-physical address space");
       }
     }
     // Touching a page beyond the end of the file would kill the process with
     // SIGBUS: a region must lie within its file.
     struct stat st;
     if (fstat(s.fd, &st) < 0) {
-      *err = errno;
-      *what = where + ": fstat of its fd";
-      return nullptr;
+      return Status::fromErrno(errno, where + ": fstat of its fd");
     }
     if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < s.offset + s.size) {
-      *err = EINVAL;
-      *what = where + " ends beyond the end of its file (" + std::to_string(st.st_size) + " bytes)";
-      return nullptr;
+      return Status::failure(EINVAL, where + " ends beyond the end of its file (" + std::to_string(st.st_size) + " bytes)");
     }
     uint64_t alignedOffset = s.offset & ~(page - 1);
     uint64_t slack = s.offset - alignedOffset;
     size_t length = static_cast<size_t>(s.size + slack);
     void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, s.fd, static_cast<off_t>(alignedOffset));
     if (base == MAP_FAILED) {
-      *err = errno;
-      *what = where + ": mmap of " + std::to_string(s.size) + " bytes";
-      return nullptr;  // the regions mapped so far are unmapped by ~GuestMemoryMap
+      // The regions mapped so far are unmapped by ~GuestMemoryMap.
+      return Status::fromErrno(errno, where + ": mmap of " + std::to_string(s.size) + " bytes");
     }
     map->regions_.push_back({s.guestPhysAddr, s.size, static_cast<uint8_t*>(base) + slack, base, length});
     addMapping(reinterpret_cast<uintptr_t>(base), length, mappingPageSize(s.fd, page));
   }
   std::sort(map->regions_.begin(), map->regions_.end(),
             [](const MappedRegion& a, const MappedRegion& b) { return a.guestPhysAddr < b.guestPhysAddr; });
-  return map;
+  *out = std::move(map);
+  return Status::success();
 }
 
 GuestMemoryMap::~GuestMemoryMap() {

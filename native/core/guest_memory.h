@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "status.h"
+
 namespace vhost_tap {
 
 struct RegionSpec {
@@ -28,8 +30,8 @@ struct MappedRegion {
 
 class GuestMemoryMap {
  public:
-  // Maps every region; on failure maps nothing, sets errno-style *err and *what.
-  static std::shared_ptr<GuestMemoryMap> create(const std::vector<RegionSpec>& specs, int* err, std::string* what);
+  // Maps every region into *out; on failure maps nothing and says why (EINVAL, or the kernel's errno).
+  static Status create(const std::vector<RegionSpec>& specs, std::shared_ptr<GuestMemoryMap>* out);
   ~GuestMemoryMap();
   GuestMemoryMap(const GuestMemoryMap&) = delete;
   GuestMemoryMap& operator=(const GuestMemoryMap&) = delete;

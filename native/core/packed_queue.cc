@@ -5,20 +5,17 @@
 
 namespace vhost_tap {
 
-bool PackedQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& c, std::string* error) {
+Status PackedQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& c) {
   if (!c.packed) {
-    *error = "a split ring cannot be driven as a packed one";
-    return false;
+    return Status::failure(EINVAL, "a split ring cannot be driven as a packed one");
   }
   // 2.8: "Packed virtqueues support up to 2^15 entries"; the size need not be a power of 2.
   if (c.size == 0 || c.size > kMaxQueueSize) {
-    *error = "queue size " + std::to_string(c.size) + " is not from 1 to 32768";
-    return false;
+    return Status::failure(EINVAL, "queue size " + std::to_string(c.size) + " is not from 1 to 32768");
   }
   // 2.8.10.1 ("Structure Size and Alignment"): descriptor ring 16, both event structures 4.
   if ((c.descAddr & 15) || (c.availAddr & 3) || (c.usedAddr & 3)) {
-    *error = "ring addresses are misaligned (descriptor ring 16, driver and device areas 4 bytes)";
-    return false;
+    return Status::failure(EINVAL, "ring addresses are misaligned (descriptor ring 16, driver and device areas 4 bytes)");
   }
   const uint32_t availSlot = c.lastAvailIdx & 0x7fff;
   const uint32_t usedHalf = c.lastAvailIdx >> 16;
@@ -28,24 +25,21 @@ bool PackedQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfi
   if (availSlot >= c.size || usedSlot >= c.size) {
     char base[16];
     snprintf(base, sizeof base, "0x%08x", c.lastAvailIdx);
-    *error = std::string("ring base ") + base + " names a slot past the ring of " + std::to_string(c.size);
-    return false;
+    return Status::failure(EINVAL, std::string("ring base ") + base + " names a slot past the ring of " + std::to_string(c.size));
   }
   uint32_t* positionRecord = nullptr;
   if (c.positionFile) {
     positionRecord = reinterpret_cast<uint32_t*>(c.positionFile->translate(c.positionOffset, 8));
     if (!positionRecord || (c.positionOffset & 3)) {
-      *error = "the ring position record is not inside its file or misaligned";
-      return false;
+      return Status::failure(EINVAL, "the ring position record is not inside its file or misaligned");
     }
   }
   auto* desc = memory->translate(c.descAddr, 16ull * c.size);
   auto* driverArea = memory->translate(c.availAddr, sizeof(PackedEventSuppress));
   auto* deviceArea = memory->translate(c.usedAddr, sizeof(PackedEventSuppress));
   if (!desc || !driverArea || !deviceArea) {
-    *error = std::string(!desc ? "descriptor ring" : !driverArea ? "driver event suppression area" : "device event suppression area") +
-             " is not inside guest memory";
-    return false;
+    return Status::failure(EINVAL, std::string(!desc ? "descriptor ring" : !driverArea ? "driver event suppression area" : "device event suppression area") +
+             " is not inside guest memory");
   }
   memory_ = std::move(memory);
   size_ = c.size;
@@ -79,7 +73,7 @@ bool PackedQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfi
     __atomic_store_n(&positionRecord_[1], usedPosition(), __ATOMIC_RELAXED);
     __atomic_store_n(&positionRecord_[0], usedPosition(), __ATOMIC_RELEASE);
   }
-  return true;
+  return Status::success();
 }
 
 PopResult PackedQueue::fail(QueueFault fault, std::string reason) {

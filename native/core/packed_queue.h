@@ -16,6 +16,7 @@
 #include "guest_memory.h"
 #include "queue_common.h"
 #include "queue_fault.h"
+#include "status.h"
 #include "vring.h"
 
 namespace vhost_tap {
@@ -26,7 +27,7 @@ class PackedQueue {
   // (with *error) if one is not inside it or misaligned, the size is not 1 to
   // 32768 (2.8: it need not be a power of two), or the ring base names a slot
   // past the ring.
-  bool setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& config, std::string* error);
+  Status setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& config);
 
   PopResult pop(bool deviceWrites, struct iovec* iov, int maxIov, Chain* out) {
     return walk(deviceWrites ? ChainDirection::kWritable : ChainDirection::kReadable, iov, maxIov, out, nullptr);

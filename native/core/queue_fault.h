@@ -37,6 +37,9 @@ enum class QueueFault : uint8_t {
   // The tap (or what stands in for it) failed a read or a write with an errno
   // that does not clear by itself.
   kTapError,
+  // The worker thread could not wait for its events (epoll_wait failed): not the
+  // driver's doing, and not seen in practice; the pair stops moving frames.
+  kWorkerError,
 };
 
 // The code JS sees ("avail-index-jump", ...): stable, part of the public API.
@@ -55,6 +58,7 @@ inline const char* queueFaultCode(QueueFault fault) {
     case QueueFault::kDescriptorNotAvailable: return "descriptor-not-available";
     case QueueFault::kBufferTooSmall: return "buffer-too-small";
     case QueueFault::kTapError: return "tap-error";
+    case QueueFault::kWorkerError: return "worker-error";
   }
   return "unknown";
 }

@@ -6,26 +6,23 @@
 
 namespace vhost_tap {
 
-bool SplitQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& c, std::string* error) {
+Status SplitQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& c) {
   if (c.size == 0 || c.size > kMaxQueueSize || (c.size & (c.size - 1)) != 0) {
-    *error = "queue size " + std::to_string(c.size) + " is not a power of two from 1 to 32768";
-    return false;
+    return Status::failure(EINVAL, "queue size " + std::to_string(c.size) + " is not a power of two from 1 to 32768");
   }
   if (c.packed || c.lastAvailIdx > 0xffff) {
-    *error = c.packed ? "a packed ring cannot be driven as a split one" : "ring base " + std::to_string(c.lastAvailIdx) + " is not a 16-bit index";
-    return false;
+    return Status::failure(EINVAL, c.packed ? "a packed ring cannot be driven as a split one"
+                                            : "ring base " + std::to_string(c.lastAvailIdx) + " is not a 16-bit index");
   }
   if ((c.descAddr & 15) || (c.availAddr & 1) || (c.usedAddr & 3)) {
-    *error = "ring addresses are misaligned (descriptor table 16, available ring 2, used ring 4 bytes)";
-    return false;
+    return Status::failure(EINVAL, "ring addresses are misaligned (descriptor table 16, available ring 2, used ring 4 bytes)");
   }
   auto* desc = memory->translate(c.descAddr, descTableBytes(c.size));
   auto* avail = memory->translate(c.availAddr, availRingBytes(c.size));
   auto* used = memory->translate(c.usedAddr, usedRingBytes(c.size));
   if (!desc || !avail || !used) {
-    *error = std::string(!desc ? "descriptor table" : !avail ? "available ring" : "used ring") +
-             " is not inside guest memory";
-    return false;
+    return Status::failure(EINVAL, std::string(!desc ? "descriptor table" : !avail ? "available ring" : "used ring") +
+                                       " is not inside guest memory");
   }
   memory_ = std::move(memory);
   size_ = c.size;
@@ -50,7 +47,7 @@ bool SplitQueue::setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig
   if (c.dirtyLog) log_.attach(c.dirtyLog);
   else log_.detach();
   usedLogAddr_ = c.usedLogAddr == QueueConfig::kLogAtUsedAddr ? c.usedAddr : c.usedLogAddr;
-  return true;
+  return Status::success();
 }
 
 PopResult SplitQueue::fail(QueueFault fault, std::string reason) {

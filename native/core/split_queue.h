@@ -13,6 +13,7 @@
 #include "guest_memory.h"
 #include "queue_common.h"
 #include "queue_fault.h"
+#include "status.h"
 #include "vring.h"
 
 namespace vhost_tap {
@@ -21,7 +22,7 @@ class SplitQueue {
  public:
   // Resolves the rings in guest memory. False (with *error) if they are not all
   // inside it, misaligned, or the size is not a power of two up to 32768.
-  bool setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& config, std::string* error);
+  Status setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& config);
 
   // Pops the next available chain into iov[0..maxIov). deviceWrites: an rx
   // chain (all descriptors writable) rather than a tx chain (all readable).

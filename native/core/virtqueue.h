@@ -13,14 +13,16 @@
 #include "packed_queue.h"
 #include "queue_common.h"
 #include "split_queue.h"
+#include "status.h"
 
 namespace vhost_tap {
 
 class Virtqueue {
  public:
-  bool setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& config, std::string* error) {
+  // EINVAL (with what is wrong) if the rings are not inside guest memory, misaligned or misshapen.
+  Status setup(std::shared_ptr<GuestMemoryMap> memory, const QueueConfig& config) {
     packed_ = config.packed;
-    return packed_ ? packedRing_.setup(std::move(memory), config, error) : split_.setup(std::move(memory), config, error);
+    return packed_ ? packedRing_.setup(std::move(memory), config) : split_.setup(std::move(memory), config);
   }
   bool packed() const { return packed_; }
 
