@@ -50,6 +50,8 @@ export { QueuePair } from './virtio/queue-pair';
 export type {
   QueuePairOptions, VirtqueueConfig, QueueStats, QueuePairStats, QueuePairPosition, QueueErrorEvent,
 } from './virtio/queue-pair';
+export { QUEUE_FAULT_CODES } from './virtio/queue-fault';
+export type { QueueFaultCode } from './virtio/queue-fault';
 export * as features from './virtio/features';
 export { featureBit, hasFeature, netHdrSize } from './virtio/features';
 export { tapOffloadsForGuest } from './virtio/offloads';

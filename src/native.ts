@@ -73,6 +73,7 @@ export interface NativeQueuePairConfig {
 }
 
 export interface NativeVirtqueue {
+  /** Throws EPROTO with `fault` (a QueueFaultCode) when the driver's ring or chain is malformed. */
   pop(): { head: number; readable: Buffer; writable: number } | null;
   complete(reply?: Buffer): number;
   needsCall(): boolean;
@@ -88,7 +89,7 @@ export interface NativeBindings {
   NativeVirtqueue: new (memory: NativeGuestMemory, config: Omit<NativeQueueRing, 'kickFd' | 'callFd'> & { dirtyLog?: NativeDirtyLogSlot }) => NativeVirtqueue;
   NativeDirtyLog: new (fd: number, size: number | bigint, offset: number | bigint) => NativeDirtyLog;
   NativeDirtyLogSlot: new () => NativeDirtyLogSlot;
-  NativeQueuePair: new (config: NativeQueuePairConfig, onEvent: (where: string, message: string) => void) => NativeQueuePair;
+  NativeQueuePair: new (config: NativeQueuePairConfig, onEvent: (where: string, message: string, code: string) => void) => NativeQueuePair;
   NativeGuestMemory: new (regions: NativeRegionSpec[]) => NativeGuestMemory;
   memfdCreate(name: string, size: number, sealed?: boolean): number;
   guestMemoryTruncatedPages(): number;

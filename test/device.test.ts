@@ -21,14 +21,17 @@ import {
 } from '../src/virtio/device-status';
 import { native } from '../src/native';
 import { hasFeature } from '../src/virtio/features';
+import { EventFd } from '../src/virtio/eventfd';
 import { GuestMemory } from '../src/virtio/guest-memory';
 import { VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from '../src/virtio/net-config';
 import { VirtioNetDevice } from '../src/virtio/net-device';
+import type { SplitQueueDriver } from '../src/virtio/driver/split-queue-driver';
 import {
   F, bits, ethtoolFeatures, guestDatagram, hostSocket, numDisabled, receiveTagged, sendTo, seqPayload, threadCount, until,
   warmUp, withDevice,
 } from './helpers/device';
 import { macBytes } from './helpers/packets';
+import { RawRing } from './helpers/raw-ring';
 import { assertPrivateNetns, fdCount, sleep, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
@@ -461,6 +464,42 @@ test('control queue: malformed, unknown and refused commands get ERR or no ack, 
     assert.is(device.rxFilter.promisc, false);
     assert.is(await c.setGuestOffloads(bits(F.VIRTIO_NET_F_GUEST_CSUM)), VIRTIO_NET_OK);
     assert.equal(events.queuePairs, [{ active: 2, previous: 1 }]);
+  });
+});
+
+test('DRIVER_OK with a ring outside guest memory: a queue-error with code queue-start-failed, and the device needs a reset', async () => {
+  await withDevice({}, async ({ device, events, memory }) => {
+    assert.ok(negotiate(device, bits(F.VIRTIO_F_VERSION_1)));
+    const kick = EventFd.create();
+    try {
+      for (const index of [0, 1]) {
+        device.setQueueSize(index, 256);
+        device.setQueueAddresses(index, { descAddr: memory.size + (1 << 20), availAddr: 0x1000, usedAddr: 0x2000 });
+        device.setQueueKick(index, kick.fd);
+        device.enableQueue(index, true);
+      }
+      device.writeStatus(ACK | DRIVER | FEATURES_OK | DRIVER_OK);
+      assert.equal(events.queueErrors.map((e) => [e.pair, e.queue, e.code]), [[0, 'rx', 'queue-start-failed']]);
+      assert.match(events.queueErrors[0]!.message, /descriptor table is not inside guest memory/);
+      assert.ok(device.status & NEEDS_RESET, 'DEVICE_NEEDS_RESET');
+    } finally {
+      device.writeStatus(0);
+      kick.close();
+    }
+  });
+});
+
+test('control queue: a malformed ring breaks it with the fault\'s code (the EPROTO carries it) and the device needs a reset', async () => {
+  await withDevice({ queues: 2 }, async ({ device, events, memory, bringUp }) => {
+    const guest = bringUp();
+    const q = guest.control!.queue as SplitQueueDriver<number>;
+    const ring = new RawRing(memory, q.layout, q.kickEvent);
+    ring.push(q.size + 3); // an avail entry naming a head past the table
+    ring.kick();
+    await until('the control queue to break', () => events.queueErrors.length > 0);
+    assert.equal(events.queueErrors.map((e) => [e.pair, e.queue, e.code]), [['ctrl', 'ctrl', 'head-out-of-range']]);
+    assert.match(events.queueErrors[0]!.message, new RegExp(`^available ring names descriptor ${q.size + 3} of ${q.size}$`));
+    assert.ok(device.status & NEEDS_RESET, 'DEVICE_NEEDS_RESET');
   });
 });
 

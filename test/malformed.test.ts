@@ -12,10 +12,11 @@ import { GuestAllocator } from '../src/virtio/driver/guest-allocator';
 import type { GuestMemory } from '../src/virtio/guest-memory';
 import { VirtioNetDriver, type VirtioNetFeatures } from '../src/virtio/driver/net-driver';
 import { QueuePair, type QueueErrorEvent } from '../src/virtio/queue-pair';
+import type { QueueFaultCode } from '../src/virtio/queue-fault';
 import { GUEST_IP, HOST_IP, withDataPath, type DataPath } from './helpers/datapath';
 import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
 import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, RawRing, writeDescs, type RawDesc } from './helpers/raw-ring';
-import { assertPrivateNetns, sleep } from './helpers/system';
+import { assertPrivateNetns, run, sleep } from './helpers/system';
 
 assertPrivateNetns();
 
@@ -113,6 +114,8 @@ interface Scratch {
 interface Case {
   name: string;
   queue: 'tx' | 'rx';
+  /** The queue-error's machine-readable code. */
+  code: QueueFaultCode;
   features?: Partial<VirtioNetFeatures>;
   rxBufferSize?: number;
   /** Default QUEUE_SIZE. */
@@ -154,24 +157,28 @@ const cases: Case[] = [
   {
     name: 'tx: a descriptor address outside guest memory',
     queue: 'tx',
+    code: 'address-out-of-bounds',
     message: /^descriptor buffer 0x[0-9a-f]+\+200 is outside guest memory$/,
     write: (ring, s) => txChain([{ addr: s.memSize + 0x100000, len: 200 }])(ring),
   },
   {
     name: 'tx: a descriptor far outside (addr near 2^64, where addr+len wraps)',
     queue: 'tx',
+    code: 'address-out-of-bounds',
     message: /^descriptor buffer 0xfffffffffffffff0\+4096 is outside guest memory$/,
     write: (ring) => txChain([{ addr: 0xfffffffffffffff0n, len: 4096 }])(ring),
   },
   {
     name: 'tx: a descriptor whose addr+len runs past the end of guest memory',
     queue: 'tx',
+    code: 'address-out-of-bounds',
     message: /is outside guest memory$/,
     write: (ring, s) => txChain([{ addr: s.memSize - 64, len: 128 }])(ring),
   },
   {
     name: 'tx: a chain that loops (next points back), longer than the queue',
     queue: 'tx',
+    code: 'chain-too-long',
     message: /^descriptor chain is longer than its table or loops$/,
     write: (ring, s) => {
       ring.writeDescs(TOP - 1, [
@@ -184,12 +191,14 @@ const cases: Case[] = [
   {
     name: 'tx: a write-only descriptor in a transmit chain',
     queue: 'tx',
+    code: 'bad-direction',
     message: /^write-only descriptor in a transmit chain$/,
     write: (ring, s) => txChain([{ addr: s.scratch, len: 64, flags: DESC_F_NEXT, next: TOP }, { addr: s.scratch + 64, len: 64, flags: DESC_F_WRITE }])(ring),
   },
   {
     name: 'tx: an indirect table inside an indirect table',
     queue: 'tx',
+    code: 'bad-indirect',
     features: { indirectDesc: true },
     message: /^indirect descriptor inside an indirect table$/,
     write: (ring, s) => {
@@ -201,6 +210,7 @@ const cases: Case[] = [
   {
     name: 'tx: an indirect table whose length is not a multiple of 16',
     queue: 'tx',
+    code: 'bad-indirect',
     features: { indirectDesc: true },
     message: /^indirect table length 24 is not a multiple of 16/,
     write: (ring, s) => {
@@ -211,6 +221,7 @@ const cases: Case[] = [
   {
     name: 'tx: an indirect descriptor when indirect descriptors were not negotiated',
     queue: 'tx',
+    code: 'bad-indirect',
     message: /^indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC$/,
     write: (ring, s) => {
       writeDescs(ring.memory, s.scratch, [{ addr: s.scratch + 1024, len: 64 }]);
@@ -220,6 +231,7 @@ const cases: Case[] = [
   {
     name: 'tx: an indirect table outside guest memory',
     queue: 'tx',
+    code: 'address-out-of-bounds',
     features: { indirectDesc: true },
     message: /^indirect table is not inside guest memory$/,
     // 16-aligned, starting inside guest memory and ending past it.
@@ -228,6 +240,7 @@ const cases: Case[] = [
   {
     name: 'tx: an indirect descriptor that also has NEXT',
     queue: 'tx',
+    code: 'bad-indirect',
     features: { indirectDesc: true },
     message: /^indirect descriptor with the NEXT flag$/,
     write: (ring, s) => {
@@ -238,6 +251,7 @@ const cases: Case[] = [
   {
     name: 'tx: a chain of more segments than one writev takes (an indirect table of 1025)',
     queue: 'tx',
+    code: 'too-many-segments',
     features: { indirectDesc: true },
     queueSize: 2048,
     message: /^transmit chain has more than 1024 segments$/,
@@ -248,6 +262,7 @@ const cases: Case[] = [
     // size bounds the walk: 65536 of them cost ~0.5 ms of worker CPU per chain.
     name: 'tx: an indirect table of more descriptors than the queue size (zero-length ones)',
     queue: 'tx',
+    code: 'bad-indirect',
     features: { indirectDesc: true },
     message: new RegExp(`^indirect table of ${QUEUE_SIZE + 1} descriptors is larger than the queue size ${QUEUE_SIZE}$`),
     write: (ring, s) => txChain([indirectTable(ring.memory, s.scratch, QUEUE_SIZE + 1, (i) => ({ addr: s.scratch, len: i < QUEUE_SIZE ? 0 : 64 }))])(ring),
@@ -257,6 +272,7 @@ const cases: Case[] = [
     // guest memory (they overlap), the chain's total is not.
     name: 'tx: a chain longer than 2^32 bytes in total',
     queue: 'tx',
+    code: 'chain-too-large',
     queueSize: 2048,
     message: /^descriptor chain is longer than 2\^32 bytes$/,
     write: (ring, s) => {
@@ -271,6 +287,7 @@ const cases: Case[] = [
   {
     name: 'tx: an available index that jumps by more than the queue size',
     queue: 'tx',
+    code: 'avail-index-jump',
     message: new RegExp(`^available index jumped by ${QUEUE_SIZE + 1}, more than the queue size ${QUEUE_SIZE}$`),
     write: (ring, s) => {
       ring.writeDescs(0, [{ addr: s.scratch, len: 64 }]);
@@ -281,37 +298,52 @@ const cases: Case[] = [
   {
     name: 'tx: an available ring entry naming a head >= queue size',
     queue: 'tx',
+    code: 'head-out-of-range',
     message: new RegExp(`^available ring names descriptor ${QUEUE_SIZE + 3} of ${QUEUE_SIZE}$`),
     write: (ring) => ring.push(QUEUE_SIZE + 3),
   },
   {
     name: 'tx: next past the end of the descriptor table',
     queue: 'tx',
+    code: 'next-out-of-range',
     message: new RegExp(`^descriptor next ${QUEUE_SIZE + 6} is past its table$`),
     write: (ring, s) => txChain([{ addr: s.scratch, len: 64, flags: DESC_F_NEXT, next: QUEUE_SIZE + 6 }])(ring),
   },
   {
     name: 'rx: a descriptor address outside guest memory',
     queue: 'rx',
+    code: 'address-out-of-bounds',
     message: /^descriptor buffer 0x[0-9a-f]+\+2048 is outside guest memory$/,
     write: rxChain((s) => [{ addr: s.memSize + 0x200000, len: RX_BUFFER, flags: DESC_F_WRITE }]),
   },
   {
     name: 'rx: an indirect table of more descriptors than the queue size',
     queue: 'rx',
+    code: 'bad-indirect',
     features: { indirectDesc: true },
     message: new RegExp(`^indirect table of ${QUEUE_SIZE + 1} descriptors is larger than the queue size ${QUEUE_SIZE}$`),
     write: (ring, s) => rxChain(() => [indirectTable(ring.memory, s.scratch, QUEUE_SIZE + 1, (i) => ({ addr: s.scratch + 4096 + 64 * i, len: 64, flags: DESC_F_WRITE }))])(ring, s),
   },
   {
+    name: 'rx: a chain of more segments than one readv takes beside the overflow buffer (an indirect table of 1024)',
+    queue: 'rx',
+    code: 'too-many-segments',
+    features: { indirectDesc: true },
+    queueSize: 2048,
+    message: /^receive chain has more than 1023 segments$/,
+    write: (ring, s) => rxChain(() => [indirectTable(ring.memory, s.scratch, 1024, (i) => ({ addr: s.scratch + 16384 + 16 * i, len: 16, flags: DESC_F_WRITE }))])(ring, s),
+  },
+  {
     name: 'rx: a read-only descriptor in a receive chain',
     queue: 'rx',
+    code: 'bad-direction',
     message: /^read-only descriptor in a receive chain$/,
     write: rxChain((s) => [{ addr: s.scratch, len: RX_BUFFER, flags: 0 }]),
   },
   {
     name: 'rx: a chain that loops',
     queue: 'rx',
+    code: 'chain-too-long',
     message: /^descriptor chain is longer than its table or loops$/,
     write: rxChain((s) => [
       { addr: s.scratch, len: 1024, flags: DESC_F_WRITE | DESC_F_NEXT, next: RX_HEAD },
@@ -321,12 +353,14 @@ const cases: Case[] = [
   {
     name: 'rx: an available ring entry naming a head >= queue size',
     queue: 'rx',
+    code: 'head-out-of-range',
     message: new RegExp(`^available ring names descriptor ${QUEUE_SIZE} of ${QUEUE_SIZE}$`),
     write: (ring) => ring.fillSlots(QUEUE_SIZE),
   },
   {
     name: 'rx: an available index that jumps by more than the queue size',
     queue: 'rx',
+    code: 'avail-index-jump',
     message: new RegExp(`^available index jumped by \\d+, more than the queue size ${QUEUE_SIZE}$`),
     // The worker's position is somewhere in 1..size: 2^15 ahead of the driver's index is too far from any of them.
     write: (ring) => {
@@ -336,6 +370,7 @@ const cases: Case[] = [
   {
     name: 'rx with MRG_RXBUF (several chains held): a descriptor outside guest memory',
     queue: 'rx',
+    code: 'address-out-of-bounds',
     features: { mergeableRx: true },
     rxBufferSize: 512,
     message: /^descriptor buffer 0x[0-9a-f]+\+512 is outside guest memory$/,
@@ -344,6 +379,7 @@ const cases: Case[] = [
   {
     name: 'rx with MRG_RXBUF (several chains held): a buffer smaller than the vnet header',
     queue: 'rx',
+    code: 'buffer-too-small',
     features: { mergeableRx: true },
     rxBufferSize: 512,
     message: new RegExp(`^receive buffer of 11 bytes cannot hold the ${HDR_SIZE}-byte header$`),
@@ -355,6 +391,7 @@ const cases: Case[] = [
   {
     name: 'rx: a buffer smaller than the vnet header',
     queue: 'rx',
+    code: 'buffer-too-small',
     message: new RegExp(`^receive buffer of 4 bytes cannot hold the ${HDR_SIZE}-byte header$`),
     write: rxChain((s) => [{ addr: s.scratch, len: 4, flags: DESC_F_WRITE }]),
   },
@@ -422,6 +459,7 @@ for (const c of cases) {
 
       await breakPair0(dp, c, events0);
       assert.is(events0[0]!.queue, c.queue, `event names the ${c.queue} queue`);
+      assert.is(events0[0]!.code, c.code, events0[0]!.message);
       assert.match(events0[0]!.message, c.message);
 
       const s0 = pair0.stats();
@@ -451,6 +489,32 @@ for (const c of cases) {
     });
   });
 }
+
+test('the tap deleted under a running pair: one queue-error on the tap with code tap-error, and the worker goes quiet', async () => {
+  await withDataPath(dataPathOptions(), async (dp) => {
+    const [pair0, pair1] = dp.pairs as [QueuePair, QueuePair];
+    const events0 = listen(pair0);
+    const events1 = listen(pair1);
+    // tun detaches every queue file and polls EPOLLERR on each from then on; a read gets EBADFD.
+    run('ip', ['link', 'del', 'dev', dp.tap.name]);
+    await until('a queue-error on the tap', () => events0.length > 0 && events1.length > 0);
+    for (const events of [events0, events1]) {
+      assert.is(events[0]!.queue, 'tap');
+      assert.is(events[0]!.code, 'tap-error', events[0]!.message);
+      assert.match(events[0]!.message, /^reading the tap queue failed: File descriptor in bad state$/);
+    }
+    // A deleted tap polls EPOLLERR for ever, whatever the interest: a worker that kept
+    // the fd in its epoll set would wake without end (and burn a core).
+    const before = pair0.stats().rx.wakeups;
+    await sleep(200);
+    const woken = pair0.stats().rx.wakeups - before;
+    assert.ok(woken <= 1, `${woken} wakeups by the failed tap in 200 ms`);
+    assert.is(events0.length, 1, JSON.stringify(events0));
+    assert.is(pair0.stats().rxBroken, false, 'the ring itself is sound');
+    const ms = timedStop(pair0);
+    assert.ok(ms < STOP_MS, `stop took ${ms.toFixed(0)} ms`);
+  });
+});
 
 test('recovery by reset: a new QueuePair with fresh rings on the broken pair\'s tap queue passes traffic', async () => {
   await withDataPath(dataPathOptions(), async (dp) => {

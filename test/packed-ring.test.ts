@@ -14,6 +14,7 @@ import { Tap } from '../src';
 import { EventFd } from '../src/virtio/eventfd';
 import { GuestMemory } from '../src/virtio/guest-memory';
 import { QueuePair, type QueueErrorEvent, type VirtqueueConfig } from '../src/virtio/queue-pair';
+import type { QueueFaultCode } from '../src/virtio/queue-fault';
 import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
 import {
   EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE, EVENT_FLAGS_ENABLE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_INDIRECT, PACKED_DESC_F_NEXT,
@@ -341,6 +342,8 @@ test('stop gives the ring base in vhost-user\'s packed encoding; a new pair resu
 
 interface Malformed {
   name: string;
+  /** The queue-error's machine-readable code. */
+  code: QueueFaultCode;
   message: RegExp;
   options?: RigOptions;
   queue?: 'tx' | 'rx';
@@ -350,6 +353,7 @@ interface Malformed {
 const malformed: Malformed[] = [
   {
     name: 'a chain whose second descriptor is not available (its AVAIL/USED do not match the wrap counter)',
+    code: 'descriptor-not-available',
     message: /^descriptor 1 of a chain is not available/,
     write: (rig) => {
       const f = txFrame(rig, pattern(64, 1));
@@ -358,6 +362,7 @@ const malformed: Malformed[] = [
   },
   {
     name: 'a chain that runs around the whole ring (NEXT on every descriptor)',
+    code: 'descriptor-not-available',
     message: /^descriptor 5 of a chain is not available/,
     write: (rig) => {
       const f = txFrame(rig, pattern(64, 1));
@@ -366,6 +371,7 @@ const malformed: Malformed[] = [
   },
   {
     name: 'an indirect descriptor with NEXT',
+    code: 'bad-indirect',
     message: /^indirect descriptor in a chain of ring descriptors$/,
     write: (rig) => {
       const table = rig.alloc(16);
@@ -376,6 +382,7 @@ const malformed: Malformed[] = [
   },
   {
     name: 'an indirect descriptor second in a chain',
+    code: 'bad-indirect',
     message: /^indirect descriptor in a chain of ring descriptors$/,
     write: (rig) => {
       const table = rig.alloc(16);
@@ -386,6 +393,7 @@ const malformed: Malformed[] = [
   },
   {
     name: 'an indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC',
+    code: 'bad-indirect',
     options: { indirectDesc: false },
     message: /^indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC$/,
     write: (rig) => {
@@ -396,11 +404,13 @@ const malformed: Malformed[] = [
   },
   {
     name: 'an indirect table length that is not a multiple of 16',
+    code: 'bad-indirect',
     message: /^indirect table length 24 is not a multiple of 16$/,
     write: (rig) => rig.tx.post([{ addr: rig.alloc(32), len: 24, flags: PACKED_DESC_F_INDIRECT }]),
   },
   {
     name: 'an indirect table of more descriptors than the queue size',
+    code: 'bad-indirect',
     message: /^indirect table of 6 descriptors is larger than the queue size 5$/,
     write: (rig) => {
       const table = rig.alloc(96);
@@ -410,16 +420,19 @@ const malformed: Malformed[] = [
   },
   {
     name: 'an indirect table that is not 16-byte aligned',
+    code: 'bad-indirect',
     message: /^indirect table is not 16-byte aligned$/,
     write: (rig) => rig.tx.post([{ addr: rig.alloc(64) + 8, len: 32, flags: PACKED_DESC_F_INDIRECT }]),
   },
   {
     name: 'an indirect table outside guest memory',
+    code: 'address-out-of-bounds',
     message: /^indirect table is not inside guest memory$/,
     write: (rig) => rig.tx.post([{ addr: MEMORY - 16, len: 32, flags: PACKED_DESC_F_INDIRECT }]),
   },
   {
     name: 'a write-only descriptor in a transmit chain',
+    code: 'bad-direction',
     message: /^write-only descriptor in a transmit chain$/,
     write: (rig) => {
       const f = txFrame(rig, pattern(64, 1));
@@ -428,6 +441,7 @@ const malformed: Malformed[] = [
   },
   {
     name: 'a write-only entry in an indirect transmit table',
+    code: 'bad-direction',
     message: /^write-only descriptor in a transmit chain$/,
     write: (rig) => {
       const table = rig.alloc(32);
@@ -437,16 +451,19 @@ const malformed: Malformed[] = [
   },
   {
     name: 'a buffer past the end of guest memory',
+    code: 'address-out-of-bounds',
     message: /^descriptor buffer 0x[0-9a-f]+\+128 is outside guest memory$/,
     write: (rig) => rig.tx.post([{ addr: MEMORY - 64, len: 128 }]),
   },
   {
     name: 'a buffer near 2^64 (addr + len wraps)',
+    code: 'address-out-of-bounds',
     message: /^descriptor buffer 0xfffffffffffffff0\+4096 is outside guest memory$/,
     write: (rig) => rig.tx.post([{ addr: 0xfffffffffffffff0n, len: 4096 }]),
   },
   {
     name: 'rx: a read-only descriptor in a receive chain',
+    code: 'bad-direction',
     queue: 'rx',
     message: /^read-only descriptor in a receive chain$/,
     write: (rig) => rig.rx.post([{ addr: rig.alloc(2048), len: 2048 }]),
@@ -461,6 +478,7 @@ for (const c of malformed) {
       (queue === 'tx' ? rig.txKick : rig.rxKick).signal();
       await until('the queue error', () => rig.errors.length > 0);
       assert.is(rig.errors[0]!.queue, queue);
+      assert.is(rig.errors[0]!.code, c.code, rig.errors[0]!.message);
       assert.match(rig.errors[0]!.message, c.message);
       assert.ok(queue === 'tx' ? rig.pair.stats().txBroken : rig.pair.stats().rxBroken, `${queue} is broken`);
       if (queue === 'tx') {

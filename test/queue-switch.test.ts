@@ -270,6 +270,7 @@ test('a switch whose tap queue cannot attach is ERR and leaves the previous set 
     assert.is(await guest.setQueuePairs(4), VIRTIO_NET_ERR, 'queue 3 cannot attach');
     assert.is(events.queueErrors.length, 1);
     assert.equal(events.queueErrors[0]!.pair, 'ctrl');
+    assert.is(events.queueErrors[0]!.code, 'queue-switch-failed');
     assert.match(events.queueErrors[0]!.message, /could not use 4 queue pairs \(still 2\)/);
     assert.equal(events.queuePairs.map((c) => c.active), [2], 'no queue-pairs event for the refused switch');
     await check(2, 1);

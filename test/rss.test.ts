@@ -343,6 +343,7 @@ test('every validation rule: ERR, and the previous table and pairs stay in force
     const queueErrors = events.queueErrors.length;
     assert.is(await guest.setRss({ ...good, table: [3, 2, 1, 0], maxTxVq: 4 }), VIRTIO_NET_ERR, 'a table naming a disabled receive queue');
     assert.ok(events.queueErrors.length > queueErrors, 'reported as a queue error');
+    assert.equal(events.queueErrors.slice(queueErrors).map((e) => [e.pair, e.code]), [['ctrl', 'queue-switch-failed']]);
     assert.ok(same(device.rss, good));
     assert.is(device.activeQueuePairs, 2);
     assert.equal(device.stats().pairs.map((p) => p.running), [true, true, false, false], 'pairs 2 and 3 are not running');

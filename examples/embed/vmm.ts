@@ -31,7 +31,7 @@ async function main(): Promise<void> {
   const device = new VirtioNetDevice({ tap, mac: GUEST_MAC, mtu: 1500 });
   const signals = new GuestSignals();
   const mmio = new MmioTransport(device, (queue) => signals.get(queue));
-  device.on('queue-error', (e) => console.error(`device error on ${String(e.pair)}/${e.queue}: ${e.message}`));
+  device.on('queue-error', (e) => console.error(`device error on ${String(e.pair)}/${e.queue} (${e.code}): ${e.message}`));
   device.on('protocol-error', (e) => console.error(`guest broke the protocol: ${e}`));
   device.setMemory(memory);
 

@@ -64,7 +64,7 @@ async function serve(options: ServeOptions): Promise<void> {
   device.on('steering', (e) => log('steering', {
     active: e.active, ...(e.reason !== undefined ? { reason: e.reason } : {}), ...(!e.active && options.steering ? { level: 'warning' } : {}),
   }));
-  device.on('queue-error', (e) => log('queue-error', { pair: e.pair, queue: e.queue, error: e.message }));
+  device.on('queue-error', (e) => log('queue-error', { pair: e.pair, queue: e.queue, code: e.code, error: e.message }));
   device.on('queue-pairs', (e) => log('queue-pairs-changed', { active: e.active, previous: e.previous, numDisabled: tap.queues.filter((q) => !q.attached).length }));
   device.on('protocol-error', (e) => log('protocol-error', { error: e }));
   device.on('features-inactive', (e) => log('features-inactive', { level: 'warning', features: `0x${e.features.toString(16)}`, reasons: e.reasons }));

@@ -12,6 +12,7 @@ import {
 } from './features';
 import type { GuestMemory } from './guest-memory';
 import type { VirtqueueConfig } from './queue-pair';
+import { queueFaultCode, type QueueFaultCode } from './queue-fault';
 import { freshRingBase } from './ring-base';
 import { parseRssConfig, type RssConfig } from './rss';
 
@@ -137,7 +138,7 @@ export class ControlQueue {
     ring: VirtqueueConfig & { dirtyLog?: DirtyLogSlot },
     private readonly features: bigint,
     private readonly handler: ControlCommandHandler,
-    private readonly onBroken: (message: string) => void,
+    private readonly onBroken: (message: string, code: QueueFaultCode) => void,
   ) {
     this.#queue = new native.NativeVirtqueue(memory.native, {
       size: ring.size, descAddr: ring.descAddr, availAddr: ring.availAddr, usedAddr: ring.usedAddr,
@@ -182,7 +183,9 @@ export class ControlQueue {
         chain = this.#queue.pop();
       } catch (error) {
         this.#running = false;
-        this.onBroken(errorCode(error) === 'EPROTO' ? (error as Error).message : String(error));
+        // EPROTO: the driver broke a ring rule, named by the error's `fault`.
+        if (errorCode(error) === 'EPROTO') this.onBroken((error as Error).message, queueFaultCode((error as { fault?: unknown }).fault, 'control-queue-error'));
+        else this.onBroken(String(error), 'control-queue-error');
         return answered;
       }
       if (chain === null) {

@@ -19,6 +19,7 @@ import { tapOffloadsForGuest } from './offloads';
 import { RSS_KEY_BYTES, RSS_MAX_TABLE_ENTRIES, RSS_SUPPORTED_HASH_TYPES, TapSteering } from '../tap/steering';
 import { rssConfigError, rssQueuePairs, rssSteeringTable, type RssConfig } from './rss';
 import { QueuePair, type QueuePairStats, type VirtqueueConfig } from './queue-pair';
+import type { QueueFaultCode } from './queue-fault';
 import { freshRingBase } from './ring-base';
 
 /** Every feature this device knows how to provide, before asking the tap what it can do. */
@@ -179,6 +180,13 @@ export interface DeviceQueueError {
   /** Queue pair index, or 'ctrl' for the control queue. */
   pair: number | 'ctrl';
   queue: 'rx' | 'tx' | 'tap' | 'ctrl';
+  /**
+   * Why, machine-readable: a ring fault of the queue ('bad-indirect', ...), 'tap-error',
+   * or a failure of the device model itself ('queue-switch-failed', 'tap-detach-failed',
+   * 'queue-start-failed', 'control-queue-error'). See QueueFaultCode.
+   */
+  code: QueueFaultCode;
+  /** The particulars, for a person. */
   message: string;
 }
 
@@ -1011,7 +1019,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     try {
       this.#startQueues();
     } catch (error) {
-      this.#needsReset({ pair: 0, queue: 'rx', message: `cannot start the device: ${(error as Error).message}` });
+      this.#needsReset({ pair: 0, queue: 'rx', code: 'queue-start-failed', message: `cannot start the device: ${(error as Error).message}` });
     }
   }
 
@@ -1047,7 +1055,10 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       try {
         this.#startPair(pair, { txDiscardOnly: true });
       } catch (error) {
-        this.emit('queue-error', { pair, queue: 'tx', message: `cannot discard the tx chains of queue pair ${pair}, which is out of use: ${(error as Error).message}` });
+        this.emit('queue-error', {
+          pair, queue: 'tx', code: 'queue-start-failed',
+          message: `cannot discard the tx chains of queue pair ${pair}, which is out of use: ${(error as Error).message}`,
+        });
       }
     }
   }
@@ -1086,7 +1097,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       busyPollUs: this.#busyPollUs,
       tx: ring(tx, 'the transmit queue'),
     });
-    worker.on('queue-error', ({ queue, message }) => this.#needsReset({ pair, queue, message }));
+    worker.on('queue-error', ({ queue, code, message }) => this.#needsReset({ pair, queue, code, message }));
     worker.start();
     this.#workers[pair] = worker;
   }
@@ -1114,7 +1125,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
     try {
       queue.detach();
     } catch (error) {
-      this.emit('queue-error', { pair, queue: 'tap', message: `could not detach tap queue ${pair}: ${(error as Error).message}` });
+      this.emit('queue-error', { pair, queue: 'tap', code: 'tap-detach-failed', message: `could not detach tap queue ${pair}: ${(error as Error).message}` });
     }
   }
 
@@ -1175,7 +1186,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       lastAvailIdx: this.#baseOf(q),
       ...(q.usedLogAddr !== undefined ? { usedLogAddr: q.usedLogAddr } : {}),
       dirtyLog: this.#dirtyLog,
-    }, features, handler, (message) => this.#needsReset({ pair: 'ctrl', queue: 'ctrl', message }));
+    }, features, handler, (message, code) => this.#needsReset({ pair: 'ctrl', queue: 'ctrl', code, message }));
     this.#control.start();
   }
 
@@ -1199,7 +1210,7 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       return true;
     } catch (error) {
       this.#rss = previous;
-      this.emit('queue-error', { pair: 'ctrl', queue: 'ctrl', message: (error as Error).message });
+      this.emit('queue-error', { pair: 'ctrl', queue: 'ctrl', code: 'queue-switch-failed', message: (error as Error).message });
       return false;
     }
   }

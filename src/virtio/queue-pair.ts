@@ -5,6 +5,7 @@ import { native, type NativeQueuePair, type NativeQueueStats } from '../native';
 import type { TapQueue } from '../tap/tap';
 import type { DirtyLogSlot } from './dirty-log';
 import type { GuestMemory } from './guest-memory';
+import { queueFaultCode, type QueueFaultCode } from './queue-fault';
 import { freshRingBase } from './ring-base';
 
 /** Where one virtqueue lives and how it signals: what vhost's SET_VRING_* messages carry. */
@@ -129,6 +130,9 @@ export interface QueuePairPosition {
 export interface QueueErrorEvent {
   /** Which side failed: a virtqueue or the tap. */
   queue: 'rx' | 'tx' | 'tap';
+  /** Why, machine-readable: a ring fault ('bad-indirect', ...), 'tap-error' or 'worker-error' (see QueueFaultCode). */
+  code: QueueFaultCode;
+  /** The particulars, for a person: which descriptor, which address, the kernel's words. */
   message: string;
 }
 
@@ -169,7 +173,10 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
     try {
       this.#native = new native.NativeQueuePair(
         { memory: memory.native, tapFd, hdrSize, mergeableRx, rxReserveBytes, rxMaxFrameBytes: options.rxMaxFrameBytes ?? 0, busyPollUs: options.busyPollUs ?? 0, ...(txDiscardOnly ? { txDiscardOnly } : { rx: ring(rx!, 'rx') }), tx: ring(tx, 'tx'), ...(options.dirtyLog ? { dirtyLog: options.dirtyLog.native } : {}) },
-        (where, message) => this.emit('queue-error', { queue: where as QueueErrorEvent['queue'], message }),
+        (where, message, code) => {
+          const queue = where as QueueErrorEvent['queue'];
+          this.emit('queue-error', { queue, code: queueFaultCode(code, queue === 'tap' ? 'tap-error' : 'worker-error'), message });
+        },
       );
     } catch (error) {
       throw makeError(errorCode(error) ?? 'EINVAL', `invalid queue pair configuration: ${(error as Error).message}`, error);
@@ -178,7 +185,8 @@ export class QueuePair extends EventEmitter<QueuePairEvents> {
 
   /**
    * Starts the worker thread. Throws EINVAL if the rings are not inside guest memory or
-   * misaligned; a failed start releases what the pair holds (its fds, guest memory), as
+   * misaligned, or the errno of the system call that failed (EMFILE, ENOMEM, EPERM when
+   * Linux AIO is refused...); a failed start releases what the pair holds (its fds, guest memory), as
    * stop() does: make a new QueuePair to try again.
    */
   start(): void {
