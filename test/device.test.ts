@@ -470,17 +470,18 @@ test('control queue: malformed, unknown and refused commands get ERR or no ack, 
 test('DRIVER_OK with a ring outside guest memory: a queue-error with code queue-start-failed, and the device needs a reset', async () => {
   await withDevice({}, async ({ device, events, memory }) => {
     assert.ok(negotiate(device, bits(F.VIRTIO_F_VERSION_1)));
+    device.setMemory(memory);
     const kick = EventFd.create();
     try {
       for (const index of [0, 1]) {
         device.setQueueSize(index, 256);
-        device.setQueueAddresses(index, { descAddr: memory.size + (1 << 20), availAddr: 0x1000, usedAddr: 0x2000 });
+        device.setQueueAddresses(index, { descAddr: Math.ceil(memory.size / 4096) * 4096 + (1 << 20), availAddr: 0x1000, usedAddr: 0x2000 });
         device.setQueueKick(index, kick.fd);
         device.enableQueue(index, true);
       }
       device.writeStatus(ACK | DRIVER | FEATURES_OK | DRIVER_OK);
       assert.equal(events.queueErrors.map((e) => [e.pair, e.queue, e.code]), [[0, 'rx', 'queue-start-failed']]);
-      assert.match(events.queueErrors[0]!.message, /descriptor table is not inside guest memory/);
+      assert.match(events.queueErrors[0]!.message, /descriptor table is not inside guest memory/, events.queueErrors[0]!.message);
       assert.ok(device.status & NEEDS_RESET, 'DEVICE_NEEDS_RESET');
     } finally {
       device.writeStatus(0);
