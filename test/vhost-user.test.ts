@@ -11,7 +11,7 @@ import { Worker } from 'node:worker_threads';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { Tap, TapSteering, acceptUnix, listenUnix, readTapLinkInfo } from '../src';
+import { QUEUE_FAULT_CODES, Tap, TapSteering, acceptUnix, listenUnix, readTapLinkInfo } from '../src';
 import { native } from '../src/native';
 import { STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../src/virtio/device-status';
 import { EventFd } from '../src/virtio/eventfd';
@@ -1390,6 +1390,9 @@ test('CLI: a frontend truncates the memfd behind guest memory under running ring
       native.eventfdWrite(guest.driver.queueConfig(0).tx.kickFd);
       for (let i = 0; i < 8; i++) await sendTo(sender, pattern(100, i), 7140 + i);
       await until('the daemon to see a broken ring', () => daemonLog(d, 'queue-error').length > 0, 5000);
+      // The log line names the fault (which one depends on what the zeroed pages make of the ring).
+      const broken = daemonLog(d, 'queue-error')[0]!;
+      assert.ok((QUEUE_FAULT_CODES as readonly unknown[]).includes(broken.code), `a QueueFaultCode in the log line: ${JSON.stringify(broken)}`);
       assert.ok(d.child.exitCode === null && d.child.signalCode === null, `the daemon is alive:\n${d.stderr()}`);
       assert.is(await fe.getQueueNum(), 1, 'and still answers');
       const line = daemonLog(d, 'memory').at(-1);
