@@ -32,7 +32,7 @@ import {
 } from './helpers/device';
 import { macBytes } from './helpers/packets';
 import { RawRing } from './helpers/raw-ring';
-import { assertPrivateNetns, fdCount, sleep, uniqueName } from './helpers/system';
+import { assertPrivateNetns, fdCount, run, sleep, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
 
@@ -487,6 +487,20 @@ test('DRIVER_OK with a ring outside guest memory: a queue-error with code queue-
       device.writeStatus(0);
       kick.close();
     }
+  });
+});
+
+test('the tap deleted under a running device: each pair reports tap-error, and a pair taken out of use then reports tap-detach-failed', async () => {
+  await withDevice({ queues: 2 }, async ({ device, events, tap, bringUp }) => {
+    const guest = bringUp();
+    assert.is(await guest.setQueuePairs(2), VIRTIO_NET_OK);
+    run('ip', ['link', 'del', 'dev', tap.name]);
+    await until('both pairs to see the tap fail', () => events.queueErrors.filter((e) => e.code === 'tap-error').length === 2);
+    device.setActiveQueuePairs(1); // the VMM's call: pair 1 stops, its tap queue cannot be detached from a deleted device
+    const codes = events.queueErrors.map((e) => [e.pair, e.queue, e.code]);
+    assert.equal(codes.filter(([, , code]) => code === 'tap-error').sort(), [[0, 'tap', 'tap-error'], [1, 'tap', 'tap-error']]);
+    assert.equal(codes.filter(([, , code]) => code !== 'tap-error'), [[1, 'tap', 'tap-detach-failed']]);
+    assert.match(events.queueErrors.find((e) => e.code === 'tap-detach-failed')!.message, /^could not detach tap queue 1: /);
   });
 });
 
