@@ -130,6 +130,7 @@ export interface NativeBindings {
   sendFds(sockFd: number, fds: number[], payload: Buffer, dontWait?: boolean): number;
   receiveFds(sockFd: number, maxFds: number, maxBytes: number, timeoutMs: number): Promise<NativeReceived>;
   closeFd(fd: number): void;
+  setNonBlocking(fd: number): void;
 
   recvSome(fd: number, maxBytes: number, maxFds: number): NativeReceivedSome;
   describeFd(fd: number): NativeFdDescription;

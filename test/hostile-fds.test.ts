@@ -172,12 +172,14 @@ test('a queue pair releases its fd copies at stop() even if never started, and w
     idle.stop();
     assert.is(fdCount(), before, 'stop() without start() closed them');
 
-    // A tap fd that epoll cannot watch (a regular file) fails start() after the copies were made.
-    const file = fs.openSync(path.join(os.tmpdir(), `vhost-tap-not-a-tap-${process.pid}`), 'w+');
+    // A tap fd that epoll cannot watch (a regular file; non-blocking, as a queue's fd must be)
+    // fails start() after the copies were made, with the kernel's errno.
+    const { O_RDWR, O_CREAT, O_NONBLOCK } = fs.constants;
+    const file = fs.openSync(path.join(os.tmpdir(), `vhost-tap-not-a-tap-${process.pid}`), O_RDWR | O_CREAT | O_NONBLOCK);
     try {
       const before2 = fdCount();
       const broken = new QueuePair({ memory: dp.memory, tapQueue: file, hdrSize: 12, mergeableRx: false, rx, tx });
-      assert.throws(() => broken.start(), /cannot watch the tap queue fd/);
+      assert.throws(() => broken.start(), (e: Error & { code?: string }) => e.code === 'EPERM' && /cannot watch the tap queue fd: Operation not permitted/.test(e.message));
       assert.is(fdCount(), before2, 'the failed start() closed everything it had');
       assert.throws(() => broken.start(), /create a new one/);
     } finally {

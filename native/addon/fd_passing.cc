@@ -341,6 +341,19 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// setNonBlocking(fd): sets O_NONBLOCK on the file description, as QEMU does to the
+// tap fds it is handed (a worker must never wait in a read of an empty queue).
+Napi::Value SetNonBlocking(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!argFd(info, 0, &fd)) return env.Undefined();
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || ((flags & O_NONBLOCK) == 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)) {
+    throwErrno(env, errno, "setting O_NONBLOCK on fd " + std::to_string(fd));
+  }
+  return env.Undefined();
+}
+
 }  // namespace
 
 void registerFdPassing(Napi::Env env, Napi::Object exports) {
@@ -351,6 +364,7 @@ void registerFdPassing(Napi::Env env, Napi::Object exports) {
   exports.Set("sendFds", Napi::Function::New(env, SendFds));
   exports.Set("receiveFds", Napi::Function::New(env, ReceiveFds));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+  exports.Set("setNonBlocking", Napi::Function::New(env, SetNonBlocking));
 }
 
 }  // namespace vhost_tap

@@ -126,7 +126,8 @@ Status QueuePairWorker::start() {
     s = callNotifier_.open();
     if (!s) return fail(s);
   }
-  tap_.open(forwarding ? options_.tapFd : -1, kUringEntries, &sink_);
+  s = tap_.open(forwarding ? options_.tapFd : -1, kUringEntries, &sink_);
+  if (!s) return fail(s);
   stopping_ = false;
 
   // Fresh per run, closed by stop(): a stopped worker holds no fd.

@@ -9,8 +9,9 @@
 //
 // The tap fd is only ever read and written (readv/writev, io_uring READV/WRITEV)
 // and watched with epoll, through TapIo (tap_io.h): no ioctl, no check of what it
-// is. Any datagram fd can stand in for the tap, e.g. one end of
-// socketpair(AF_UNIX, SOCK_SEQPACKET): a datagram is a frame, header first.
+// is (only that it is non-blocking). Any non-blocking datagram fd can stand in for
+// the tap, e.g. one end of socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK): a
+// datagram is a frame, header first.
 #pragma once
 #include <sys/epoll.h>
 

@@ -228,6 +228,14 @@ int RxPath::receiveBatch(int budget, bool* drained) {
     }
     const BatchChain& target = batch_[frames];
     const uint64_t frameBytes = static_cast<uint64_t>(res);
+    if (frameBytes < hdr) {
+      // Shorter than its own header: never from a tap; from a stand-in, dropped. Its
+      // chain goes back used and empty, as a frame too big for the batch does.
+      bump(stats.dropBadHeader);
+      ring.pushUsed(target.head, 0, target.descCount);
+      frames++;
+      continue;
+    }
     // What the kernel wrote into the chain it read into, for the dirty log.
     const BatchChain& readInto = batch_[i];
     ring.logWrite(batchIov_.data() + readInto.iovStart, readInto.iovCount, 0, std::min<uint64_t>(frameBytes, readInto.bytes));
@@ -332,15 +340,21 @@ bool RxPath::handle() {
     if (gather(reserve) != Gather::kReady) break;
     iov_[heldIov_] = {overflow_.data(), overflow_.size()};
     ssize_t n = tap_->readv(iov_.data(), heldIov_ + 1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN) tap_->fail(errno, "reading the tap queue");
+    if (n <= 0) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 0) tap_->hungUp();
+      else if (errno != EAGAIN) tap_->fail(errno, "reading the tap queue");
       break;
     }
     taken++;
     uint64_t frameBytes = static_cast<uint64_t>(n);
     // What the kernel wrote into the guest's buffers (the overflow buffer is ours).
     ring.logWrite(iov_.data(), heldIov_, 0, std::min<uint64_t>(frameBytes, heldBytes_));
+    if (frameBytes < options_.hdrSize) {
+      // Shorter than its own header: never from a tap; from a stand-in, dropped, the chains reused.
+      bump(stats.dropBadHeader);
+      continue;
+    }
     if (frameBytes <= heldBytes_) {
       finishFrame(frameBytes);
       continue;

@@ -2,9 +2,11 @@
 // path and the tap. The worker only ever reads and writes the fd (readv/writev,
 // io_uring READV/WRITEV, reads with RWF_NOWAIT) and watches it with epoll: no
 // ioctl, no check of what kind of file it is. A frame is one datagram, the
-// virtio_net_hdr first. So any datagram fd stands in for a tap queue, e.g.
-// one end of socketpair(AF_UNIX, SOCK_SEQPACKET) in tests and fuzzers.
+// virtio_net_hdr first. So any non-blocking datagram fd stands in for a tap
+// queue, e.g. one end of socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK) in
+// tests and fuzzers.
 #pragma once
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -15,6 +17,7 @@
 #include <string>
 
 #include "queue_fault.h"
+#include "status.h"
 #include "uring.h"
 #include "worker_queue.h"
 
@@ -27,7 +30,17 @@ class TapIo {
   // reading by `epoll` under `tag`, already added with EPOLLIN by the caller
   // (watchInterest); `sink` hears of a failure. fd < 0: no tap (a pair that only
   // discards tx), and nothing here touches one.
-  void open(int fd, unsigned uringEntries, const WorkerEventSink* sink) {
+  // Fails with EINVAL if the fd is blocking: the worker reads until a read finds
+  // nothing, and a blocking read of an empty queue would hold it (and its stop) for ever.
+  Status open(int fd, unsigned uringEntries, const WorkerEventSink* sink) {
+    if (fd >= 0) {
+      const int flags = fcntl(fd, F_GETFL);
+      if (flags < 0) return Status::fromErrno(errno, "the tap fd " + std::to_string(fd));
+      if ((flags & O_NONBLOCK) == 0) {
+        return Status::failure(EINVAL, "the tap fd " + std::to_string(fd) +
+                                           " is blocking: a queue's fd must be O_NONBLOCK (Tap.fromFds sets it)");
+      }
+    }
     fd_ = fd;
     sink_ = sink;
     failed_ = false;
@@ -37,10 +50,11 @@ class TapIo {
     registered_ = 0;
     watched_ = false;
     uring_.reset();
-    if (fd < 0 || uringEntries == 0) return;
+    if (fd < 0 || uringEntries == 0) return Status::success();
     uring_ = std::make_unique<Uring>();
     if (!uring_->init(uringEntries)) uring_.reset();
     if (uring_) uring_->registerFile(fd);  // best effort: it saves a file lookup per frame
+    return Status::success();
   }
   // The events to add the fd to an epoll set with (EPOLLIN while frames are wanted).
   uint32_t watchInterest(int epoll, uint32_t tag) {
@@ -80,15 +94,19 @@ class TapIo {
   // under us: EBADFD): stop reading, and report it once (kTapError). The fd then
   // leaves the epoll set: a deleted tap polls EPOLLERR for ever, which epoll reports
   // whatever the interest, and the worker would spin on it.
-  void fail(int err, const char* doing) {
-    if (failed_) return;
-    failed_ = true;
-    updateInterest();
-    (*sink_)("tap", QueueFault::kTapError, std::string(doing) + " failed: " + strerror(err));
-  }
+  void fail(int err, const char* doing) { failWith(std::string(doing) + " failed: " + strerror(err)); }
+  // A read returned end of file: never from a tap; a stand-in's peer closed (a
+  // zero-length datagram reads the same, and is taken for it).
+  void hungUp() { failWith("reading the tap queue found its end (the other side closed)"); }
   bool failed() const { return failed_; }
 
  private:
+  void failWith(std::string message) {
+    if (failed_) return;
+    failed_ = true;
+    updateInterest();
+    (*sink_)("tap", QueueFault::kTapError, message);
+  }
   uint32_t interest() const {
     uint32_t events = 0;
     if (wantRead_ && !failed_) events |= EPOLLIN;

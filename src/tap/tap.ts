@@ -335,6 +335,10 @@ export class Tap {
     if (attached !== undefined && (!Array.isArray(attached) || attached.length !== fds.length || !attached.every((a) => typeof a === 'boolean'))) {
       throw makeError('EINVAL', `attached must be one boolean per fd (${fds.length})`);
     }
+    // A queue opened elsewhere may be blocking (libvirt and qemu-bridge-helper open
+    // /dev/net/tun without O_NONBLOCK; QEMU sets it on the fds it is handed, as here):
+    // the worker reads a queue until it is empty and must never wait there.
+    for (const fd of fds) native.setNonBlocking(fd);
     const tap = new Tap(name, native.linkIndex(name), fds, false, attached);
     if (attached === undefined) for (const q of tap.queues) q.probeAttached();
     return tap;
