@@ -27,17 +27,19 @@ constexpr long kReapBatch = 64;
 std::mutex contextMutex;
 aio_context_t sharedContext = 0;
 
-aio_context_t processContext(int* err) {
+Status processContext(aio_context_t* out) {
   std::lock_guard<std::mutex> lock(contextMutex);
   if (sharedContext == 0) {
     aio_context_t context = 0;
     if (syscall(__NR_io_setup, kContextEvents, &context) < 0) {
-      *err = errno;
-      return 0;
+      const int err = errno;
+      return Status::failure(err, std::string("the kernel refuses Linux AIO (io_setup: ") + strerror(err) +
+                                      "), which signals call eventfds without blocking: allow io_setup/io_submit/io_getevents");
     }
     sharedContext = context;
   }
-  return sharedContext;
+  *out = sharedContext;
+  return Status::success();
 }
 
 }  // namespace
@@ -59,12 +61,8 @@ bool isEventfd(int fd, std::string* kind) {
 
 Status CallNotifier::open() {
   close();
-  int err = 0;
-  context_ = processContext(&err);
-  if (context_ == 0) {
-    return Status::failure(err, std::string("the kernel refuses Linux AIO (io_setup: ") + strerror(err) +
-                                    "), which signals call eventfds without blocking: allow io_setup/io_submit/io_getevents");
-  }
+  Status context = processContext(&context_);
+  if (!context) return context;
   source_ = memfd_create("vhost-tap-call", MFD_CLOEXEC);
   if (source_ < 0) return Status::fromErrno(errno, "memfd_create");
   submittedSinceReap_ = 0;
