@@ -278,6 +278,10 @@ int RxPath::receiveBatch(int budget, bool* drained) {
 }
 
 void RxPath::giveBackHeld() {
+  // A frame read past the buffers held, waiting for more, is lost with them: count it,
+  // whether the worker stops or the rx queue broke while the frame waited (that case
+  // went uncounted: found by the fuzz branch's worker fuzzer, 1a24335 there).
+  if (spillFrameBytes_ > 0) bump(queue_.stats().dropStopped);
   if (heldCount_ > 0) queue_.ring().unpop(static_cast<uint16_t>(heldCount_));
   heldCount_ = 0;
   heldIov_ = 0;
@@ -382,11 +386,7 @@ void RxPath::finish(bool untilEmpty) {
     for (int turn = 0; turn < kStopDrainTurns && handle(); turn++) {
     }
   }
-  // Rx gives back the buffers it held, dropping a frame that waited for more.
-  if (spillFrameBytes_ > 0) {
-    bump(queue_.stats().dropStopped);
-    spillFrameBytes_ = 0;
-  }
+  // Rx gives back the buffers it held, dropping (counted) a frame that waited for more.
   giveBackHeld();
 }
 

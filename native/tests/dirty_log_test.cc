@@ -23,6 +23,7 @@
 namespace vhost_tap_test {
 namespace {
 
+using vhost_tap::Status;
 using vhost_tap::Chain;
 using vhost_tap::DirtyLog;
 using vhost_tap::DirtyLogCursor;
@@ -41,10 +42,8 @@ struct LogFile {
   explicit LogFile(uint64_t bytes = kLogBytes) {
     fd = memfd_create("vhost-tap-test-log", MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) < 0) throw std::runtime_error("memfd for the log");
-    int err = 0;
-    std::string what;
-    log = DirtyLog::map(fd, bytes, 0, &err, &what);
-    if (!log) throw std::runtime_error("DirtyLog::map: " + what);
+    Status mapped = DirtyLog::map(fd, bytes, 0, &log);
+    if (!mapped) throw std::runtime_error("DirtyLog::map: " + mapped.message);
   }
   ~LogFile() {
     log.reset();
@@ -89,15 +88,16 @@ TEST("dirty log: map refuses a size of 0, over 4 GiB, and a log past the end of 
   int fd = memfd_create("vhost-tap-test-log", MFD_CLOEXEC);
   REQUIRE(fd >= 0);
   REQUIRE(ftruncate(fd, kPage) == 0);
-  int err = 0;
-  std::string what;
-  CHECK(DirtyLog::map(fd, 0, 0, &err, &what) == nullptr);
-  CHECK_EQ(err, EINVAL);
-  CHECK(DirtyLog::map(fd, (1ull << 32) + 1, 0, &err, &what) == nullptr);
-  CHECK(DirtyLog::map(fd, kPage, 1, &err, &what) == nullptr);
-  CHECK_EQ(err, EINVAL);
-  CHECK(what.find("ends beyond its file") != std::string::npos);
-  auto log = DirtyLog::map(fd, 64, 0x100, &err, &what);  // an offset inside a page
+  std::shared_ptr<DirtyLog> log;
+  Status mapped = DirtyLog::map(fd, 0, 0, &log);
+  CHECK(!mapped && log == nullptr);
+  CHECK_EQ(mapped.err, EINVAL);
+  CHECK(!DirtyLog::map(fd, (1ull << 32) + 1, 0, &log));
+  mapped = DirtyLog::map(fd, kPage, 1, &log);
+  CHECK(!mapped && log == nullptr);
+  CHECK_EQ(mapped.err, EINVAL);
+  CHECK(mapped.message.find("ends beyond its file") != std::string::npos);
+  REQUIRE(DirtyLog::map(fd, 64, 0x100, &log).ok());  // an offset inside a page
   REQUIRE(log != nullptr);
   log->mark(0, 1);
   uint8_t byte = 0;
@@ -137,8 +137,7 @@ TEST("dirty log: a split queue marks its used ring at flush (at usedLogAddr when
     config.dirtyLog = slot;
     config.usedLogAddr = logAt;
     config.lastAvailIdx = driver.availIdx();
-    std::string error;
-    REQUIRE(queue.setup(memory.map(), config, &error));
+    REQUIRE(queue.setup(memory.map(), config).ok());
     const uint64_t usedPage = logAt == QueueConfig::kLogAtUsedAddr ? driver.usedAddr() / kPage : 7;
     driver.addChain({{straddling, 0x1000, vhost_tap::VRING_DESC_F_WRITE}});
     std::vector<struct iovec> iov(8);
@@ -171,8 +170,7 @@ TEST("dirty log: a packed queue marks the slots of its used descriptors and, at 
   config.dirtyLog = slot;
   config.usedLogAddr = 0x9000;  // the frontend's log_guest_addr for the device area
   vhost_tap::PackedQueue queue;
-  std::string error;
-  REQUIRE(queue.setup(memory.map(), config, &error));
+  REQUIRE(queue.setup(memory.map(), config).ok());
   std::vector<struct iovec> iov(8);
   Chain chain;
   for (uint16_t k = 0; k < 260; k++) {

@@ -16,6 +16,7 @@
 namespace vhost_tap_test {
 namespace {
 
+using vhost_tap::Status;
 using vhost_tap::GuestMemoryMap;
 using vhost_tap::RegionSpec;
 
@@ -100,9 +101,8 @@ TEST("guest memory: regions given out of order are sorted; a file offset that is
   REQUIRE(file != MAP_FAILED);
   memcpy(file + 0x1800, "region one", 10);
   memcpy(file + 0x3000, "region two", 10);
-  int err = 0;
-  std::string what;
-  auto map = GuestMemoryMap::create({{0x900000, kPage, fd, 0x3000}, {0x800000, 0x1000, fd, 0x1800}}, &err, &what);
+  std::shared_ptr<GuestMemoryMap> map;
+  REQUIRE(GuestMemoryMap::create({{0x900000, kPage, fd, 0x3000}, {0x800000, 0x1000, fd, 0x1800}}, &map).ok());
   REQUIRE(map != nullptr);
   CHECK_EQ(map->region(0).guestPhysAddr, 0x800000u);
   CHECK_EQ(map->region(1).guestPhysAddr, 0x900000u);
@@ -123,11 +123,11 @@ TEST("guest memory: create refuses overlapping regions, a size of 0, a region pa
   REQUIRE(fd >= 0);
   REQUIRE(ftruncate(fd, 4 * kPage) == 0);
   auto refused = [&](std::vector<RegionSpec> specs, const std::string& says) {
-    int err = 0;
-    std::string what;
-    auto map = GuestMemoryMap::create(specs, &err, &what);
+    std::shared_ptr<GuestMemoryMap> map;
+    Status created = GuestMemoryMap::create(specs, &map);
     CHECK(map == nullptr);
-    CHECK_EQ(err, EINVAL);
+    CHECK_EQ(created.err, EINVAL);
+    const std::string& what = created.message;
     if (what.find(says) == std::string::npos) recordFailure(__FILE__, __LINE__, "\"" + what + "\" does not say \"" + says + "\"");
   };
   refused({{0, kPage, fd, 0}, {kPage / 2, kPage, fd, 0}}, "region 1 overlaps region 0");
@@ -135,11 +135,11 @@ TEST("guest memory: create refuses overlapping regions, a size of 0, a region pa
   refused({{0, 0, fd, 0}}, "size is 0");
   refused({{0, 4 * kPage, fd, kPage}}, "ends beyond the end of its file");
   refused({{0xfffffffffffff000ull, 2 * kPage, fd, 0}}, "wraps around the address space");
-  int err = 0;
-  std::string what;
-  CHECK(GuestMemoryMap::create({{0, kPage, -1, 0}}, &err, &what) == nullptr);
-  CHECK_EQ(err, EBADF);
-  CHECK(GuestMemoryMap::create({{0, 2 * kPage, fd, 2 * kPage}, {2 * kPage, kPage, fd, 0}}, &err, &what) != nullptr);
+  std::shared_ptr<GuestMemoryMap> map;
+  CHECK_EQ(GuestMemoryMap::create({{0, kPage, -1, 0}}, &map).err, EBADF);
+  CHECK(map == nullptr);
+  CHECK(GuestMemoryMap::create({{0, 2 * kPage, fd, 2 * kPage}, {2 * kPage, kPage, fd, 0}}, &map).ok());
+  CHECK(map != nullptr);
   close(fd);
 }
 

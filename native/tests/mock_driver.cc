@@ -33,10 +33,8 @@ TestMemory::TestMemory(const std::vector<Region>& regions) {
     regions_.push_back({r.gpa, r.size, fd, static_cast<uint8_t*>(view)});
     specs.push_back({r.gpa, r.size, fd, 0});
   }
-  int err = 0;
-  std::string what;
-  map_ = vhost_tap::GuestMemoryMap::create(specs, &err, &what);
-  if (!map_) throw std::runtime_error("GuestMemoryMap::create: " + what + ": " + strerror(err));
+  vhost_tap::Status created = vhost_tap::GuestMemoryMap::create(specs, &map_);
+  if (!created) throw std::runtime_error("GuestMemoryMap::create: " + created.message);
 }
 
 TestMemory::~TestMemory() {

@@ -22,6 +22,7 @@ struct PackedQueueTestAccess {
 namespace vhost_tap_test {
 namespace {
 
+using vhost_tap::Status;
 using vhost_tap::Chain;
 using vhost_tap::PackedQueue;
 using vhost_tap::PopResult;
@@ -56,9 +57,9 @@ struct PackedRig {
     config.eventIdx = eventIdx;
   }
   void start() {
-    std::string error;
-    if (!queue.setup(memory.map(), config, &error)) {
-      recordFailure(__FILE__, __LINE__, "setup: " + error);
+    Status ready = queue.setup(memory.map(), config);
+    if (!ready) {
+      recordFailure(__FILE__, __LINE__, "setup: " + ready.message);
       endCase();
     }
   }
@@ -247,8 +248,10 @@ TEST("packed setup refuses a base past the ring, misaligned or outside areas, a 
   PackedRig rig(5);
   auto refused = [&](QueueConfig c, const std::string& says) {
     PackedQueue q;
-    std::string error;
-    CHECK(!q.setup(rig.memory.map(), c, &error));
+    Status ready = q.setup(rig.memory.map(), c);
+    CHECK(!ready);
+    CHECK_EQ(ready.err, EINVAL);
+    const std::string& error = ready.message;
     if (error.find(says) == std::string::npos) recordFailure(__FILE__, __LINE__, "error \"" + error + "\" does not say \"" + says + "\"");
   };
   QueueConfig c = rig.config;
@@ -279,8 +282,7 @@ TEST("packed setup refuses a base past the ring, misaligned or outside areas, a 
   c = rig.config;
   c.lastAvailIdx = 0x80048004u;  // slot 4 of 5, both wraps 1: fine
   PackedQueue ok;
-  std::string error;
-  CHECK(ok.setup(rig.memory.map(), c, &error));
+  CHECK(ok.setup(rig.memory.map(), c).ok());
 }
 
 // ---- unpop ----
@@ -546,8 +548,7 @@ TEST("packed fault chain-too-large: an indirect table of four 1 GiB entries (2^3
   QueueConfig config = driver.config();
   config.indirectDesc = true;
   PackedQueue queue;
-  std::string error;
-  REQUIRE(queue.setup(memory.map(), config, &error));
+  REQUIRE(queue.setup(memory.map(), config).ok());
   std::vector<struct iovec> iov(16);
   const PackedDescSpec gib = {1ull << 30, 1u << 30};
   PackedDriver::writeTable(memory, kBuffersAt, {gib, gib, gib, gib});

@@ -16,6 +16,7 @@
 namespace vhost_tap_test {
 namespace {
 
+using vhost_tap::Status;
 using vhost_tap::Chain;
 using vhost_tap::PopResult;
 using vhost_tap::QueueConfig;
@@ -48,9 +49,9 @@ struct SplitRig {
     config.eventIdx = eventIdx;
   }
   void start() {
-    std::string error;
-    if (!queue.setup(memory.map(), config, &error)) {
-      recordFailure(__FILE__, __LINE__, "setup: " + error);
+    Status ready = queue.setup(memory.map(), config);
+    if (!ready) {
+      recordFailure(__FILE__, __LINE__, "setup: " + ready.message);
       endCase();
     }
   }
@@ -274,8 +275,10 @@ TEST("split: setup refuses a size that is not a power of two, misaligned rings, 
   SplitRig rig;
   auto refused = [&](QueueConfig c, const std::string& says) {
     SplitQueue q;
-    std::string error;
-    CHECK(!q.setup(rig.memory.map(), c, &error));
+    Status ready = q.setup(rig.memory.map(), c);
+    CHECK(!ready);
+    CHECK_EQ(ready.err, EINVAL);
+    const std::string& error = ready.message;
     if (error.find(says) == std::string::npos) recordFailure(__FILE__, __LINE__, "error \"" + error + "\" does not say \"" + says + "\"");
   };
   QueueConfig c = rig.config;
@@ -303,8 +306,7 @@ TEST("split: setup refuses a size that is not a power of two, misaligned rings, 
   c.packed = true;
   refused(c, "packed");
   SplitQueue ok;
-  std::string error;
-  CHECK(ok.setup(rig.memory.map(), rig.config, &error));
+  CHECK(ok.setup(rig.memory.map(), rig.config).ok());
 }
 
 // ---- faults: every QueueFault the split walker reports ----
@@ -385,8 +387,7 @@ TEST("split fault chain-too-large: four 1 GiB descriptors (exactly 2^32 bytes) p
   TestMemory memory({{0, kMiB}, {1ull << 30, 1ull << 30}});
   SplitDriver driver(memory, kRingAt, 16);
   SplitQueue queue;
-  std::string error;
-  REQUIRE(queue.setup(memory.map(), driver.config(), &error));
+  REQUIRE(queue.setup(memory.map(), driver.config()).ok());
   std::vector<struct iovec> iov(16);
   const SplitDesc gib = {1ull << 30, 1u << 30};
   driver.addChain({gib, gib, gib, gib});
@@ -535,8 +536,7 @@ TEST("split: a broken queue does not touch another queue of the same memory") {
   rig.start();
   SplitDriver other(rig.memory, kFar, 16);
   SplitQueue otherQueue;
-  std::string error;
-  REQUIRE(otherQueue.setup(rig.memory.map(), other.config(), &error));
+  REQUIRE(otherQueue.setup(rig.memory.map(), other.config()).ok());
   rig.driver.publish(200);
   expectFault(rig, false, QueueFault::kHeadOutOfRange, "names descriptor 200");
   other.addChain({{rig.buffer(8), 8}});

@@ -28,6 +28,7 @@ namespace vhost_tap_test {
 namespace {
 
 using vhost_tap::QueueConfig;
+using vhost_tap::QueueFault;
 using vhost_tap::QueuePairWorker;
 using vhost_tap::WorkerOptions;
 
@@ -38,18 +39,18 @@ constexpr uint64_t kTxRingAt = 0x80000;
 constexpr uint64_t kBuffersAt = 0x100000;
 constexpr uint64_t kMemory = 16 * kMiB;
 
-// What the worker reported through its sink. The one place this file touches
-// the sink's signature (the worker may come to pass the QueueFault too).
+// What the worker reported through its sink: where, the typed fault, the message.
 class WorkerEvents {
  public:
   vhost_tap::WorkerEventSink sink() {
-    return [this](const char* where, const std::string& message) {
+    return [this](const char* where, vhost_tap::QueueFault fault, const std::string& message) {
       std::lock_guard<std::mutex> hold(lock_);
-      events_.push_back({where, message});
+      events_.push_back({where, fault, message});
     };
   }
   struct Event {
     std::string where;
+    vhost_tap::QueueFault fault;
     std::string message;
   };
   std::vector<Event> all() {
@@ -212,10 +213,10 @@ struct WorkerRig {
     }
   }
   void start() {
-    std::string error;
-    const char* code = nullptr;
-    if (!worker->adoptFds(&error, &code) || !worker->start(&error)) {
-      recordFailure(__FILE__, __LINE__, "worker: " + error);
+    vhost_tap::Status status = worker->adoptFds();
+    if (status) status = worker->start();
+    if (!status) {
+      recordFailure(__FILE__, __LINE__, "worker: " + status.message);
       endCase();
     }
   }
@@ -465,6 +466,7 @@ TEST("worker: a malformed tx chain (write-only descriptor) breaks tx only; the s
   REQUIRE(rig.waitForEvent());
   auto events = rig.events.all();
   CHECK_EQ(events[0].where, std::string("tx"));
+  CHECK(events[0].fault == QueueFault::kBadDirection);
   CHECK_EQ(events[0].message, std::string("write-only descriptor in a transmit chain"));
   CHECK(rig.worker->txBroken());
   CHECK(!rig.worker->rxBroken());
@@ -493,6 +495,7 @@ TEST("worker: a malformed rx chain (read-only descriptor, packed ring) breaks rx
   REQUIRE(rig.waitForEvent());
   auto events = rig.events.all();
   CHECK_EQ(events[0].where, std::string("rx"));
+  CHECK(events[0].fault == QueueFault::kBadDirection);
   CHECK_EQ(events[0].message, std::string("read-only descriptor in a receive chain"));
   CHECK(rig.worker->rxBroken());
   CHECK(!rig.worker->txBroken());
@@ -517,6 +520,7 @@ TEST("worker: a transmit chain of more segments than one writev takes (1025) bre
   WorkerRig::kick(rig.txKick);
   REQUIRE(rig.waitForEvent());
   CHECK_EQ(rig.events.all()[0].where, std::string("tx"));
+  CHECK(rig.events.all()[0].fault == QueueFault::kTooManySegments);
   CHECK_EQ(rig.events.all()[0].message, std::string("transmit chain has more than 1024 segments"));
   CHECK(rig.worker->txBroken());
 }
@@ -532,6 +536,7 @@ TEST("worker: a receive buffer smaller than the vnet header breaks rx with buffe
     rig.send(datagram(100, 1));
     REQUIRE(rig.waitForEvent());
     CHECK_EQ(rig.events.all()[0].where, std::string("rx"));
+    CHECK(rig.events.all()[0].fault == QueueFault::kBufferTooSmall);
     CHECK_EQ(rig.events.all()[0].message, std::string("receive buffer of 4 bytes cannot hold the 12-byte header"));
     CHECK(rig.worker->rxBroken());
     CHECK(!rig.worker->txBroken());
