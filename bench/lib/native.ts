@@ -1,7 +1,7 @@
 // The addon's benchmark-only bindings (bench/native/raw_loops.cc, bench/native/guest_generator.cc), typed.
 import { native } from '../../src/native';
 // Round trips of a ping-pong, in microseconds: declared with the report, which must not load the addon.
-import type { RttSummary } from './report';
+import type { RttSummary } from './report/results';
 
 export type { RttSummary };
 
