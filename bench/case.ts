@@ -12,7 +12,8 @@ import { QueuePair, type QueuePairOptions, type QueuePairStats } from '../src/vi
 import { PACKED_RING_BASE_FRESH } from '../src/virtio/ring-base';
 import { GUEST_IP, GUEST_MAC, HOST_IP, PREFIX, VNET_HDR, gsoFrame, pingFrame, txFrame, udpPayloadFor } from './lib/frames';
 import { bench, type BenchLoop, type GuestRing, type GuestStats, type LoopStats, type RttSummary } from './lib/native';
-import { contextSwitches, diffCounters, linkCounters, processCpuSeconds, sleep, threadCpuSeconds, threadIds, type LinkCounters } from './lib/proc';
+import { contextSwitches, diffCounters, linkCounters, processCpuSeconds, threadCpuSeconds, threadIds, type LinkCounters } from '../harness/proc';
+import { sleep } from '../harness/wait';
 
 export interface ThroughputSpec {
   kind: 'raw-tx' | 'raw-rx' | 'emb-tx' | 'emb-rx';

@@ -10,8 +10,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { DAEMON_CLI } from '../test/e2e/daemon';
-import { type Netns, REPO_ROOT, requireTools } from '../test/e2e/guest';
+import { DAEMON_CLI } from '../harness/daemon';
+import { type Netns } from '../harness/netns';
+import { REPO_ROOT } from '../harness/repo';
+import { requireTools } from '../harness/tools';
 import { newNetns, removeStale } from './lib/bench-netns';
 import { machineInfo } from './lib/machine';
 import { REPORT_NOTES } from './lib/notes';

@@ -2,7 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 
-import { Netns } from '../../test/e2e/guest';
+import { Netns } from '../../harness/netns';
 
 export function newNetns(): Netns {
   const ns = Netns.create('vtbench');

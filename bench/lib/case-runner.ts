@@ -2,7 +2,8 @@
 // hangs costs that case only: the child prints one RESULT or ERROR line.
 import path from 'node:path';
 
-import { Netns, tail } from '../../test/e2e/guest';
+import { Netns } from '../../harness/netns';
+import { tail } from '../../harness/tools';
 
 /** bench/case.ts, compiled beside this file's folder. */
 export const CASE_JS = path.join(__dirname, '..', 'case.js');

@@ -3,17 +3,18 @@
 // them, the ping-pong through them, and the frontend that stays connected and idle.
 import { type ChildProcess } from 'node:child_process';
 
-import { startDaemon as startServeDaemon } from '../../test/e2e/daemon';
-import { Netns, requireTools, tail } from '../../test/e2e/guest';
-import { until } from '../../test/helpers/device';
-import { startTestpmd, type TestpmdBackend } from '../../test/e2e/testpmd';
+import { startDaemon as startServeDaemon } from '../../harness/daemon';
+import { Netns } from '../../harness/netns';
+import { contextSwitches, diffCounters, linkCounters, processCpuSeconds, processName } from '../../harness/proc';
+import { startTestpmd, type TestpmdBackend } from '../../harness/testpmd';
+import { requireTools, tail } from '../../harness/tools';
+import { startFrontend, type Frontend } from '../../harness/virtio-user';
+import { until, sleep } from '../../harness/wait';
 import { BACKEND_CPU, GUEST_CPU, type Measurement } from '../case';
 import { newNetns } from './bench-netns';
 import { CASE_JS } from './case-runner';
-import { startFrontend, type Frontend } from './dpdk';
 import { GUEST_IP, GUEST_MAC, HOST_IP, PREFIX, udpPayloadFor } from './frames';
 import type { Options } from './options';
-import { contextSwitches, diffCounters, linkCounters, processCpuSeconds, processName, sleep } from './proc';
 import { perfDuring, straceAfter } from './profile';
 import { summarizeRtts, type Direction, type RttSummary } from './report';
 

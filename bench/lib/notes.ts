@@ -21,11 +21,11 @@ export const REPORT_NOTES = [
     + 'Without it, with 2+ queues tun hashes every frame a worker writes (guest->host) and updates its flow table, and hashes every frame the host sends (host->guest) to pick its queue; '
     + 'with it, the write path does neither, and the program picks the queue of every host->guest frame in the sender\'s transmit. CPU per frame in ns: the workers\' (schedstat), '
     + 'and host->guest the flood sender\'s (utime + stime, 10 ms ticks) over the frames it got through plus those the tap dropped (the queue is picked before a full queue drops).',
-  'queue-count changes (issue 12, informational, no target): test/e2e/switch-loss.ts, as test/e2e/lossless-switch.test.ts runs it with fewer changes: a Debian guest under QEMU/TCG '
+  'queue-count changes (issue 12, informational, no target): harness/switch-loss.ts, as test/e2e/lossless-switch.test.ts runs it with fewer changes: a Debian guest under QEMU/TCG '
     + '(2 vCPUs, 4 queue pairs) receives UDP from the host over 16 flows (iperf3 -s in the guest, per-flow sequence numbers; the host\'s sender ends the test only once nothing is left on the way), '
     + 'first without any change (the baseline), then while it runs ethtool -L eth0 combined 1, 2, 4 in turn; the daemon with its steering program, the daemon with --no-steering, '
     + 'and QEMU\'s own tap backend (vhost=off) in turn, each tap with txqueuelen 20000.',
-  'live migration (informational, no target): test/e2e/migration.ts\'s topology, a bridge in a private namespace with one tap per side (a `vhost-tap serve` daemon per side, or QEMU\'s own tap with vhost=off); '
+  'live migration (informational, no target): harness/migration.ts\'s topology, a bridge in a private namespace with one tap per side (a `vhost-tap serve` daemon per side, or QEMU\'s own tap with vhost=off); '
     + 'a Debian guest under QEMU/TCG (1 vCPU unless MIGRATION_SMP says otherwise, 2 queue pairs, 512 MiB) streams iperf3 to the host and from it (-R), and is migrated once over TCP on the namespace\'s loopback (max-bandwidth 4 GiB/s, downtime-limit 300 ms). '
     + 'total, downtime, setup and MiB sent are QEMU\'s query-migrate; Mbit/s each way are the bridge\'s byte counters, sampled every 200 ms. Under TCG the guest\'s CPU, not the backend, bounds both figures: orientation only.',
 ];

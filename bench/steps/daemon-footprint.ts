@@ -1,7 +1,8 @@
 // What the daemon costs when it moves nothing: CPU while connected and idle, and
 // memory (RSS beyond the guest's) with 8 pairs of 1024 entries.
+import { memoryReport, processCpuSeconds } from '../../harness/proc';
+import { sleep } from '../../harness/wait';
 import { startDaemonBackend, withIdleFrontend, withOwnDaemon } from '../lib/frontend-backends';
-import { memoryReport, processCpuSeconds, sleep } from '../lib/proc';
 import type { Step, StepContext } from './step';
 
 export function daemonFootprintSteps(context: StepContext): Step[] {

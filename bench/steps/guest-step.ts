@@ -1,13 +1,12 @@
 // The steps that boot QEMU guests (under TCG here, so slow): each is skipped, with
 // why, when too little of the time budget is left or QEMU, iperf3 or the guest is missing.
-import { ensureGuest, requireTools } from '../../test/e2e/guest';
-import type { Options } from '../lib/options';
+import { ensureGuest } from '../../harness/qemu-guest';
+import { requireTools } from '../../harness/tools';
 import { started } from '../lib/progress';
-import type { Step } from './step';
+import type { Step, StepContext } from './step';
 
 export interface GuestStepOptions {
   label: string;
-  o: Options;
   /** What the step may take: with less than that left of the budget it is skipped. */
   seconds: number;
   /** Whether the skip message says what the step may need. */
@@ -17,13 +16,16 @@ export interface GuestStepOptions {
   run(): Promise<void>;
 }
 
-export function guestStep(g: GuestStepOptions): Step {
-  return {
+/** The step, unless --no-guest or --only leaves it out. */
+export function guestSteps(context: StepContext, g: GuestStepOptions): Step[] {
+  const { o } = context;
+  if (!o.guest || !context.want(g.label)) return [];
+  return [{
     label: g.label,
     run: async () => {
       const used = (Date.now() - started) / 1000;
-      if (used > g.o.budgetSeconds - g.seconds) {
-        g.result.skipped = `time budget: ${Math.round(used)} s used of ${g.o.budgetSeconds}${g.sayNeed ? `, the section may need ${g.seconds} s` : ''}`;
+      if (used > o.budgetSeconds - g.seconds) {
+        g.result.skipped = `time budget: ${Math.round(used)} s used of ${o.budgetSeconds}${g.sayNeed ? `, the section may need ${g.seconds} s` : ''}`;
         return;
       }
       try {
@@ -35,5 +37,5 @@ export function guestStep(g: GuestStepOptions): Step {
       }
       await g.run();
     },
-  };
+  }];
 }

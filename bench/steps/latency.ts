@@ -1,10 +1,10 @@
 // The round trips: the raw loop's and the embedded path's ping-pong (one child each),
 // and the daemon's through virtio_user again with busy polling. (testpmd's and the
 // daemon's plain ping-pongs run with their throughput cases: frontendSteps.)
+import { withTimeout } from '../../harness/wait';
 import { GUEST_CPU, type PingResult } from '../case';
 import { runCase } from '../lib/case-runner';
 import { BUSY_POLL_US, frontendPing, startDaemonBackend, withOwnDaemon } from '../lib/frontend-backends';
-import { withTimeout } from '../lib/with-timeout';
 import type { Step, StepContext } from './step';
 
 export function latencySteps(context: StepContext): Step[] {

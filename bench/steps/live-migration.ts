@@ -1,20 +1,17 @@
 // One live migration per backend (informational, TCG): through vhost-tap daemons, then QEMU's tap.
-import * as mig from '../../test/e2e/migration';
+import * as mig from '../../harness/migration';
+import { sleep } from '../../harness/wait';
 import type { Options } from '../lib/options';
-import { sleep } from '../lib/proc';
 import { lineStart } from '../lib/progress';
 import type { MigrationResult, MigrationRun, MigrationWindow } from '../lib/report';
-import { guestStep } from './guest-step';
+import { guestSteps } from './guest-step';
 import type { Step, StepContext } from './step';
 
 export function liveMigrationSteps(context: StepContext): Step[] {
-  const { o, want } = context;
   const { migration } = context.results;
-  if (!o.guest || !want(MIGRATION_LABEL)) return [];
-  return [guestStep({
-    label: MIGRATION_LABEL, o, seconds: MIGRATION_SECONDS, sayNeed: true, result: migration,
-    run: () => liveMigration(migration, o),
-  })];
+  return guestSteps(context, {
+    label: MIGRATION_LABEL, seconds: MIGRATION_SECONDS, sayNeed: true, result: migration, run: () => liveMigration(migration, context.o),
+  });
 }
 
 // No 'daemon' in the label: --only 'vhost-tap daemon' picks the daemon's throughput rows, not two guests under TCG.

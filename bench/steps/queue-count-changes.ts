@@ -1,20 +1,17 @@
 // Frames lost per queue-count change (informational, TCG): the daemon with and without
 // its steering program, then QEMU's tap.
-import { QUEUES as SWITCH_QUEUES, switchOnDaemon, switchOnQemuTap, type SwitchParams, type SwitchRun } from '../../test/e2e/switch-loss';
+import { QUEUES as SWITCH_QUEUES, switchOnDaemon, switchOnQemuTap, type SwitchParams, type SwitchRun } from '../../harness/switch-loss';
 import type { Options } from '../lib/options';
 import { lineStart } from '../lib/progress';
 import type { SwitchLossResult, SwitchLossRun } from '../lib/report';
-import { guestStep } from './guest-step';
+import { guestSteps } from './guest-step';
 import type { Step, StepContext } from './step';
 
 export function queueCountChangeSteps(context: StepContext): Step[] {
-  const { o, want } = context;
   const { switchLoss } = context.results;
-  if (!o.guest || !want(SWITCH_LOSS_LABEL)) return [];
-  return [guestStep({
-    label: SWITCH_LOSS_LABEL, o, seconds: SWITCH_LOSS_SECONDS, sayNeed: true, result: switchLoss,
-    run: () => queueCountChanges(switchLoss, o),
-  })];
+  return guestSteps(context, {
+    label: SWITCH_LOSS_LABEL, seconds: SWITCH_LOSS_SECONDS, sayNeed: true, result: switchLoss, run: () => queueCountChanges(switchLoss, context.o),
+  });
 }
 
 // No 'daemon' in the label either (see MIGRATION_LABEL); 'steering' in it: --only steering picks this and the 2-pair steering rows.
@@ -25,7 +22,7 @@ const SWITCH_LOSS_SECONDS = 80;
 /**
  * Issue 12's figure: frames lost per queue-count change, with and without the steering
  * program, next to QEMU's own tap backend, with test/e2e/lossless-switch.test.ts's
- * harness (test/e2e/switch-loss.ts), fewer changes. The e2e test's rate: half of what
+ * harness (harness/switch-loss.ts), fewer changes. The e2e test's rate: half of what
  * the guest was seen to keep up with; a baseline without changes says whether it did.
  */
 async function queueCountChanges(result: SwitchLossResult, o: Options): Promise<void> {

@@ -1,24 +1,23 @@
 // A real guest (QEMU, iperf3 both ways, 1 pair) through the daemon, then through
 // QEMU's own tap backend (vhost=off).
-import { addTap, bootGuest, parseIperf3, tail } from '../../test/e2e/guest';
+import { addTap, bootGuest, parseIperf3 } from '../../harness/qemu-guest';
+import { tail } from '../../harness/tools';
 import { newNetns } from '../lib/bench-netns';
 import { startDaemonBackend, type BackendCtx } from '../lib/frontend-backends';
 import type { Options } from '../lib/options';
 import type { GuestResult } from '../lib/report';
-import { guestStep } from './guest-step';
+import { guestSteps } from './guest-step';
 import type { Step, StepContext } from './step';
 
 /** What the section may take: with less than that left of the budget it is skipped. */
 const REAL_GUEST_SECONDS = 90;
 
 export function realGuestSteps(context: StepContext): Step[] {
-  const { o, want } = context;
   const { guest } = context.results;
-  if (!o.guest || !want('real guest')) return [];
-  return [guestStep({
-    label: 'real guest: iperf3 through vhost-tap, then through QEMU tap', o, seconds: REAL_GUEST_SECONDS, sayNeed: false, result: guest,
-    run: () => realGuest(guest, o),
-  })];
+  return guestSteps(context, {
+    label: 'real guest: iperf3 through vhost-tap, then through QEMU tap', seconds: REAL_GUEST_SECONDS, sayNeed: false, result: guest,
+    run: () => realGuest(guest, context.o),
+  });
 }
 
 async function realGuest(result: GuestResult, o: Options): Promise<void> {

@@ -1,6 +1,6 @@
 // What the run's steps share: one step is a label on the progress line and what it
 // runs; every step reads the options and writes its figures into the run's results.
-import type { Netns } from '../../test/e2e/guest';
+import type { Netns } from '../../harness/netns';
 import type { Measurement } from '../case';
 import type { Options } from '../lib/options';
 import {

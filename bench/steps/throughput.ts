@@ -1,13 +1,13 @@
 // The throughput cases: the raw tap loops and the embedded data path, each case in a
 // child of its own, and testpmd and the daemon behind DPDK's virtio_user frontend
 // (with the ping-pong through each of them).
-import { runCase } from '../lib/case-runner';
+import { withTimeout } from '../../harness/wait';
 import type { Measurement, ThroughputSpec } from '../case';
+import { runCase } from '../lib/case-runner';
 import {
   frontendCase, frontendPing, startDaemonBackend, startTestpmdBackend, type BackendCtx,
 } from '../lib/frontend-backends';
 import { backendLabel, baseBackend, frameLabel, ringOf, type Backend, type Direction, type FrameKind } from '../lib/report';
-import { withTimeout } from '../lib/with-timeout';
 import type { Step, StepContext } from './step';
 
 interface ThroughputCase {

@@ -86,7 +86,7 @@ export interface MemoryResult {
   guestMb?: number;
   /** RSS beyond the guest memory: what the target limits. */
   netMb?: number;
-  /** The guest memory mappings (bench/lib/proc.ts's list), or just their count. */
+  /** The guest memory mappings (harness/proc.ts's list), or just their count. */
   mappings?: number | GuestMapping[];
   error?: string;
 }
