@@ -26,13 +26,11 @@ import { GuestMemory } from '../src/virtio/guest-memory';
 import { VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from '../src/virtio/net-config';
 import { VirtioNetDevice } from '../src/virtio/net-device';
 import type { SplitQueueDriver } from '../src/virtio/driver/split-queue-driver';
-import {
-  F, bits, ethtoolFeatures, guestDatagram, hostSocket, numDisabled, receiveTagged, sendTo, seqPayload, threadCount, until,
-  warmUp, withDevice,
-} from './helpers/device';
-import { macBytes } from './helpers/packets';
+import { until, sleep } from '../harness/wait';
+import { F, bits, ethtoolFeatures, guestDatagram, hostSocket, numDisabled, receiveTagged, sendTo, seqPayload, threadCount, warmUp, withDevice } from './helpers/device';
+import { macBytes } from '../harness/packets';
 import { RawRing } from './helpers/raw-ring';
-import { assertPrivateNetns, fdCount, run, sleep, uniqueName } from './helpers/system';
+import { assertPrivateNetns, fdCount, run, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
 

@@ -10,8 +10,8 @@ import { GuestAllocator } from '../src/virtio/driver/guest-allocator';
 import { VirtioNetDriver, type VirtioNetFeatures } from '../src/virtio/driver/net-driver';
 import { GuestMemory } from '../src/virtio/guest-memory';
 import { QueuePair, type QueueErrorEvent } from '../src/virtio/queue-pair';
-import { pattern } from './helpers/packets';
-import { sleep } from './helpers/system';
+import { pattern } from '../harness/packets';
+import { sleep } from '../harness/wait';
 
 const HDR = 12;
 const FEATURES: VirtioNetFeatures = { version1: true, mergeableRx: false, eventIdx: true, indirectDesc: false };
