@@ -7,7 +7,7 @@ import { native } from '../native';
 import type { VirtioNetDevice } from '../virtio/net-device';
 import { MessageReader, type ReceivedMessage } from './message-reader';
 import {
-  FLAG_REPLY, FLAG_VERSION_MASK, MAX_FDS, MAX_PAYLOAD, VHOST_USER_VERSION, encodeMessage, encodeU64, hasReply, requestName,
+  FLAG_REPLY, FLAG_VERSION_MASK, MAX_FDS, MAX_PAYLOAD, VHOST_USER_VERSION, encodeMessage, encodeU64, requestName,
 } from './protocol';
 import type { RingPositions } from './ring-positions';
 import { VhostUserSession, type Logger } from './session';
@@ -88,6 +88,8 @@ export class VhostUserConnection {
     if (flags & FLAG_REPLY) return fail('a reply where a request was expected');
     this.messages++;
     const ack = this.session.wantsAck(flags);
+    // Unknown requests are answered as acked ones: with a failure ack if asked for, else the end of the connection.
+    const repliesAlways = VhostUserSession.replyRule(request) === 'always';
     try {
       const { reply } = this.session.handle({ request, flags, payload, fds });
       if (reply) this.#send(request, reply);
@@ -96,12 +98,12 @@ export class VhostUserConnection {
     } catch (error) {
       const code = errorCode(error) ?? 'EIO';
       this.log('request-failed', { request: requestName(request), code, error: (error as Error).message });
-      if (ack && !hasReply(request)) {
+      if (ack && !repliesAlways) {
         this.#send(request, encodeU64(1));
         return true;
       }
       // A malformed message, or a question we cannot answer: the frontend cannot go on either.
-      return code !== 'EPROTO' && !hasReply(request);
+      return code !== 'EPROTO' && !repliesAlways;
     }
   }
 
