@@ -101,6 +101,6 @@ function checkFdKind(request: number, fd: number, kind: FdKind): void {
       throw makeError('EINVAL', `${requestName(request)}: the eventfd's counter is 0x${found.eventfdCount!.toString(16)}, at the edge of overflow: give the ring a fresh eventfd`);
     }
   } else if (found.kind !== 'file') {
-    throw makeError('EINVAL', `${requestName(request)}: a memory region's fd is a ${found.kind}, not a file to map (memfd, tmpfs or hugetlbfs)`);
+    throw makeError('EINVAL', `${requestName(request)}: the fd is a ${found.kind}, not a file to map (memfd, tmpfs or hugetlbfs)`);
   }
 }

@@ -163,7 +163,10 @@ export class VhostUserSession {
     [Request.RESET_OWNER]: line({ payload: PAYLOAD.ignored, handle: (s) => s.#reset() }),
     [Request.SET_MEM_TABLE]: line({ payload: PAYLOAD.memoryTable, fds: { count: (table) => table.length, kind: 'memory' }, handle: (s, table, fds) => s.#setMemTable(table, fds) }),
     // Live migration (LOG_SHMFD): the log region; QEMU waits for a reply with no payload.
-    [Request.SET_LOG_BASE]: line({ payload: PAYLOAD.logDescription, fds: { count: 1, kind: 'memory' }, reply: 'always', needs: ProtocolFeature.LOG_SHMFD, handle: (s, log, fds) => s.#setLogBase(log, fds[0]!) }),
+    [Request.SET_LOG_BASE]: line({
+      payload: PAYLOAD.logDescription, fds: { count: 1, kind: 'memory' }, reply: 'always', needs: ProtocolFeature.LOG_SHMFD,
+      handle: (s, log, fds) => s.#setLogBase(log, fds[0]!),
+    }),
     // An eventfd to signal after updating the log: vhost-tap updates it in place as it writes
     // and never signals, so handle() closes it like any fd nothing holds.
     [Request.SET_LOG_FD]: line({ payload: PAYLOAD.ignored, fds: { count: 1, kind: 'eventfd' }, handle: () => {} }),
