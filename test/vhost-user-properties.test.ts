@@ -29,7 +29,8 @@ import {
 import { SUPPORTED_PROTOCOL_FEATURES } from '../src/vhost-user/session';
 import { EventFd } from '../src/virtio/eventfd';
 import { VirtioNetDevice } from '../src/virtio/net-device';
-import { assertPrivateNetns, sleep, uniqueName } from './helpers/system';
+import { sleep, withTimeout } from '../harness/wait';
+import { assertPrivateNetns, uniqueName } from './helpers/system';
 import { PROTOCOL_PROTOCOL_FEATURES, VhostUserFrontend } from './helpers/vhost-user-frontend';
 
 assertPrivateNetns();
@@ -288,10 +289,7 @@ function connect(device: VirtioNetDevice): Link {
 /** The frontend leaves; the connection must end, and what left its session must have been coded Errors. */
 async function disconnect(link: Link): Promise<void> {
   link.fe.close();
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([link.running, new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error('the connection did not end within 3 s of the frontend leaving')), 3000);
-  })]).finally(() => clearTimeout(timer));
+  await withTimeout(link.running, 3000, 'the end of the connection once the frontend left');
   for (const error of link.escaped) {
     assert.ok(error instanceof Error && !(error instanceof RangeError) && !(error instanceof TypeError) && /^E[A-Z]+$/.test(errorCode(error) ?? ''),
       `the session threw ${error instanceof Error ? error.constructor.name : typeof error} ${errorCode(error) ?? '(no code)'}: ${(error as Error)?.message}`);
