@@ -35,6 +35,10 @@ export class VhostUserConnection {
 
   /** Serves the connection until the frontend leaves, breaks the protocol, or close() is called. */
   async run(): Promise<void> {
+    // How the connection ended, logged once it is released: a reader of the log (an
+    // operator, a test reading /proc/PID/maps) may rely on the guest's memory being
+    // unmapped and the workers gone by the time it sees the line.
+    let farewell: (() => void) | undefined;
     try {
       for (let read = 1; !this.#closed; read++) {
         if (read % MESSAGES_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
@@ -42,11 +46,15 @@ export class VhostUserConnection {
         try {
           message = await this.#reader.next();
         } catch (error) {
-          this.log('connection-error', { error: (error as Error).message, code: errorCode(error), ...this.#memoryFaults() });
+          const details = { error: (error as Error).message, code: errorCode(error), ...this.#memoryFaults() };
+          farewell = () => this.log('connection-error', details);
           break;
         }
         if (!message) {
-          if (!this.#closed) this.log('disconnected', { messages: this.messages, ...this.#memoryFaults() });
+          if (!this.#closed) {
+            const details = { messages: this.messages, ...this.#memoryFaults() };
+            farewell = () => this.log('disconnected', details);
+          }
           break;
         }
         if (this.#closed) {
@@ -57,6 +65,7 @@ export class VhostUserConnection {
       }
     } finally {
       this.#release();
+      farewell?.();
     }
   }
 
