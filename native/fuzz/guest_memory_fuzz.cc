@@ -191,6 +191,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const int maxIov = logWrite ? 8 : in.u8() % 9;
         const int n = map->translateIov(gpa, len, iov.data(), maxIov);
         // The model: chunk by chunk through adjacent regions.
+        std::vector<std::pair<uint64_t, uint64_t>> chunks;
         uint64_t at = gpa, left = len;
         int want = 0;
         while (left > 0) {
@@ -210,6 +211,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             checkMapsTo(static_cast<uint8_t*>(iov[want].iov_base), *r, at);
             checkMapsTo(static_cast<uint8_t*>(iov[want].iov_base) + chunk - 1, *r, at + chunk - 1);
           }
+          chunks.push_back({at, chunk});
           want++;
           at += chunk;
           left -= chunk;
@@ -221,8 +223,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           const uint64_t writeLen = in.u32() & 0xfffff;
           if (n < 0) break;
           logIovWrite(cursor, *map, iov.data(), n, offset, writeLen);
-          // The bytes [offset, offset + writeLen) of the buffer, as far as it goes.
-          if (offset < len) modelMark(bits, &outOfRange, gpa + offset, std::min(writeLen, len - offset));
+          // The bytes [offset, offset + writeLen) of the buffer, as far as it goes, marked
+          // iovec by iovec (a page beyond the log that two iovecs share counts twice).
+          uint64_t skip = offset, rest = writeLen;
+          for (const auto& c : chunks) {
+            if (skip >= c.second) {
+              skip -= c.second;
+              continue;
+            }
+            const uint64_t part = std::min(rest, c.second - skip);
+            modelMark(bits, &outOfRange, c.first + skip, part);
+            rest -= part;
+            skip = 0;
+          }
           checkLog(*log, bits, outOfRange, false);
         }
         break;

@@ -95,10 +95,17 @@ class PackedModel {
   }
   void popped(const Expect&) {
     starts_.push_back(lastAvail_ | (static_cast<uint32_t>(availWrap_) << 15));
+    peak_ = std::max(peak_, starts_.size());
     lastAvail_ = nextSlot_;
     availWrap_ = nextWrap_;
   }
-  size_t maxUnpop() const { return s_.size; }
+  // PackedQueue remembers where the last `size` pops began (pop numbers peak - size
+  // onward, peak the most it ever reached): a chain popped before those cannot be
+  // given back. The worker never needs to: it gives back chains it holds, and a
+  // driver that keeps to the spec never lets it hold more than a ring's worth. (A
+  // driver that republishes slots the device holds can make it pop more; what it
+  // gets back then is a wrong position in its own ring, never one outside it.)
+  size_t maxUnpop() const { return s_.size - (peak_ - starts_.size()); }
   void unpopped(uint16_t n) {
     if (n == 0) return;
     const uint32_t start = starts_[starts_.size() - n];
@@ -203,7 +210,8 @@ class PackedModel {
   bool setUp_ = false;
   uint32_t lastAvail_ = 0, usedSlot_ = 0, nextSlot_ = 0;
   bool availWrap_ = true, usedWrap_ = true, nextWrap_ = true;
-  std::vector<uint32_t> starts_;  // where each pop began (slot | wrap << 15)
+  std::vector<uint32_t> starts_;  // where each pop not given back began (slot | wrap << 15)
+  size_t peak_ = 0;               // the most pops there ever were
   std::vector<Used> pending_;
   bool deviceAreaShared_ = false;  // someone else wrote the device event area: its flags are not only ours
 };

@@ -204,6 +204,9 @@ int runRingInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(queue.ringBase() == model.ringBase(), "ringBase() 0x%08x, the model 0x%08x", queue.ringBase(), model.ringBase());
     FUZZ_CHECK(queue.broken() == wasBroken, "broken() changed outside pop()");
   }
+  // The worker always follows pushUsed() with flushUsed() (at the latest when it
+  // stops), and a split ring logs its used entries at the flush: flush as it would.
+  if (setUp) FUZZ_CHECK(queue.flushUsed() == model.flush(), "flushUsed() and the model disagree at the end");
   const uint8_t* logged = logging ? FixtureLog::get().take() : nullptr;
   if (setUp) g.checkDeviceWrites(model.deviceAreas(), logged, FixtureLog::kBytes);
   return 0;
