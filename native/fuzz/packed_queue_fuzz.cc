@@ -5,6 +5,7 @@
 // the avail one). Input: a RingSpec, then operations (ring_harness.h; the
 // driver's shortcuts are RingDriver's, fuzz_support.h).
 #include <algorithm>
+#include <vector>
 
 #include "packed_queue.h"
 #include "ring_harness.h"
@@ -141,15 +142,26 @@ class PackedModel {
         usedWrap_ = !usedWrap_;
       }
     }
-    // Later entries of a batch longer than a lap overwrite earlier ones: look from the last.
-    std::vector<uint32_t> checked;
-    for (size_t i = landed.size(); i-- > 0;) {
-      if (std::find(checked.begin(), checked.end(), landed[i].slot) != checked.end()) continue;
-      checked.push_back(landed[i].slot);
-      const PackedDesc d = g_.get<PackedDesc>(s_.desc + 16ull * landed[i].slot);
-      FUZZ_CHECK(d.id == landed[i].d.id && d.len == landed[i].d.len && d.flags == landed[i].d.flags,
-                 "used descriptor in slot %u is {id %u, len %u, flags 0x%x}, the model {id %u, len %u, flags 0x%x}", landed[i].slot,
-                 d.id, d.len, d.flags, landed[i].d.id, landed[i].d.len, landed[i].d.flags);
+    // The first entry is written last (its flags hand the whole batch over), so in a
+    // batch longer than a lap (only a driver that republished slots the device held
+    // can make one) it is the one left in its slot; later entries overwrite earlier ones.
+    std::vector<Landed> final;
+    auto land = [&](const Landed& l) {
+      for (Landed& f : final) {
+        if (f.slot == l.slot) {
+          f = l;
+          return;
+        }
+      }
+      final.push_back(l);
+    };
+    for (size_t i = 1; i < landed.size(); i++) land(landed[i]);
+    land(landed[0]);
+    for (const Landed& l : final) {
+      const PackedDesc d = g_.get<PackedDesc>(s_.desc + 16ull * l.slot);
+      FUZZ_CHECK(d.id == l.d.id && d.len == l.d.len && d.flags == l.d.flags,
+                 "used descriptor in slot %u is {id %u, len %u, flags 0x%x}, the model {id %u, len %u, flags 0x%x}", l.slot, d.id,
+                 d.len, d.flags, l.d.id, l.d.len, l.d.flags);
     }
     pending_.clear();
     return true;
