@@ -115,6 +115,10 @@ struct RingSpec {
   static constexpr uint8_t kEventIdx = 1;
   static constexpr uint8_t kIndirect = 2;
   static constexpr uint8_t kDirtyLog = 4;  // the ring targets: log the device's writes
+  // Packed: keep the ring's used position in a file (QueueConfig::positionFile), at
+  // offset 4 * (flags >> 4) of 64 bytes (from 60 on, the record does not fit: refused).
+  static constexpr uint8_t kPositionFile = 8;
+  uint64_t positionOffset() const { return 4ull * (flags >> 4); }
   uint16_t size = 0;
   uint8_t flags = 0;
   uint64_t desc = 0, avail = 0, used = 0;
@@ -377,6 +381,37 @@ class RingDriver {
   GuestFixture& g_;
   uint32_t slot_ = 0;
   bool wrap_ = true;
+};
+
+// The packed ring target's position file (QueueConfig::positionFile): 64 bytes of
+// a memfd of its own, zeroed per input; read back with pread, not through the map.
+class PositionFile {
+ public:
+  static constexpr uint64_t kBytes = 64;
+  static PositionFile& get() {
+    static PositionFile* file = new PositionFile();
+    return *file;
+  }
+  const std::shared_ptr<GuestMemoryMap>& map() const { return map_; }
+  void reset() {
+    static const uint8_t zero[kBytes] = {};
+    FUZZ_CHECK(pwrite(fd_, zero, kBytes, 0) == static_cast<ssize_t>(kBytes), "pwrite of the position file");
+  }
+  void read(uint64_t offset, uint32_t record[2]) const {
+    FUZZ_CHECK(pread(fd_, record, 8, static_cast<off_t>(offset)) == 8, "pread of the position file");
+  }
+
+ private:
+  PositionFile() {
+    fd_ = memfd_create("vhost-tap-fuzz-position", MFD_CLOEXEC);
+    FUZZ_CHECK(fd_ >= 0 && ftruncate(fd_, kBytes) == 0, "memfd for the position file");
+    int err = 0;
+    std::string what;
+    map_ = GuestMemoryMap::create({{0, kBytes, fd_, 0}}, &err, &what);
+    FUZZ_CHECK(map_ != nullptr, "position file map: %s", what.c_str());
+  }
+  int fd_ = -1;
+  std::shared_ptr<GuestMemoryMap> map_;
 };
 
 // One dirty log (a memfd of its own) for the ring targets, cleared per input.

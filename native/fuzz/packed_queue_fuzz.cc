@@ -26,6 +26,7 @@ class PackedModel {
     uint32_t availSlot, usedSlot;
     bool availWrap, usedWrap;
     decodeBase(&availSlot, &availWrap, &usedSlot, &usedWrap);
+    if ((s_.flags & RingSpec::kPositionFile) && s_.positionOffset() + 8 > PositionFile::kBytes) return false;
     return availSlot < n && usedSlot < n && g_.inOneRegion(s_.desc, 16ull * n) && g_.inOneRegion(s_.avail, 4) &&
            g_.inOneRegion(s_.used, 4);
   }
@@ -35,6 +36,16 @@ class PackedModel {
     // The device's own used descriptors land in the ring: if the ring covers the
     // device area, what we last wrote there is not what the flags cache says.
     deviceAreaShared_ = overlaps(s_.used, 4, s_.desc, 16ull * s_.size);
+    checkPositionRecord();
+  }
+  // A restarted daemon resumes from the record: after setup and after every flush,
+  // both words are the used position (slot | wrap << 15).
+  void checkPositionRecord() const {
+    if (!(s_.flags & RingSpec::kPositionFile)) return;
+    uint32_t record[2];
+    PositionFile::get().read(s_.positionOffset(), record);
+    const uint32_t want = usedSlot_ | (static_cast<uint32_t>(usedWrap_) << 15);
+    FUZZ_CHECK(record[0] == want && record[1] == want, "position record {0x%x, 0x%x}, the model 0x%x", record[0], record[1], want);
   }
   void driverWrote(uint64_t gpa, uint64_t len) {
     if (overlaps(gpa, len, s_.used, 4)) deviceAreaShared_ = true;
@@ -164,6 +175,7 @@ class PackedModel {
                  d.len, d.flags, l.d.id, l.d.len, l.d.flags);
     }
     pending_.clear();
+    checkPositionRecord();
     return true;
   }
   void checkNotify(bool enabled, bool result) {

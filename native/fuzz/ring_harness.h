@@ -58,6 +58,11 @@ int runRingInput(const uint8_t* data, size_t size) {
   config.indirectDesc = (spec.flags & RingSpec::kIndirect) != 0;
   config.lastAvailIdx = spec.base;
   if (logging) config.dirtyLog = FixtureLog::get().slot();
+  if (Model::kPacked && (spec.flags & RingSpec::kPositionFile)) {
+    PositionFile::get().reset();
+    config.positionFile = PositionFile::get().map();
+    config.positionOffset = spec.positionOffset();
+  }
 
   Queue queue;
   bool setUp = false;

@@ -314,6 +314,26 @@ void packedSeeds() {
   }
   {
     Output o;
+    // The used position kept in a file, 8 bytes in (a daemon that restarts resumes from it).
+    spec(4, RingSpec::kPositionFile | (2 << 4), 0x0, 0x100, 0x104, 0x80008000).write(o);
+    for (int lap = 0; lap < 2; lap++) {
+      packedPublish(o, 0x2000, 64, 0, kNext);
+      packedPublish(o, 0x2100, 64, 1, 0);
+      packedPublish(o, 0x2200, 64, 2, 0);
+      pop(o, 0);
+      pop(o, 0);
+      push(o, 0);
+      push(o, 0);
+      finish(o);
+      packedPublish(o, 0x2300, 64, 3, 0);
+      pop(o, 0);
+      push(o, 0);
+      op(o, kOpFlush);
+    }
+    save(t, "position-file", o);
+  }
+  {
+    Output o;
     spec(5, 0, 0x0, 0x100, 0x104, 0x80008000).write(o);  // a packed ring need not be a power of two
     for (int lap = 0; lap < 3; lap++) {
       packedPublish(o, 0x2000, 64, 0, kNext);
