@@ -12,7 +12,8 @@ import { QueuePair, type QueuePairOptions, type QueuePairStats } from '../src/vi
 import { PACKED_RING_BASE_FRESH } from '../src/virtio/ring-base';
 import { GUEST_IP, GUEST_MAC, HOST_IP, PREFIX, VNET_HDR, gsoFrame, pingFrame, txFrame, udpPayloadFor } from './lib/frames';
 import { bench, type BenchLoop, type GuestRing, type GuestStats, type LoopStats, type RttSummary } from './lib/native';
-import { contextSwitches, diffCounters, linkCounters, processCpuSeconds, sleep, threadCpuSeconds, threadIds, type LinkCounters } from './lib/proc';
+import { contextSwitches, diffCounters, linkCounters, processCpuSeconds, threadCpuSeconds, threadIds, type LinkCounters } from '../harness/proc';
+import { sleep } from '../harness/wait';
 
 export interface ThroughputSpec {
   kind: 'raw-tx' | 'raw-rx' | 'emb-tx' | 'emb-rx';
@@ -279,7 +280,7 @@ async function embeddedThroughput(spec: ThroughputSpec): Promise<Measurement> {
   let flood: ChildProcess | undefined;
   try {
     const guest = new bench.BenchGuest({
-      memory: e.memory.native, mode: tx ? 'tx' : 'rx', pairs: e.rings, frame, hdrSize: VNET_HDR, batch: 32, packed: ring === 'packed',
+      regions: e.memory.regions, mode: tx ? 'tx' : 'rx', pairs: e.rings, frame, hdrSize: VNET_HDR, batch: 32, packed: ring === 'packed',
       // tx: the guest polls for completions, as DPDK's virtio PMD (the daemon's frontend here)
       // does: it never sleeps, so the device never calls. rx: it sleeps on the call eventfd.
       pollTx: tx,
@@ -362,7 +363,7 @@ async function ping(spec: PingSpec): Promise<PingResult> {
     // Nothing pinned, as in the raw ping: the scheduler places the guest, the worker and the
     // echo server. Pinned apart, every hop pays a wakeup of an idle vCPU (~25 us each here).
     const guest = new bench.BenchGuest({
-      memory: e.memory.native, mode: 'ping', pairs: e.rings, cpu: -1, frame: pf.frame, seqOffset: pf.seqOffset, count: spec.count, intervalUs: spec.intervalUs, maxSeconds: 60,
+      regions: e.memory.regions, mode: 'ping', pairs: e.rings, cpu: -1, frame: pf.frame, seqOffset: pf.seqOffset, count: spec.count, intervalUs: spec.intervalUs, maxSeconds: 60,
       packed: spec.ring === 'packed',
     });
     startPairs(e, false);

@@ -36,7 +36,7 @@ VHOST_TAP_HOST_NETNS=$(readlink /proc/self/ns/net) unshare --net --mount --propa
   mkdir -p /run/netns && mount -t tmpfs -o mode=0755 vhost-tap-netns /run/netns
   mount -t sysfs sysfs /sys
   ip link set lo up
-  exec npx --no-install c8 --reporter=text-summary --exclude "dist/test/**" \
+  exec npx --no-install c8 --reporter=text-summary --exclude "dist/test/**" --exclude "dist/harness/**" \
     uvu dist/test "\.test\.js$" "$@"
 ' test "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

@@ -1,4 +1,4 @@
-// The bench's reporting (bench/lib/report.ts) is what the closing notes and the
+// The bench's reporting (bench/lib/report/) is what the closing notes and the
 // README quote: targets must be computed from the right rows, a missing or failed
 // row must never count as met, and the chart must be well-formed XML.
 import { test } from 'uvu';

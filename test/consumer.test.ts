@@ -11,7 +11,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { REPO_ROOT } from './e2e/guest';
+import { REPO_ROOT } from '../harness/repo';
 import { assertPrivateNetns } from './helpers/system';
 
 assertPrivateNetns();

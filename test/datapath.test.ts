@@ -4,27 +4,12 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { GUEST_IP, HOST_IP, withDataPath, type DataPath } from './helpers/datapath';
-import { GUEST_MAC, arpRequest, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
-import { assertPrivateNetns, sleep } from './helpers/system';
+import { GUEST_MAC, arpRequest, ethernet, ipv4, parseUdp, pattern, udp } from '../harness/packets';
+import { sleep, until } from '../harness/wait';
+import { assertPrivateNetns } from './helpers/system';
+import { hostSocket } from './helpers/device';
 
 assertPrivateNetns();
-
-/** A UDP socket on the host side of the tap, collecting datagrams. */
-async function hostSocket(port: number): Promise<{ socket: dgram.Socket; received: Buffer[]; close(): void }> {
-  const socket = dgram.createSocket('udp4');
-  const received: Buffer[] = [];
-  socket.on('message', (m) => received.push(m));
-  await new Promise<void>((resolve) => socket.bind(port, HOST_IP, resolve));
-  return { socket, received, close: () => socket.close() };
-}
-
-async function until(what: string, condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 /** Receives on `pair` until `count` UDP frames to `port` have arrived. */
 async function receiveUdp(dp: DataPath, port: number, count: number, pair = 0, timeoutMs = 5000): Promise<Buffer[]> {

@@ -24,12 +24,10 @@ import { hasFeature } from '../src/virtio/features';
 import { GuestMemory } from '../src/virtio/guest-memory';
 import { VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP } from '../src/virtio/net-config';
 import { VirtioNetDevice } from '../src/virtio/net-device';
-import {
-  F, bits, ethtoolFeatures, guestDatagram, hostSocket, numDisabled, receiveTagged, sendTo, seqPayload, threadCount, until,
-  warmUp, withDevice,
-} from './helpers/device';
-import { macBytes } from './helpers/packets';
-import { assertPrivateNetns, fdCount, sleep, uniqueName } from './helpers/system';
+import { until, sleep } from '../harness/wait';
+import { F, bits, ethtoolFeatures, guestDatagram, hostSocket, numDisabled, receiveTagged, sendTo, seqPayload, threadCount, warmUp, withDevice } from './helpers/device';
+import { macBytes } from '../harness/packets';
+import { assertPrivateNetns, fdCount, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
 

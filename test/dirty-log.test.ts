@@ -12,19 +12,12 @@ import * as assert from 'uvu/assert';
 import { native } from '../src/native';
 import { DIRTY_LOG_PAGE_SIZE, DirtyLog, DirtyLogSlot, dirtyLogBytes } from '../src/virtio/dirty-log';
 import { GUEST_IP, HOST_IP, withDataPath, type DataPath, type DataPathOptions } from './helpers/datapath';
-import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
+import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from '../harness/packets';
 import { sendDatagrams } from './helpers/udp';
-import { assertPrivateNetns, run, sleep } from './helpers/system';
+import { sleep, until } from '../harness/wait';
+import { assertPrivateNetns, run } from './helpers/system';
 
 assertPrivateNetns();
-
-async function until(what: string, condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 function sendToGuest(port: number, payloads: Buffer[]): Promise<void> {
   return sendDatagrams(HOST_IP, GUEST_IP, port, payloads);

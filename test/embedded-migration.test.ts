@@ -12,7 +12,8 @@ import { DEVICE_STATE_VERSION, GuestMemory, Tap, VirtioNetDevice, VirtioNetGuest
 import type { VirtioNetDeviceOptions, VirtioNetDeviceState } from '../src';
 import { liveMigrate, type MigrationReport } from '../examples/migration/live-migrate';
 import { PausableLoop } from '../examples/migration/vcpu';
-import { threadCount, until, warmUp } from './helpers/device';
+import { until } from '../harness/wait';
+import { threadCount, warmUp } from './helpers/device';
 import { TcpPeer, parseTcp } from './helpers/tcp-peer';
 import { assertPrivateNetns, newFds, openFds, run, uniqueName } from './helpers/system';
 

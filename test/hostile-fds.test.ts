@@ -14,8 +14,9 @@ import { closeFd, receiveFds, sendFds, socketPair } from '../src';
 import { QueuePair } from '../src/virtio/queue-pair';
 import { GUEST_IP, HOST_IP, withDataPath } from './helpers/datapath';
 import type { HostileCallReport } from './helpers/hostile-call-child';
-import { ethernet, GUEST_MAC, ipv4, pattern, udp } from './helpers/packets';
-import { assertPrivateNetns, fdCount, sleep } from './helpers/system';
+import { ethernet, GUEST_MAC, ipv4, pattern, udp } from '../harness/packets';
+import { sleep } from '../harness/wait';
+import { assertPrivateNetns, fdCount } from './helpers/system';
 
 assertPrivateNetns();
 

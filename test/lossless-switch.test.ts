@@ -13,10 +13,11 @@ import * as assert from 'uvu/assert';
 
 import { VIRTIO_NET_OK } from '../src/virtio/control-queue';
 import type { VirtioNetGuest } from '../src/virtio/driver/guest';
-import { parseUdp } from './helpers/packets';
+import { parseUdp } from '../harness/packets';
 import { GUEST_IP, warmUp, withDevice, type RigOptions } from './helpers/device';
 import { readTapLinkInfo } from '../src';
-import { assertPrivateNetns, run as runCommand, sleep } from './helpers/system';
+import { sleep } from '../harness/wait';
+import { assertPrivateNetns, run as runCommand } from './helpers/system';
 
 assertPrivateNetns();
 

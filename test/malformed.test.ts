@@ -13,9 +13,11 @@ import type { GuestMemory } from '../src/virtio/guest-memory';
 import { VirtioNetDriver, type VirtioNetFeatures } from '../src/virtio/driver/net-driver';
 import { QueuePair, type QueueErrorEvent } from '../src/virtio/queue-pair';
 import { GUEST_IP, HOST_IP, withDataPath, type DataPath } from './helpers/datapath';
-import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
+import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from '../harness/packets';
 import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, RawRing, writeDescs, type RawDesc } from './helpers/raw-ring';
-import { assertPrivateNetns, sleep } from './helpers/system';
+import { sleep, until } from '../harness/wait';
+import { assertPrivateNetns } from './helpers/system';
+import { sendTo } from './helpers/device';
 
 assertPrivateNetns();
 
@@ -27,18 +29,6 @@ const STOP_MS = 1000;
 
 let nextPort = 7100;
 const ports = (): number => (nextPort += 2);
-
-async function until(what: string, condition: () => boolean, timeoutMs = 3000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
-
-function sendTo(socket: dgram.Socket, payload: Buffer, port: number, ip: string): Promise<void> {
-  return new Promise((resolve, reject) => socket.send(payload, port, ip, (e) => (e ? reject(e) : resolve())));
-}
 
 function guestUdp(dp: DataPath, srcPort: number, dstPort: number, payload: Buffer): Buffer {
   return ethernet(dp.hostMac, GUEST_MAC, 0x0800, ipv4(GUEST_IP, HOST_IP, 17, udp(GUEST_IP, HOST_IP, srcPort, dstPort, payload)));

@@ -17,8 +17,9 @@ import {
 } from '../src/virtio/features';
 import { tapOffloadsForGuest } from '../src/virtio/offloads';
 import { GUEST_IP, HOST_IP, withDataPath, type DataPath } from './helpers/datapath';
-import { GUEST_MAC, checksum, ethernet, ipv4, macBytes, parseIpv4, parseUdp, pattern, tcpChecksumOk, udp } from './helpers/packets';
-import { assertPrivateNetns, run, sleep } from './helpers/system';
+import { GUEST_MAC, checksum, ethernet, ipv4, macBytes, parseIpv4, parseUdp, pattern, tcpChecksumOk, udp } from '../harness/packets';
+import { sleep } from '../harness/wait';
+import { assertPrivateNetns, run } from './helpers/system';
 import { TCP_ACK, TCP_PSH, TcpPeer, parseTcp, tcp, type ParsedTcp } from './helpers/tcp-peer';
 
 assertPrivateNetns();

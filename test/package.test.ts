@@ -4,7 +4,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { REPO_ROOT } from './e2e/guest';
+import { REPO_ROOT } from '../harness/repo';
 
 // A real dynamic import (tsc would turn `import()` into require under commonjs).
 const importer = new Function('specifier', 'return import(specifier)') as (s: string) => Promise<Record<string, unknown>>;

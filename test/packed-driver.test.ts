@@ -22,6 +22,7 @@ import { decodeNetHdr, encodeNetHdr } from '../src/virtio/driver/net-header';
 import { STATUS_FEATURES_OK } from '../src/virtio/device-status';
 import * as F from '../src/virtio/features';
 import type { VirtioNetDevice } from '../src/virtio/net-device';
+import { prng } from '../harness/prng';
 
 const MiB = 1024 * 1024;
 const hasCode = (code: string) => (e: unknown): boolean => (e as { code?: string }).code === code;
@@ -164,17 +165,6 @@ function withQueue(size: number, opts: Options, body: (q: PackedQueueDriver<stri
 const one = (addr = 0x1000, writable = false) => [{ addr, len: 64, writable }];
 
 /** A small deterministic PRNG (mulberry32), so a failing sequence can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 test('ring layout: 16*N descriptor ring 16-aligned, two 4-byte areas 4-aligned, zeroed, any size 1..32768', () => {
   const memory = GuestMemory.allocate(2 * MiB);
   try {

@@ -14,12 +14,14 @@ import { Tap } from '../src';
 import { EventFd } from '../src/virtio/eventfd';
 import { GuestMemory } from '../src/virtio/guest-memory';
 import { QueuePair, type QueueErrorEvent, type VirtqueueConfig } from '../src/virtio/queue-pair';
-import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
+import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from '../harness/packets';
 import {
   EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE, EVENT_FLAGS_ENABLE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_INDIRECT, PACKED_DESC_F_NEXT,
   PACKED_DESC_F_USED, PACKED_DESC_F_WRITE, RawPackedRing, writePackedTable, type PackedLayout, type RawPackedDesc,
 } from './helpers/raw-packed-ring';
-import { assertPrivateNetns, run, sleep, uniqueName } from './helpers/system';
+import { sleep, until } from '../harness/wait';
+import { assertPrivateNetns, run, uniqueName } from './helpers/system';
+import { sendTo } from './helpers/device';
 
 assertPrivateNetns();
 
@@ -31,14 +33,6 @@ const MEMORY = 4 << 20;
 const BUFFERS = 0x100000;
 
 let nextPort = 7600;
-
-async function until(what: string, condition: () => boolean, timeoutMs = 3000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
 
 interface Rig {
   memory: GuestMemory;
@@ -133,10 +127,6 @@ function txFrame(rig: Rig, payload: Buffer): { hdr: number; frame: number; frame
   rig.memory.bytes(at, HDR).fill(0);
   rig.memory.bytes(at + HDR, frame.length).set(frame);
   return { hdr: at, frame: at + HDR, frameLen: frame.length, whole: HDR + frame.length };
-}
-
-function sendToGuest(rig: Rig, payload: Buffer, port: number): Promise<void> {
-  return new Promise((resolve, reject) => rig.host.send(payload, port, GUEST_IP, (e) => (e ? reject(e) : resolve())));
 }
 
 test('tx: single descriptors, header + frame chains and indirect tables over 8 laps of a 5-slot ring; used descriptors echo any buffer ID and skip each chain', async () => {
@@ -239,7 +229,7 @@ test('rx: frames land in posted buffers, used descriptors say how many bytes wit
       for (let k = 0; k < 5; k++) {
         const port = 9000 + k;
         const payload = pattern(mergeableRx ? 300 : 500, k);
-        await sendToGuest(rig, payload, port);
+        await sendTo(rig.host, payload, port, GUEST_IP);
         let mine: { whole: Buffer; numBuffers: number } | undefined;
         await until(`frame ${k} in the guest`, () => {
           reap();
@@ -471,7 +461,7 @@ for (const c of malformed) {
         await sleep(10);
         let arrived = false;
         for (let attempt = 0; attempt < 20 && !arrived; attempt++) {
-          await sendToGuest(rig, pattern(200, attempt), 9100);
+          await sendTo(rig.host, pattern(200, attempt), 9100, GUEST_IP);
           await sleep(20);
           arrived = rig.rx.peekUsed() !== undefined;
         }

@@ -16,8 +16,9 @@ import type { GuestMemory } from '../src/virtio/guest-memory';
 import type { PackedQueueDriver } from '../src/virtio/driver/packed-queue-driver';
 import { encodePackedRingBase } from '../src/virtio/ring-base';
 import type { VirtqueueDriver } from '../src/virtio/driver/virtqueue-driver';
-import { until, withDevice } from './helpers/device';
-import { assertPrivateNetns, sleep, uniqueName } from './helpers/system';
+import { until, sleep } from '../harness/wait';
+import { withDevice } from './helpers/device';
+import { assertPrivateNetns, uniqueName } from './helpers/system';
 import { Request, VHOST_VRING_F_LOG } from '../src/vhost-user/protocol';
 import { VhostUserFrontend, VhostUserGuest, encodeVringAddr } from './helpers/vhost-user-frontend';
 

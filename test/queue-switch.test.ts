@@ -14,11 +14,9 @@ import { STATUS_DEVICE_NEEDS_RESET } from '../src/virtio/device-status';
 import { hasFeature } from '../src/virtio/features';
 import { VirtioNetDevice } from '../src/virtio/net-device';
 import { VirtioNetGuest } from '../src/virtio/driver/guest';
-import {
-  BUFFER_SIZE, F, GUEST_IP, HOST_IP, allocateGuestMemory, guestDatagram, hostSocket, numDisabled, receiveTagged, recordEvents,
-  sendTo, seqPayload, threadCount, until, usedIdx, warmUp, withDevice,
-} from './helpers/device';
-import { assertPrivateNetns, fdCount, newFds, openFds, run, sleep, uniqueName } from './helpers/system';
+import { until, sleep } from '../harness/wait';
+import { BUFFER_SIZE, F, GUEST_IP, HOST_IP, allocateGuestMemory, guestDatagram, hostSocket, numDisabled, receiveTagged, recordEvents, sendTo, seqPayload, threadCount, usedIdx, warmUp, withDevice } from './helpers/device';
+import { assertPrivateNetns, fdCount, newFds, openFds, run, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
 

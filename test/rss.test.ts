@@ -27,10 +27,9 @@ import { VirtioNetGuest } from '../src/virtio/driver/guest';
 import { hasFeature } from '../src/virtio/features';
 import { VirtioNetDevice, type VirtioNetDeviceState } from '../src/virtio/net-device';
 import type { RssConfig } from '../src/virtio/rss';
-import {
-  BUFFER_SIZE, F, GUEST_IP, HOST_IP, allocateGuestMemory, bits, sendTo, withDevice, type DeviceRig,
-} from './helpers/device';
-import { assertPrivateNetns, run, sleep, uniqueName } from './helpers/system';
+import { BUFFER_SIZE, F, GUEST_IP, HOST_IP, allocateGuestMemory, bits, sendTo, withDevice, type DeviceRig } from './helpers/device';
+import { sleep } from '../harness/wait';
+import { assertPrivateNetns, run, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
 

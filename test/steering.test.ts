@@ -14,7 +14,8 @@ import {
   RSS_HASH_TYPE_IPV4, RSS_HASH_TYPE_IPV6, RSS_HASH_TYPE_TCPV4, RSS_HASH_TYPE_TCPV6, RSS_HASH_TYPE_UDPV4, RSS_HASH_TYPE_UDPV6,
   RSS_SUPPORTED_HASH_TYPES, TapSteering, type SteeringTable,
 } from '../src/tap/steering';
-import { assertPrivateNetns, drainFrames, run, sleep, uniqueName } from './helpers/system';
+import { sleep } from '../harness/wait';
+import { assertPrivateNetns, drainFrames, run, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
 

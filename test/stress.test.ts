@@ -7,8 +7,9 @@ import * as assert from 'uvu/assert';
 import { readTapLinkInfo } from '../src';
 import { EventFd } from '../src/virtio/eventfd';
 import { GUEST_IP, HOST_IP, withDataPath, type DataPath } from './helpers/datapath';
-import { GUEST_MAC, ethernet, ipv4, parseUdp, udp } from './helpers/packets';
-import { assertPrivateNetns, fdCount, sleep } from './helpers/system';
+import { GUEST_MAC, ethernet, ipv4, parseUdp, udp } from '../harness/packets';
+import { sleep } from '../harness/wait';
+import { assertPrivateNetns, fdCount } from './helpers/system';
 
 assertPrivateNetns();
 

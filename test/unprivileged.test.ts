@@ -9,7 +9,8 @@ import * as assert from 'uvu/assert';
 
 import { Tap, closeFd, readTapLinkInfo, receiveFds, sendFds, sendTapQueues, socketPair } from '../src';
 import { TapSteering } from '../src/tap/steering';
-import { assertPrivateNetns, drainFrames, run, sleep, uniqueName } from './helpers/system';
+import { sleep } from '../harness/wait';
+import { assertPrivateNetns, drainFrames, run, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
 

@@ -28,9 +28,11 @@ import { SUPPORTED_PROTOCOL_FEATURES } from '../src/vhost-user/session';
 import { EventFd } from '../src/virtio/eventfd';
 import { VirtioNetDevice } from '../src/virtio/net-device';
 import { GUEST_IP, HOST_IP } from './helpers/datapath';
-import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
-import { assertPrivateNetns, fdCount, run, sleep, uniqueName } from './helpers/system';
+import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from '../harness/packets';
+import { sleep } from '../harness/wait';
+import { assertPrivateNetns, fdCount, run, uniqueName } from './helpers/system';
 import { PROTOCOL_PROTOCOL_FEATURES, USER_BASE, VhostUserFrontend, VhostUserGuest, encodeSingleRegion } from './helpers/vhost-user-frontend';
+import { prng } from '../harness/prng';
 
 assertPrivateNetns();
 
@@ -44,17 +46,6 @@ const MESSAGE_DEADLINE_MS = 200;
 const TRACE = process.env.VHOST_USER_FUZZ_TRACE === '1';
 
 /** mulberry32: small, fast, and the same sequence for the same seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * A watchdog on its own thread: if the event loop is wedged (a blocking call
  * that never returns), no timer of ours can fire, so it prints the seed and

@@ -17,9 +17,10 @@ import { featureBit } from '../src/virtio/features';
 import type { PackedQueueDriver } from '../src/virtio/driver/packed-queue-driver';
 import { ProtocolFeature, Request, VHOST_F_LOG_ALL, VHOST_VRING_F_LOG, encodeU64 } from '../src/vhost-user/protocol';
 import { GUEST_IP, HOST_IP } from './helpers/datapath';
-import { GUEST_MAC as GUEST_MAC_BYTES, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
+import { GUEST_MAC as GUEST_MAC_BYTES, ethernet, ipv4, parseUdp, pattern, udp } from '../harness/packets';
 import { sendDatagrams } from './helpers/udp';
-import { assertPrivateNetns, fdCount, run, sleep, uniqueName } from './helpers/system';
+import { sleep, until } from '../harness/wait';
+import { assertPrivateNetns, fdCount, run, uniqueName } from './helpers/system';
 import {
   PROTOCOL_PROTOCOL_FEATURES, VhostUserFrontend, WANTED_PROTOCOL_FEATURES, encodeVringAddr, packedUsedEnd, pf, type VhostUserGuest,
 } from './helpers/vhost-user-frontend';
@@ -29,14 +30,6 @@ assertPrivateNetns();
 const GUEST_MAC = '52:54:00:12:34:56';
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vhost-user-migration-'));
 const MIGRATION_PROTOCOL_FEATURES = WANTED_PROTOCOL_FEATURES | pf(ProtocolFeature.LOG_SHMFD, ProtocolFeature.RARP);
-
-async function until(what: string, condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 interface Rig {
   tap: Tap;

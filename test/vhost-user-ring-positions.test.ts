@@ -23,9 +23,11 @@ import { PACKED_RING_BASE_FRESH, encodePackedRingBase, type PackedRingPosition }
 import { VirtioNetDevice } from '../src/virtio/net-device';
 import { VhostUserServer } from '../src/vhost-user/server';
 import { GUEST_IP, HOST_IP } from './helpers/datapath';
-import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
-import { assertPrivateNetns, fdCount, run, sleep, uniqueName } from './helpers/system';
+import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from '../harness/packets';
+import { sleep, until } from '../harness/wait';
+import { assertPrivateNetns, fdCount, run, uniqueName } from './helpers/system';
 import { VhostUserFrontend, VhostUserGuest, packedUsedEnd, type GuestOptions } from './helpers/vhost-user-frontend';
+import { hostSocket } from './helpers/device';
 
 assertPrivateNetns();
 
@@ -42,14 +44,6 @@ const PACKED: GuestOptions = { features: { ringPacked: true }, queueSize: 48 };
 
 const hex = (n: number): string => `0x${n.toString(16)}`;
 const packedBase = (p: PackedRingPosition): number => encodePackedRingBase(p, p);
-
-async function until(what: string, condition: () => boolean, timeoutMs = 3000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 interface LogEntry {
   event: string;
@@ -141,14 +135,6 @@ interface HostSocket {
   port: number;
   received: Buffer[];
   close(): void;
-}
-
-async function hostSocket(port: number): Promise<HostSocket> {
-  const socket = dgram.createSocket('udp4');
-  const received: Buffer[] = [];
-  socket.on('message', (m) => received.push(m));
-  await new Promise<void>((resolve) => socket.bind(port, HOST_IP, resolve));
-  return { port, received, close: () => socket.close() };
 }
 
 /** Datagrams from one socket of the host to `port` of the guest: one flow, so one queue pair, in order. */

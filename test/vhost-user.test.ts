@@ -29,9 +29,10 @@ import {
 } from '../src/vhost-user/protocol';
 import { VhostUserServer } from '../src/vhost-user/server';
 import { GUEST_IP, HOST_IP } from './helpers/datapath';
-import { ethtoolFeatures } from './helpers/device';
-import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from './helpers/packets';
-import { assertPrivateNetns, fdCount, run, sleep, uniqueName } from './helpers/system';
+import { ethtoolFeatures, sendTo, hostSocket } from './helpers/device';
+import { GUEST_MAC, ethernet, ipv4, parseUdp, pattern, udp } from '../harness/packets';
+import { sleep, until } from '../harness/wait';
+import { assertPrivateNetns, fdCount, run, uniqueName } from './helpers/system';
 import {
   PROTOCOL_PROTOCOL_FEATURES, VhostUserFrontend, VhostUserGuest, encodeMemTable, encodeSingleRegion, encodeVringAddr,
   packedUsedEnd, pf, resumeBase, virtioFeaturesOf, type Exchange, type MemRegion,
@@ -58,14 +59,6 @@ interface Rig {
   connect(): VhostUserFrontend;
   /** Resolves once the server has released the connection it was serving. */
   released(): Promise<void>;
-}
-
-async function until(what: string, condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
 }
 
 /** The eventfd poller (2 fds, a thread) is made on first use and kept: make it before counting fds. */
@@ -177,18 +170,6 @@ function numDisabled(name: string): number {
 
 function guestFrame(hostMac: Buffer, srcPort: number, dstPort: number, payload: Buffer): Buffer {
   return ethernet(hostMac, GUEST_MAC, 0x0800, ipv4(GUEST_IP, HOST_IP, 17, udp(GUEST_IP, HOST_IP, srcPort, dstPort, payload, 'full')));
-}
-
-async function hostSocket(port: number): Promise<{ socket: dgram.Socket; received: Buffer[]; close(): void }> {
-  const socket = dgram.createSocket('udp4');
-  const received: Buffer[] = [];
-  socket.on('message', (m) => received.push(m));
-  await new Promise<void>((resolve) => socket.bind(port, HOST_IP, resolve));
-  return { socket, received, close: () => socket.close() };
-}
-
-function sendTo(socket: dgram.Socket, payload: Buffer, port: number): Promise<void> {
-  return new Promise((resolve, reject) => socket.send(payload, port, GUEST_IP, (e) => (e ? reject(e) : resolve())));
 }
 
 /** The guest sends datagrams on `pair`; they arrive byte-exact, in order, at a socket in the namespace. */

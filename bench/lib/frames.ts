@@ -1,7 +1,7 @@
 // The frames every case moves, built once: the same bytes for the raw loops,
 // the native guest, and (same shape) what DPDK's txonly engine sends.
 import { encodeNetHdr, type VirtioNetHdr } from '../../src/virtio/driver/net-header';
-import { ethernet, ipBytes, ipv4, macBytes, onesSum, udp } from '../../test/helpers/packets';
+import { ethernet, ipBytes, ipv4, macBytes, onesSum, udp } from '../../harness/packets';
 
 export const VNET_HDR = 12;
 export const GUEST_MAC = '52:54:00:12:34:56';

@@ -1,7 +1,10 @@
-// The addon's benchmark-only bindings (bench/native/raw_loops.cc, bench/native/guest_generator.cc), typed.
-import { native } from '../../src/native';
+// The bench addon (build/Release/vhost_tap_bench.node, from bench/native/), typed: the raw tap loops
+// (raw_loops.cc) and the driver-side guest generator (guest_generator.cc).
+import path from 'node:path';
+
+import type { GuestMemoryRegion } from '../../src';
 // Round trips of a ping-pong, in microseconds: declared with the report, which must not load the addon.
-import type { RttSummary } from './report';
+import type { RttSummary } from './report/results';
 
 export type { RttSummary };
 
@@ -89,8 +92,11 @@ export interface GuestStats {
 }
 
 export interface GuestOptions {
-  /** The GuestMemory's native handle (GuestMemory#native): rings and buffers live there. */
-  memory: unknown;
+  /**
+   * The guest memory the rings and buffers live in, as GuestMemory#regions gives it: the bench addon maps the same fds
+   * again (MAP_SHARED), so they must be open when the BenchGuest is made (GuestMemory.allocate's are, until close()).
+   */
+  regions: readonly GuestMemoryRegion[];
   mode: 'tx' | 'rx' | 'ping';
   /** One generator thread per pair (ping: the first pair only). */
   pairs: { rx: GuestRing; tx: GuestRing }[];
@@ -114,9 +120,6 @@ export interface GuestOptions {
   nice?: number;
 }
 
-/** @deprecated the old name of GuestOptions */
-export type BenchGuestOptions = GuestOptions;
-
 export interface BenchGuest {
   start(): void;
   stats(): GuestStats;
@@ -130,7 +133,18 @@ interface BenchBindings {
   BenchGuest: new (options: GuestOptions) => BenchGuest;
 }
 
-export const bench = native as unknown as BenchBindings;
-if (typeof bench.BenchLoop !== 'function' || typeof bench.BenchGuest !== 'function') {
-  throw new Error('the addon has no bench bindings: it is built only in a checkout of the repository, where bench/native/ exists (npx cmake-js compile): an installed package carries no bench code');
+/** build/Release beside dist/: this file runs as dist/bench/lib/native.js. */
+const BENCH_ADDON = path.resolve(__dirname, '..', '..', '..', 'build', 'Release', 'vhost_tap_bench.node');
+
+function loadBenchAddon(): BenchBindings {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return require(BENCH_ADDON) as BenchBindings;
+  } catch (error) {
+    throw Object.assign(new Error(`the bench addon ${BENCH_ADDON} did not load (${(error as Error).message}): ` +
+      'it is built beside the library\'s addon by `npm run build` in a checkout of the repository, where bench/native/ exists; ' +
+      'an installed package carries no bench code'), { code: 'ENOENT', cause: error });
+  }
 }
+
+export const bench = loadBenchAddon();

@@ -1,7 +1,10 @@
 // Benchmark helper (npm run bench), not part of the library's API: a native
-// guest driver that plays the guest over split or packed virtqueues in a
-// GuestMemory region shared with QueuePairs, fast enough to saturate the data
-// path (the TS driver is not). Same ring layouts as the TS drivers (split:
+// guest driver that plays the guest over split or packed virtqueues in guest
+// memory shared with QueuePairs, fast enough to saturate the data path (the TS
+// driver is not). This addon cannot take the library addon's GuestMemory
+// object (an ObjectWrap belongs to the addon that made it), so it maps the
+// same regions again from their fds, MAP_SHARED: the generator and the data
+// path then work on the same pages, each through its own GuestMemoryMap. Same ring layouts as the TS drivers (split:
 // descriptor table, available ring + used_event, used ring + avail_event;
 // packed: descriptor ring, driver and device event suppression areas) and the
 // same rules as Linux's virtio_ring with VIRTIO_RING_F_EVENT_IDX:
@@ -38,6 +41,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -47,18 +51,12 @@
 
 #include <napi.h>
 
+#include "bench.h"
 #include "errors.h"
-#include "guest_memory_binding.h"
+#include "guest_memory.h"
 #include "vring.h"
 
 namespace vhost_tap {
-namespace bench {
-uint64_t nowNs();
-void sleepNs(uint64_t ns);
-void pinThisThread(int cpu);
-Napi::Object rttSummary(Napi::Env env, std::vector<uint64_t> rtts, uint64_t lost);
-}  // namespace bench
-
 namespace {
 
 using bench::nowNs;
@@ -409,11 +407,11 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
   explicit BenchGuest(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BenchGuest>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsObject()) {
-      throwCode(env, "EINVAL", "BenchGuest({ memory, mode, pairs, frame, ... })");
+      throwCode(env, "EINVAL", "BenchGuest({ regions, mode, pairs, frame, ... })");
       return;
     }
     Napi::Object o = info[0].As<Napi::Object>();
-    memory_ = GuestMemoryBinding::MapOf(env, o.Get("memory"));
+    memory_ = mapRegions(env, o.Get("regions"));
     if (!memory_) return;
     std::string mode = o.Get("mode").IsString() ? o.Get("mode").As<Napi::String>().Utf8Value() : "";
     if (mode == "tx") mode_ = Mode::kTx;
@@ -480,6 +478,47 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
   ~BenchGuest() override { halt(); }
 
  private:
+  // regions: [{ guestPhysAddr, size, fd, offset }] as GuestMemory#regions has them, their fds
+  // open until this returns (the mappings stay). nullptr with a JS exception if they do not map.
+  static std::shared_ptr<GuestMemoryMap> mapRegions(Napi::Env env, Napi::Value value) {
+    if (!value.IsArray() || value.As<Napi::Array>().Length() == 0) {
+      throwCode(env, "EINVAL", "regions: [{ guestPhysAddr, size, fd, offset }] (GuestMemory#regions) is required");
+      return nullptr;
+    }
+    Napi::Array list = value.As<Napi::Array>();
+    std::vector<RegionSpec> specs;
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Value item = list.Get(i);
+      if (!item.IsObject()) {
+        throwCode(env, "EINVAL", "region " + std::to_string(i) + " is not an object");
+        return nullptr;
+      }
+      Napi::Object r = item.As<Napi::Object>();
+      double field[4];
+      const char* names[4] = {"guestPhysAddr", "size", "fd", "offset"};
+      for (int k = 0; k < 4; k++) {
+        Napi::Value v = r.Get(names[k]);
+        double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+        if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<uint64_t>(d))) {
+          throwCode(env, "EINVAL", "region " + std::to_string(i) + "." + names[k] + " must be a non-negative integer");
+          return nullptr;
+        }
+        field[k] = d;
+      }
+      if (field[2] > INT32_MAX) {
+        throwCode(env, "EBADF", "region " + std::to_string(i) + ".fd is not a file descriptor");
+        return nullptr;
+      }
+      specs.push_back({static_cast<uint64_t>(field[0]), static_cast<uint64_t>(field[1]), static_cast<int>(field[2]),
+                       static_cast<uint64_t>(field[3])});
+    }
+    int err = 0;
+    std::string what;
+    std::shared_ptr<GuestMemoryMap> map = GuestMemoryMap::create(specs, &err, &what);
+    if (!map) throwErrno(env, err, "mapping guest memory: " + what);
+    return map;
+  }
+
   // What a generator thread keeps, whatever its rings' layout.
   struct PairState {
     virtual ~PairState() = default;
@@ -777,6 +816,6 @@ class BenchGuest : public Napi::ObjectWrap<BenchGuest> {
 
 }  // namespace
 
-void registerBenchGuest(Napi::Env env, Napi::Object exports) { BenchGuest::Register(env, exports); }
+void bench::registerGuestGenerator(Napi::Env env, Napi::Object exports) { BenchGuest::Register(env, exports); }
 
 }  // namespace vhost_tap

@@ -29,13 +29,10 @@
 
 #include <napi.h>
 
+#include "bench.h"
 #include "errors.h"
-#include "modules.h"
 
 namespace vhost_tap {
-
-void registerBenchGuest(Napi::Env env, Napi::Object exports);  // guest_generator.cc
-
 namespace bench {
 
 uint64_t nowNs() {
@@ -51,7 +48,6 @@ void sleepNs(uint64_t ns) {
   }
 }
 
-// Pins the calling thread to `cpu` (nothing when cpu < 0).
 void pinThisThread(int cpu) {
   if (cpu < 0 || cpu >= CPU_SETSIZE) return;
   cpu_set_t set;
@@ -60,7 +56,6 @@ void pinThisThread(int cpu) {
   pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 }
 
-// p50/p99/... of round trips in nanoseconds, as a JS object (microseconds).
 Napi::Object rttSummary(Napi::Env env, std::vector<uint64_t> rtts, uint64_t lost) {
   Napi::Object o = Napi::Object::New(env);
   std::sort(rtts.begin(), rtts.end());
@@ -471,10 +466,9 @@ Napi::Value SyscallCostNs(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, best);
 }
 
-void registerBench(Napi::Env env, Napi::Object exports) {
+void bench::registerRawLoops(Napi::Env env, Napi::Object exports) {
   exports.Set("syscallCostNs", Napi::Function::New(env, SyscallCostNs, "syscallCostNs"));
   BenchLoop::Register(env, exports);
-  registerBenchGuest(env, exports);
 }
 
 }  // namespace vhost_tap

@@ -13,9 +13,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vhost_tap::registerMessageIo(env, exports);
   vhost_tap::registerDirtyLog(env, exports);
   vhost_tap::registerSteering(env, exports);
-#ifdef VHOST_TAP_BENCH
-  vhost_tap::registerBench(env, exports);
-#endif
   return exports;
 }
 }  // namespace

@@ -12,8 +12,4 @@ void registerVirtqueue(Napi::Env env, Napi::Object exports);
 void registerMessageIo(Napi::Env env, Napi::Object exports);
 void registerDirtyLog(Napi::Env env, Napi::Object exports);
 void registerSteering(Napi::Env env, Napi::Object exports);
-#ifdef VHOST_TAP_BENCH
-// bench/native/: npm run bench only, built in a checkout of the repository, never shipped in the package.
-void registerBench(Napi::Env env, Napi::Object exports);
-#endif
 }  // namespace vhost_tap

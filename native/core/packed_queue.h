@@ -132,6 +132,10 @@ class PackedQueue {
   // last complete batch, [1] where the batch being written ends.
   std::shared_ptr<GuestMemoryMap> positionFile_;
   uint32_t* positionRecord_ = nullptr;
+
+  // native/tests: sets popCount_ near 2^32, where unpop() once gave back too few
+  // chains (a regression test that cannot pop 2^32 chains to get there).
+  friend struct PackedQueueTestAccess;
 };
 
 }  // namespace vhost_tap

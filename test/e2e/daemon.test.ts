@@ -11,9 +11,13 @@ import * as assert from 'uvu/assert';
 import { native } from '../../src/native';
 import { FLAG_NEED_REPLY, HEADER_SIZE, ProtocolFeature, Request, VHOST_USER_VERSION } from '../../src/vhost-user/protocol';
 import { waitReadable } from '../../src/virtio/eventfd';
-import { assertPrivateNetns, sleep } from '../helpers/system';
-import { assertReleased, gbps, hostToGuest as hostToGuestAt, idleResources, says, seconds, serveOnce, startDaemon, until, type Daemon } from './daemon';
-import { Netns, ensureGuest, parseIperf3, requireTools, startGuest, tail, type RunningGuest } from './guest';
+import { sleep, readUntil } from '../../harness/wait';
+import { assertPrivateNetns } from '../helpers/system';
+import { assertReleased, gbps, hostToGuest as hostToGuestAt, idleResources, says, seconds, serveOnce, startDaemon, type Daemon } from '../../harness/daemon';
+import { Netns } from '../../harness/netns';
+import { ensureGuest, parseIperf3, startGuest, type RunningGuest } from '../../harness/qemu-guest';
+import { requireTools, tail } from '../../harness/tools';
+import { prng } from '../../harness/prng';
 
 assertPrivateNetns();
 
@@ -195,17 +199,6 @@ test('daemon (started with --netns): QEMU SIGKILLed mid-transfer; the daemon sur
 /* ------------------------------------------------------------------- fuzz */
 
 /** mulberry32: a small seeded PRNG, so a failing run can be replayed with DAEMON_FUZZ_SEED. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const USER_BASE = 0x7f00_0000_0000n;
 const FUZZ_MEM = 1 << 20;
 
@@ -490,7 +483,7 @@ test('daemon: a few hundred random, malformed and truncated vhost-user messages 
 
     // The daemon's log reaches us through a pipe: its line for the last fuzz connection may
     // still be on the way, and must not be counted as QEMU's below.
-    await until(() => daemon.events('connected', fuzzFrom).length, (n) => n >= connections);
+    await readUntil(() => daemon.events('connected', fuzzFrom).length, (n) => n >= connections);
     const from = daemon.mark();
     const { output, rc } = await guestOn(ns, daemon, `ping -c 3 -W 2 ${HOST}`, 60_000).exited;
     assert.match(output, /3 packets transmitted, 3 packets received/, `QEMU after the fuzz could not ping (seed ${seed})${says(output)}`);

@@ -26,8 +26,10 @@ import { featureName, resolveRequirements } from '../../src/virtio/features';
 import { tapOffloadsForGuest } from '../../src/virtio/offloads';
 import { parseEthtoolFeatures } from '../helpers/device';
 import { assertPrivateNetns } from '../helpers/system';
-import { assertReleased, gbps, hostToGuest, idleResources, says, seconds, serveOnce, startDaemon, type Daemon } from './daemon';
-import { Netns, addTap, bootGuest, ensureGuest, parseIperf3, requireTools, startGuest, tail } from './guest';
+import { assertReleased, gbps, hostToGuest, idleResources, says, seconds, serveOnce, startDaemon, type Daemon } from '../../harness/daemon';
+import { Netns } from '../../harness/netns';
+import { addTap, bootGuest, ensureGuest, parseIperf3, startGuest } from '../../harness/qemu-guest';
+import { requireTools, tail } from '../../harness/tools';
 
 assertPrivateNetns();
 

@@ -6,8 +6,10 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { assertPrivateNetns } from '../helpers/system';
-import { Netns, addTap, bootGuest, ensureGuest, guestCmdline, parseIperf3, requireTools, startGuest } from './guest';
-import { startTestpmd, testpmdPortStats } from './testpmd';
+import { Netns } from '../../harness/netns';
+import { addTap, bootGuest, ensureGuest, guestCmdline, parseIperf3, startGuest } from '../../harness/qemu-guest';
+import { requireTools } from '../../harness/tools';
+import { startTestpmd, testpmdPortStats } from '../../harness/testpmd';
 
 assertPrivateNetns();
 

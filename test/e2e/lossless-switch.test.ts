@@ -3,7 +3,7 @@
 // `iperf3 -s` receives UDP from the host's namespace over 16 flows, each with its
 // own sequence numbers, first without any change (the baseline: the guest keeps up
 // with the rate, 0 lost), then while the guest runs `ethtool -L eth0 combined
-// 1 / 2 / 4` 30 times (test/e2e/switch-loss.ts, shared with the bench). With the
+// 1 / 2 / 4` 30 times (harness/switch-loss.ts, shared with the bench). With the
 // steering program every datagram arrives exactly once. The same run with the
 // daemon's --no-steering (tun's own flow hash) and with QEMU's own tap backend
 // reports what they lose (not failed: that loss is what the program removes).
@@ -12,8 +12,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { assertPrivateNetns } from '../helpers/system';
-import { seconds } from './daemon';
-import { describeSwitchRun, switchCounts, switchOnDaemon, switchOnQemuTap, type Phase, type SwitchParams } from './switch-loss';
+import { seconds } from '../../harness/daemon';
+import { describeSwitchRun, switchCounts, switchOnDaemon, switchOnQemuTap, type Phase, type SwitchParams } from '../../harness/switch-loss';
 
 assertPrivateNetns();
 

@@ -15,12 +15,11 @@ import fs from 'node:fs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { assertPrivateNetns, sleep } from '../helpers/system';
-import { parseIperf3, requireTools } from './guest';
-import {
-  GUEST_IP, GUEST_MAC, HOST_IP, MigratingGuest, formatMigration, formatRate, startPing, withTopology, writeRandomFile,
-  type MigrationBackend, type MigrationStats, type MigrationTopology, type PingReply,
-} from './migration';
+import { sleep, until } from '../../harness/wait';
+import { assertPrivateNetns } from '../helpers/system';
+import { parseIperf3 } from '../../harness/qemu-guest';
+import { requireTools } from '../../harness/tools';
+import { GUEST_IP, GUEST_MAC, HOST_IP, MigratingGuest, formatMigration, formatRate, startPing, withTopology, writeRandomFile, type MigrationBackend, type MigrationStats, type MigrationTopology, type PingReply } from '../../harness/migration';
 
 assertPrivateNetns();
 
@@ -64,14 +63,6 @@ function aroundMigration(topology: MigrationTopology, m: MigrationStats, window:
     `after ${formatRate(topology.rate(m.completedAt, m.completedAt + window))}`;
 }
 
-async function until(ok: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!ok()) {
-    if (Date.now() > end) throw new Error(`${what}: not after ${timeoutMs} ms`);
-    await sleep(50);
-  }
-}
-
 for (const backend of BACKENDS) {
   migrationTest(`migration (${backend}): the guest downloads 256 MiB of random data from the host while it migrates; its sha256 is the file's`, async () => {
     const t0 = Date.now();
@@ -90,7 +81,7 @@ for (const backend of BACKENDS) {
       await guest.boot(a!);
       await guest.waitForConsole('GUEST: ready', 30_000);
       const started = Date.now();
-      await until(() => topology.bytesToGuest(started) > 32e6, 30_000, 'the guest\'s download reaching 32 MB');
+      await until('the guest\'s download reaching 32 MB', () => topology.bytesToGuest(started) > 32e6, 30_000);
       const m = await guest.migrateTo(b!);
       assert.not.match(http.output(), /sent \/blob/, 'the download was still going when the migration completed (else it proves nothing): make the file bigger');
       const [, sum, wrc] = await guest.waitForConsole(/GUEST: sha256 ([0-9a-f]{64}) +- wget=(\d+)/, 60_000);
@@ -150,9 +141,9 @@ for (const { backend, packed } of RING_CASES) {
       // the quiet migration: the source stays up on the bridge, as a real source host's port would
       await sleep(1_000);
       const quiet = await guest.migrateTo(a!, { keepSource: true });
-      await until(() => topology.portOf(GUEST_MAC) === a!.tap, 5_000, `the bridge learning that ${GUEST_MAC} is behind ${a!.tap} now (RARP or the guest's announce)`);
+      await until(`the bridge learning that ${GUEST_MAC} is behind ${a!.tap} now (RARP or the guest's announce)`, () => topology.portOf(GUEST_MAC) === a!.tap, 5_000);
       const learnedAfter = Date.now() - quiet.completedAt;
-      await until(() => lastReplyAt(ping.output()) > quiet.completedAt, 5_000, 'a host ping answered by the guest on its new QEMU');
+      await until('a host ping answered by the guest on its new QEMU', () => lastReplyAt(ping.output()) > quiet.completedAt, 5_000);
       await guest.quitKeptSources();
       const pings = await ping.stop();
       const afterFirst = pings.replies.filter((r) => r.at > busy.completedAt);
@@ -198,8 +189,8 @@ for (const backend of BACKENDS) {
       let active = Number(combined);
       /** Waits for the tap of the side running the guest to have queues - pairs queues detached. */
       const tapFollows = (pairs: number, what: string): Promise<void> =>
-        until(() => guest.side.tapState().numDisabled === queues - pairs, 5_000,
-          `${what}: the tap ${guest.side.tap} to have ${queues - pairs} of ${queues} queues detached (${pairs} pairs in use)`)
+        until(`${what}: the tap ${guest.side.tap} to have ${queues - pairs} of ${queues} queues detached (${pairs} pairs in use)`,
+          () => guest.side.tapState().numDisabled === queues - pairs, 5_000)
           .catch((error: Error) => {
             throw new Error(`${error.message}; it has ${JSON.stringify(guest.side.tapState())}`);
           });

@@ -7,8 +7,10 @@
 // host's iperf3 server. Needs root, qemu-system-x86 and iperf3.
 import { spawnSync } from 'node:child_process';
 
-import { startDaemon } from './daemon';
-import { Netns, ensureGuest, parseIperf3, requireTools, startGuest } from './guest';
+import { startDaemon } from '../../harness/daemon';
+import { Netns } from '../../harness/netns';
+import { ensureGuest, parseIperf3, startGuest } from '../../harness/qemu-guest';
+import { requireTools } from '../../harness/tools';
 
 const MARK = 'VHOST_TAP_EXAMPLE_QEMU';
 

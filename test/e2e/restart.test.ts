@@ -8,9 +8,12 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { assertPrivateNetns, sleep } from '../helpers/system';
-import { hostToGuest, says, seconds, serveOnce, startDaemon, type Daemon } from './daemon';
-import { Netns, ensureGuest, requireTools, startGuest, tail } from './guest';
+import { sleep } from '../../harness/wait';
+import { assertPrivateNetns } from '../helpers/system';
+import { hostToGuest, says, seconds, serveOnce, startDaemon, type Daemon } from '../../harness/daemon';
+import { Netns } from '../../harness/netns';
+import { ensureGuest, startGuest } from '../../harness/qemu-guest';
+import { requireTools, tail } from '../../harness/tools';
 
 assertPrivateNetns();
 

@@ -14,11 +14,13 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { startFrontend, type Frontend } from '../../bench/lib/dpdk';
-import { diffCounters, linkCounters, type LinkCounters } from '../../bench/lib/proc';
-import { assertPrivateNetns, sleep } from '../helpers/system';
-import { startDaemon, type Daemon } from './daemon';
-import { Netns, requireTools, tail } from './guest';
+import { startFrontend, type Frontend } from '../../harness/virtio-user';
+import { diffCounters, linkCounters, type LinkCounters } from '../../harness/proc';
+import { sleep } from '../../harness/wait';
+import { assertPrivateNetns } from '../helpers/system';
+import { startDaemon, type Daemon } from '../../harness/daemon';
+import { Netns } from '../../harness/netns';
+import { requireTools, tail } from '../../harness/tools';
 
 assertPrivateNetns();
 

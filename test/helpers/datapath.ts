@@ -5,7 +5,7 @@ import type { DirtyLogSlot } from '../../src/virtio/dirty-log';
 import { GuestMemory } from '../../src/virtio/guest-memory';
 import { QueuePair, type QueueErrorEvent } from '../../src/virtio/queue-pair';
 import { VirtioNetDriver, type VirtioNetDriverOptions, type VirtioNetFeatures } from '../../src/virtio/driver/net-driver';
-import { GUEST_MAC } from './packets';
+import { GUEST_MAC } from '../../harness/packets';
 import { run, uniqueName } from './system';
 
 export const HOST_IP = '10.6.0.1';

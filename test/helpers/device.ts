@@ -12,8 +12,8 @@ import { VirtioNetDevice, type DeviceQueueError, type QueuePairsChange, type Vir
 import { VirtioNetGuest, type GuestBringUpOptions } from '../../src/virtio/driver/guest';
 import { VirtioNetDriver } from '../../src/virtio/driver/net-driver';
 import { GUEST_IP, HOST_IP } from './datapath';
-import { ethernet, ipv4, macBytes, parseUdp, udp } from './packets';
-import { run, sleep, uniqueName } from './system';
+import { ethernet, ipv4, macBytes, parseUdp, udp } from '../../harness/packets';
+import { run, uniqueName } from './system';
 
 export { GUEST_IP, HOST_IP };
 
@@ -48,14 +48,6 @@ export function parseEthtoolFeatures(text: string): Record<string, string> {
     text.split('\n').map((l) => l.trim().match(/^([\w-]+): (on|off)/))
       .filter((m): m is RegExpMatchArray => m !== null).map((m) => [m[1]!, m[2]!]),
   );
-}
-
-export async function until(what: string, condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
 }
 
 /** Guest memory for a guest of `pairs` pairs with BUFFER_SIZE buffers, its control queue and some room. */
@@ -142,12 +134,12 @@ export function guestDatagram(rig: { device: VirtioNetDevice; hostMac: Buffer },
 }
 
 /** A UDP socket bound in the namespace that counts what it receives. */
-export async function hostSocket(port: number): Promise<{ socket: dgram.Socket; received: Buffer[]; close(): void }> {
+export async function hostSocket(port: number): Promise<{ socket: dgram.Socket; port: number; received: Buffer[]; close(): void }> {
   const socket = dgram.createSocket('udp4');
   const received: Buffer[] = [];
   socket.on('message', (m) => received.push(m));
   await new Promise<void>((resolve) => socket.bind(port, HOST_IP, resolve));
-  return { socket, received, close: () => socket.close() };
+  return { socket, port, received, close: () => socket.close() };
 }
 
 export function sendTo(socket: dgram.Socket, payload: Buffer, port: number, address = GUEST_IP): Promise<void> {

@@ -10,8 +10,9 @@ import { Tap } from '../../src';
 import { GuestMemory } from '../../src/virtio/guest-memory';
 import { QueuePair, type QueuePairStats } from '../../src/virtio/queue-pair';
 import { VirtioNetDriver } from '../../src/virtio/driver/net-driver';
-import { ethernet, GUEST_MAC } from './packets';
-import { fdCount, sleep, threadCount, uniqueName } from './system';
+import { ethernet, GUEST_MAC } from '../../harness/packets';
+import { sleep } from '../../harness/wait';
+import { fdCount, threadCount, uniqueName } from './system';
 
 const HOSTILE_FD = 3;
 

@@ -100,6 +100,3 @@ export function udpDestPort(frame: Buffer, vnetHdrSize = 12): number | undefined
   return frame.readUInt16BE(ip + ihl + 2);
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}

@@ -5,7 +5,7 @@
 // retransmission of its own: out-of-order data is dropped and re-ACKed (or, with
 // `reassemble`, kept until the gap is filled), and the kernel's retransmissions
 // fill the gap.
-import { checksum, ethernet, ipBytes, ipv4, onesSum, parseIpv4 } from './packets';
+import { checksum, ethernet, ipBytes, ipv4, onesSum, parseIpv4 } from '../../harness/packets';
 
 export const TCP_FIN = 0x01;
 export const TCP_SYN = 0x02;

@@ -8,8 +8,12 @@ import path from 'node:path';
 
 import * as assert from 'uvu/assert';
 
-import { sleep } from '../helpers/system';
-import { Netns, REPO_ROOT, parseIperf3, requireTools, tail, type RunningGuest } from './guest';
+import { Netns } from './netns';
+import { isRunning } from './processes';
+import { parseIperf3, type RunningGuest } from './qemu-guest';
+import { REPO_ROOT } from './repo';
+import { requireTools, tail } from './tools';
+import { sleep, readUntil } from './wait';
 
 /** The compiled CLI (dist/src/cli/vhost-tap.js) of this checkout. */
 export const DAEMON_CLI = path.join(REPO_ROOT, 'dist', 'src', 'cli', 'vhost-tap.js');
@@ -88,16 +92,6 @@ export interface Daemon {
    * Idempotent.
    */
   stop(timeoutMs?: number): Promise<DaemonStop>;
-}
-
-function isRunning(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
 }
 
 /** Reads `ip -d -j link show NAME` in the namespace. */
@@ -322,26 +316,15 @@ export function gbps(value: number | undefined): string {
   return value === undefined ? '?' : `${value.toFixed(2)} Gbit/s`;
 }
 
-/** Polls `read` until `ok` or the deadline; returns the last value. */
-export async function until<T>(read: () => T, ok: (value: T) => boolean, timeoutMs = 5_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let value = read();
-  while (!ok(value) && Date.now() < end) {
-    await sleep(50);
-    value = read();
-  }
-  return value;
-}
-
 /** The daemon's threads and fds once it is idle again (no frontend), polled: teardown is asynchronous. */
 export async function assertReleased(daemon: Daemon, idle: { threads: number; fds: number }, what: string): Promise<void> {
   const detached = daemon.queues - 1;
-  const tap = await until(() => daemon.tapState(), (t) => t.numDisabled === detached && t.numQueues === 1);
+  const tap = await readUntil(() => daemon.tapState(), (t) => t.numDisabled === detached && t.numQueues === 1);
   assert.equal([tap.numQueues, tap.numDisabled], [1, detached], `${what}: the tap is back to 1 attached queue and ${detached} detached`);
-  const now = await until(() => daemon.resources(), (r) => r.fds === idle.fds && r.threads <= idle.threads);
+  const now = await readUntil(() => daemon.resources(), (r) => r.fds === idle.fds && r.threads <= idle.threads);
   assert.is(now.fds, idle.fds, `${what}: the daemon's open fds are back to ${idle.fds} (rings' eventfds, guest memory, workers' fds closed)`);
   assert.ok(now.threads <= idle.threads, `${what}: no worker thread left (${now.threads} threads, ${idle.threads} when idle)`);
-  const maps = await until(() => fs.readFileSync(`/proc/${daemon.servingPid()}/maps`, 'utf8'), (m) => !/memfd:mem\b/.test(m));
+  const maps = await readUntil(() => fs.readFileSync(`/proc/${daemon.servingPid()}/maps`, 'utf8'), (m) => !/memfd:mem\b/.test(m));
   assert.not.match(maps, /memfd:mem\b/, `${what}: the guest's memory (QEMU's memfd) is unmapped, not left to a garbage collection that an idle daemon never runs`);
 }
 

@@ -165,4 +165,3 @@ export function memoryReport(pid: number): MemoryReport {
   return { rssKb: rss, guestRssKb: guest, guestMappings: mappings };
 }
 
-export { sleep } from '../../test/helpers/system';

@@ -3,7 +3,7 @@
 // virtio_net with 4 queue pairs, on `vhost-tap serve` (with or without its steering
 // program) or on QEMU's own tap backend; the guest's `iperf3 -s` receives UDP from
 // the host's namespace over many flows, each with its own sequence numbers
-// (test/e2e/udp-flows.ts: iperf3's client protocol, with the end of the test held
+// (harness/udp-flows.ts: iperf3's client protocol, with the end of the test held
 // until nothing is left on the way), first without any change (the baseline: the
 // rate the guest keeps up with), then while the guest runs
 // `ethtool -L eth0 combined 1 / 2 / 4` again and again.
@@ -18,7 +18,9 @@
 import path from 'node:path';
 
 import { says, startDaemon, type Daemon } from './daemon';
-import { Netns, addTap, ensureGuest, requireTools, startGuest, tail, type GuestNetdev, type RunningGuest } from './guest';
+import { Netns } from './netns';
+import { addTap, ensureGuest, startGuest, type GuestNetdev, type RunningGuest } from './qemu-guest';
+import { requireTools, tail } from './tools';
 import type { FlowCount, SenderOptions } from './udp-flows';
 
 export const QUEUES = 4;

@@ -3,10 +3,11 @@
 // the harness can read its port counters and quit it cleanly.
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 
-import { Netns, tail } from '../../test/e2e/guest';
-import { sleep } from './proc';
+import { Netns } from './netns';
+import { dpdkRuntimeDir } from './testpmd';
+import { tail } from './tools';
+import { sleep } from './wait';
 
 export interface FrontendOptions {
   socket: string;
@@ -37,13 +38,9 @@ export interface Frontend {
   stop(): Promise<void>;
 }
 
-function runtimeDir(prefix: string): string {
-  return path.join('/var/run/dpdk', prefix);
-}
-
 export function startFrontend(netns: Netns, o: FrontendOptions): Frontend {
   const prefix = `${netns.name}-vu`;
-  const removeRuntime = (): void => fs.rmSync(runtimeDir(prefix), { recursive: true, force: true });
+  const removeRuntime = (): void => fs.rmSync(dpdkRuntimeDir(prefix), { recursive: true, force: true });
   netns.onDelete(removeRuntime);
   const ring = o.ringSize ?? 256;
   // stdbuf: testpmd printf()s its statistics; piped, they would sit in stdio's buffer.

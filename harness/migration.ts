@@ -15,9 +15,11 @@ import fs from 'node:fs';
 import net from 'node:net';
 import crypto from 'node:crypto';
 
-import { sleep } from '../helpers/system';
 import { startDaemon, readTapState, type Daemon, type TapState } from './daemon';
-import { Netns, ensureGuest, requireTools, startGuest, tail, type GuestExit, type GuestNetdev, type RunningGuest } from './guest';
+import { Netns } from './netns';
+import { ensureGuest, startGuest, type GuestExit, type GuestNetdev, type RunningGuest } from './qemu-guest';
+import { requireTools, tail } from './tools';
+import { sleep } from './wait';
 
 export type MigrationBackend = 'tap' | 'vhost-tap';
 

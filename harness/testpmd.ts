@@ -6,7 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { linkExists } from './daemon';
-import { Netns, requireTools, tail } from './guest';
+import { Netns } from './netns';
+import { requireTools, tail } from './tools';
 
 export interface TestpmdOptions {
   /** vhost-user socket testpmd listens on (QEMU connects). */
@@ -43,7 +44,7 @@ export function testpmdPortStats(log: string): Record<number, { rx: number; tx: 
 }
 
 /** DPDK's runtime directory for a --file-prefix (root: /var/run/dpdk/PREFIX). */
-function runtimeDir(prefix: string): string {
+export function dpdkRuntimeDir(prefix: string): string {
   const base = process.getuid?.() === 0 ? '/var/run' : process.env.XDG_RUNTIME_DIR || '/tmp';
   return path.join(base, 'dpdk', prefix);
 }
@@ -58,7 +59,7 @@ export async function startTestpmd(netns: Netns, options: TestpmdOptions): Promi
   requireTools('dpdk-testpmd');
   const tapName = options.tapName ?? 'dtap0';
   const prefix = netns.name;
-  const dir = runtimeDir(prefix);
+  const dir = dpdkRuntimeDir(prefix);
   const removeRuntime = (): void => {
     fs.rmSync(dir, { recursive: true, force: true });
     try {

@@ -1,0 +1,31 @@
+// The notes under the report's table: how each figure was taken.
+export const REPORT_NOTES = [
+  'Each throughput figure is the best of config.repeat windows (raw and embedded interleaved; testpmd and the daemon back to back on one backend): load from elsewhere on the machine only ever slows a window down, so the best is the least disturbed. Every window\'s Mpps is in latest.json (detail.mppsSamples).',
+  'Counts are the tap\'s own (ip -s -j link): frames it took from userspace (guest->host) or handed to it (host->guest), over the window after a warm-up; never what a backend or frontend claims (the frontend\'s count is shown for reference).',
+  'guest->host frames are UDP (64, 1500 B) or TCP GSO (64 KB, gso_size 1448) addressed to a MAC that is not the host\'s, as DPDK txonly frames are: the stack takes them in and drops them, so the figure is backend + tap cost.',
+  'host->guest: one sender process floods UDP over 8 flows with sendmmsg (64 per call) to a static neighbour behind the tap, the same for every backend. '
+    + 'Placement on the 2 cores: the sender on CPU 0 with virtio_user\'s forwarding lcore; the backend on CPU 1 (testpmd\'s forwarding lcore, the daemon, the data path workers, the raw loops), '
+    + 'and the native guest of the embedded case with them on CPU 1, so that CPU 0 is the sender\'s alone as in the raw read() case (guest->host: the native guest on CPU 0, as a vCPU). Where a busy-polling frontend shares CPU 0, the sender gets half of it, so host->guest daemon/testpmd rates are lower than raw/embedded ones.',
+  'CPU s/Mpkt: raw = the loop threads; embedded = the data path worker threads only (the native guest is not counted); testpmd / daemon = the whole backend process (/proc/<pid>/stat). testpmd busy-polls a core whatever the load.',
+  'embedded: the native guest (bench/native/guest_generator.cc) runs split rings of 256 entries with event idx, one descriptor per frame, avail published every 32 chains, kicks only when the device asks; tx: it polls its used ring for completions as DPDK\'s virtio PMD does, so the device never calls; rx: it sleeps on the call eventfd; the QueuePair is configured as VirtioNetDevice does for a VERSION_1 + MRG_RXBUF driver without guest offloads.',
+  'split vs packed (issue 14, informational, no target): the embedded path and the daemon again, 1 pair, 64 and 1500 B both ways, over packed virtqueues (VIRTIO_F_RING_PACKED). '
+    + 'embedded packed: the same native guest in its packed mode (one descriptor per frame written into the ring, a batch of 32 exposed by its first descriptor\'s flags, '
+    + 'EVENT_IDX kicks and calls through the device and driver event suppression areas, as Linux\'s virtio_ring), interleaved with the split and raw windows of the same case. '
+    + 'daemon packed: a daemon of its own behind DPDK virtio_user with packed_vq=1 (its features line checked for bit 34), right after the split daemon\'s 1-pair cases; '
+    + 'DPDK\'s virtio_user negotiates no EVENT_IDX with either layout, so both use the flags alone.',
+  'ping-pong: a 64 B UDP frame to an echo server (recvfrom/sendto) on the tap\'s host address; the reply comes back through the same tap queue. raw = write() + poll()/read() on the queue fd; embedded = post + kick, wait on the rx call eventfd. The difference of the two p50s is what the data path adds. '
+    + 'Both run confined to CPU 0 (guest, worker and echo server alike): across the two vCPUs of this VM every hop pays a wakeup of an idle vCPU, and p50 swung from 30 to 400 us with the threads left to float.',
+  'ping-pong through a frontend: ping (ICMP echo, one every ms) from the tap\'s host side to DPDK virtio_user answering in icmpecho mode, through testpmd and through the daemon (1 pair), ping on CPU 0 with the frontend\'s polling lcore, the backend on CPU 1. testpmd polls its core; the daemon sleeps between pings, and each wakeup of the idle vCPU costs tens of microseconds on a VM (twice per round trip: the request from the tap, the reply\'s kick); the daemon with --busy-poll-us 2000 never sleeps between pings, as testpmd.',
+  'tun\'s flow hash vs the steering program (issue 12, informational, no target): the embedded 2-pair 1500 B cases again with the tap steering program attached (TUNSETSTEERINGEBPF, '
+    + 'a Toeplitz hash and an indirection table spreading over both queues, as VirtioNetDevice sets it up), interleaved with the raw and embedded windows of the same case. '
+    + 'Without it, with 2+ queues tun hashes every frame a worker writes (guest->host) and updates its flow table, and hashes every frame the host sends (host->guest) to pick its queue; '
+    + 'with it, the write path does neither, and the program picks the queue of every host->guest frame in the sender\'s transmit. CPU per frame in ns: the workers\' (schedstat), '
+    + 'and host->guest the flood sender\'s (utime + stime, 10 ms ticks) over the frames it got through plus those the tap dropped (the queue is picked before a full queue drops).',
+  'queue-count changes (issue 12, informational, no target): harness/switch-loss.ts, as test/e2e/lossless-switch.test.ts runs it with fewer changes: a Debian guest under QEMU/TCG '
+    + '(2 vCPUs, 4 queue pairs) receives UDP from the host over 16 flows (iperf3 -s in the guest, per-flow sequence numbers; the host\'s sender ends the test only once nothing is left on the way), '
+    + 'first without any change (the baseline), then while it runs ethtool -L eth0 combined 1, 2, 4 in turn; the daemon with its steering program, the daemon with --no-steering, '
+    + 'and QEMU\'s own tap backend (vhost=off) in turn, each tap with txqueuelen 20000.',
+  'live migration (informational, no target): harness/migration.ts\'s topology, a bridge in a private namespace with one tap per side (a `vhost-tap serve` daemon per side, or QEMU\'s own tap with vhost=off); '
+    + 'a Debian guest under QEMU/TCG (1 vCPU unless MIGRATION_SMP says otherwise, 2 queue pairs, 512 MiB) streams iperf3 to the host and from it (-R), and is migrated once over TCP on the namespace\'s loopback (max-bandwidth 4 GiB/s, downtime-limit 300 ms). '
+    + 'total, downtime, setup and MiB sent are QEMU\'s query-migrate; Mbit/s each way are the bridge\'s byte counters, sampled every 200 ms. Under TCG the guest\'s CPU, not the backend, bounds both figures: orientation only.',
+];
