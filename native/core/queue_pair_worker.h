@@ -33,7 +33,7 @@ struct QueueStats {
   std::atomic<uint64_t> dropTooBig{0};     // rx: the frame did not fit the buffers the driver posted
   std::atomic<uint64_t> dropBadHeader{0};  // tx: chain shorter than the vnet header
   std::atomic<uint64_t> dropTapError{0};   // the tap refused the frame (bad GSO header, link down)
-  std::atomic<uint64_t> dropStopped{0};    // rx: a frame waiting for more buffers when the worker stopped
+  std::atomic<uint64_t> dropStopped{0};    // rx: a frame waiting for more buffers when the worker stopped or the rx queue broke
   std::atomic<uint64_t> errors{0};         // the queue broke (malformed ring or chain)
 };
 
