@@ -508,6 +508,32 @@ TEST("worker: a malformed rx chain (read-only descriptor, packed ring) breaks rx
   CHECK_EQ(rig.events.all().size(), 1u);
 }
 
+// Found by native/fuzz (corpus/queue_pair_worker/repro-spill-lost-on-rx-break): the
+// frame was taken from the tap and then counted nowhere.
+TEST("worker rx, MRG_RXBUF: a frame waiting for more buffers when rx breaks is dropped and counted in drops.stopped") {
+  RigOptions o;
+  o.mergeableRx = true;
+  WorkerRig rig(o);
+  rig.start();
+  rig.rx->post({{rig.buffers.take(256), 256, true}});
+  WorkerRig::kick(rig.rxKick);
+  // 1000 bytes read past the one 256-byte buffer: the rest waits for the driver to post more.
+  rig.send(datagram(1000 - kHdr, 7));
+  REQUIRE(waitFor([&] {
+    char byte;
+    return recv(rig.tap, &byte, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && errno == EAGAIN;
+  }));
+  // What comes is a read-only buffer: rx breaks with the frame half delivered.
+  rig.rx->post({{rig.buffers.take(2048), 2048}});
+  WorkerRig::kick(rig.rxKick);
+  REQUIRE(rig.waitForEvent());
+  CHECK_EQ(rig.events.all()[0].message, std::string("read-only descriptor in a receive chain"));
+  CHECK(rig.worker->rxBroken());
+  rig.worker->stop();
+  CHECK_EQ(rig.worker->rxStats.packets.load(), 0u);
+  CHECK_EQ(rig.worker->rxStats.dropStopped.load(), 1u);  // counted once: at the break, not again at the stop
+}
+
 TEST("worker: a transmit chain of more segments than one writev takes (1025) breaks tx with too-many-segments") {
   RigOptions o;
   o.size = 2048;

@@ -7,7 +7,7 @@ import { native } from '../native';
 import type { VirtioNetDevice } from '../virtio/net-device';
 import { MessageReader, type ReceivedMessage } from './message-reader';
 import {
-  FLAG_REPLY, FLAG_VERSION_MASK, MAX_FDS, MAX_PAYLOAD, VHOST_USER_VERSION, encodeMessage, encodeU64, hasReply, requestName,
+  FLAG_REPLY, FLAG_VERSION_MASK, MAX_FDS, MAX_PAYLOAD, VHOST_USER_VERSION, encodeMessage, encodeU64, requestName,
 } from './protocol';
 import type { RingPositions } from './ring-positions';
 import { VhostUserSession, type Logger } from './session';
@@ -35,6 +35,10 @@ export class VhostUserConnection {
 
   /** Serves the connection until the frontend leaves, breaks the protocol, or close() is called. */
   async run(): Promise<void> {
+    // How the connection ended, logged once it is released: a reader of the log (an
+    // operator, a test reading /proc/PID/maps) may rely on the guest's memory being
+    // unmapped and the workers gone by the time it sees the line.
+    let farewell: (() => void) | undefined;
     try {
       for (let read = 1; !this.#closed; read++) {
         if (read % MESSAGES_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
@@ -42,11 +46,15 @@ export class VhostUserConnection {
         try {
           message = await this.#reader.next();
         } catch (error) {
-          this.log('connection-error', { error: (error as Error).message, code: errorCode(error), ...this.#memoryFaults() });
+          const details = { error: (error as Error).message, code: errorCode(error), ...this.#memoryFaults() };
+          farewell = () => this.log('connection-error', details);
           break;
         }
         if (!message) {
-          if (!this.#closed) this.log('disconnected', { messages: this.messages, ...this.#memoryFaults() });
+          if (!this.#closed) {
+            const details = { messages: this.messages, ...this.#memoryFaults() };
+            farewell = () => this.log('disconnected', details);
+          }
           break;
         }
         if (this.#closed) {
@@ -57,6 +65,7 @@ export class VhostUserConnection {
       }
     } finally {
       this.#release();
+      farewell?.();
     }
   }
 
@@ -88,6 +97,8 @@ export class VhostUserConnection {
     if (flags & FLAG_REPLY) return fail('a reply where a request was expected');
     this.messages++;
     const ack = this.session.wantsAck(flags);
+    // Unknown requests are answered as acked ones: with a failure ack if asked for, else the end of the connection.
+    const repliesAlways = VhostUserSession.replyRule(request) === 'always';
     try {
       const { reply } = this.session.handle({ request, flags, payload, fds });
       if (reply) this.#send(request, reply);
@@ -96,12 +107,12 @@ export class VhostUserConnection {
     } catch (error) {
       const code = errorCode(error) ?? 'EIO';
       this.log('request-failed', { request: requestName(request), code, error: (error as Error).message });
-      if (ack && !hasReply(request)) {
+      if (ack && !repliesAlways) {
         this.#send(request, encodeU64(1));
         return true;
       }
       // A malformed message, or a question we cannot answer: the frontend cannot go on either.
-      return code !== 'EPROTO' && !hasReply(request);
+      return code !== 'EPROTO' && !repliesAlways;
     }
   }
 

@@ -49,88 +49,8 @@ export enum Request {
   GET_STATUS = 40,
 }
 
-/** What the fds of a request must be: eventfds (kick, call, err), or files to map (guest memory). */
+/** What the fds of a request must be: eventfds (kick, call, err, log), or files to map (guest memory, the log). */
 export type FdKind = 'eventfd' | 'memory';
-
-interface RequestShape {
-  /**
-   * The fds it carries: 'one'; 'regions', one per region of the table; 'vring', one
-   * unless bit 8 of its u64 says there is none; 'optional', 0 or 1. Default: none.
-   */
-  fds?: 'one' | 'regions' | 'vring' | 'optional';
-  fdKind?: FdKind;
-  /** Answered with a reply of its own; the others get a reply-ack when the frontend asks (REPLY_ACK). */
-  reply?: true;
-}
-
-/**
- * Each request this backend serves, with what it carries and how it is answered
- * (QEMU docs/interop/vhost-user.rst, "Front-end message types"), in one table as
- * DPDK's lib/vhost/vhost_user.c keeps its own: fds are counted and checked
- * against it in one place before a request changes anything. A request not
- * listed is not supported and may carry no fds.
- */
-const REQUEST_SHAPES: Readonly<Record<number, RequestShape>> = {
-  [Request.GET_FEATURES]: { reply: true },
-  [Request.SET_FEATURES]: {},
-  [Request.SET_OWNER]: {},
-  [Request.RESET_OWNER]: {},
-  [Request.SET_MEM_TABLE]: { fds: 'regions', fdKind: 'memory' },
-  [Request.SET_VRING_NUM]: {},
-  [Request.SET_VRING_ADDR]: {},
-  [Request.SET_VRING_BASE]: {},
-  [Request.GET_VRING_BASE]: { reply: true },
-  [Request.SET_VRING_KICK]: { fds: 'vring', fdKind: 'eventfd' },
-  [Request.SET_VRING_CALL]: { fds: 'vring', fdKind: 'eventfd' },
-  [Request.SET_VRING_ERR]: { fds: 'vring', fdKind: 'eventfd' },
-  [Request.GET_PROTOCOL_FEATURES]: { reply: true },
-  [Request.SET_PROTOCOL_FEATURES]: {},
-  [Request.GET_QUEUE_NUM]: { reply: true },
-  [Request.SET_VRING_ENABLE]: {},
-  [Request.GET_CONFIG]: { reply: true },
-  [Request.SET_CONFIG]: {},
-  [Request.RESET_DEVICE]: {},
-  [Request.GET_MAX_MEM_SLOTS]: { reply: true },
-  [Request.ADD_MEM_REG]: { fds: 'one', fdKind: 'memory' },
-  // Some frontends send the region's fd again, others none: either is accepted (and the fd closed).
-  [Request.REM_MEM_REG]: { fds: 'optional', fdKind: 'memory' },
-  [Request.SET_STATUS]: {},
-  [Request.GET_STATUS]: { reply: true },
-  // Live migration (LOG_SHMFD): the log region; QEMU waits for a reply with no payload.
-  [Request.SET_LOG_BASE]: { fds: 'one', fdKind: 'memory', reply: true },
-  [Request.SET_LOG_FD]: { fds: 'one', fdKind: 'eventfd' },
-  [Request.SEND_RARP]: {},
-};
-
-/** Whether the request is answered with a reply of its own rather than a reply-ack. */
-export function hasReply(request: number): boolean {
-  return REQUEST_SHAPES[request]?.reply === true;
-}
-
-/**
- * The fds a request must carry: how many (at most `max`, at least `min`; the
- * count of a payload too short to say is checked with the payload) and of what kind.
- */
-export function fdRule(request: number, payload: Buffer): { min: number; max: number; kind?: FdKind } {
-  const shape = REQUEST_SHAPES[request];
-  const kind = shape?.fdKind ? { kind: shape.fdKind } : {};
-  switch (shape?.fds) {
-    case 'one':
-      return { min: 1, max: 1, ...kind };
-    case 'optional':
-      return { min: 0, max: 1, ...kind };
-    case 'regions': {
-      const regions = payload.length >= 4 ? payload.readUInt32LE(0) : 0;
-      return { min: regions, max: regions, ...kind };
-    }
-    case 'vring': {
-      const count = payload.length === 8 && (payload.readBigUInt64LE(0) & 0x100n) === 0n ? 1 : 0;
-      return { min: count, max: count, ...kind };
-    }
-    default:
-      return { min: 0, max: 0 };
-  }
-}
 
 /** VHOST_USER_F_PROTOCOL_FEATURES, a virtio feature bit that vhost-user borrows. */
 export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
@@ -155,6 +75,7 @@ export interface Header {
 }
 
 export function decodeHeader(bytes: Buffer): Header {
+  if (bytes.length < HEADER_SIZE) throw makeError('EPROTO', `a message header is ${HEADER_SIZE} bytes, got ${bytes.length}`);
   return { request: bytes.readUInt32LE(0), flags: bytes.readUInt32LE(4), size: bytes.readUInt32LE(8) };
 }
 
@@ -212,6 +133,17 @@ export interface VringAddress {
   log: bigint;
 }
 
+export function encodeVringAddress(a: VringAddress): Buffer {
+  const b = Buffer.alloc(40);
+  b.writeUInt32LE(a.index, 0);
+  b.writeUInt32LE(a.flags, 4);
+  b.writeBigUInt64LE(a.desc, 8);
+  b.writeBigUInt64LE(a.used, 16);
+  b.writeBigUInt64LE(a.avail, 24);
+  b.writeBigUInt64LE(a.log, 32);
+  return b;
+}
+
 export function vringAddress(payload: Buffer, request: number): VringAddress {
   if (payload.length !== 40) throw malformed(request, `payload is ${payload.length} bytes, not 40`);
   return {
@@ -240,6 +172,20 @@ function region(payload: Buffer, offset: number): MemoryRegionDescriptor {
   };
 }
 
+function encodeRegion(r: MemoryRegionDescriptor, into: Buffer, offset: number): void {
+  into.writeBigUInt64LE(r.guestPhysAddr, offset);
+  into.writeBigUInt64LE(r.size, offset + 8);
+  into.writeBigUInt64LE(r.userAddr, offset + 16);
+  into.writeBigUInt64LE(r.mmapOffset, offset + 24);
+}
+
+export function encodeMemoryTable(regions: readonly MemoryRegionDescriptor[]): Buffer {
+  const b = Buffer.alloc(8 + 32 * regions.length);
+  b.writeUInt32LE(regions.length, 0);
+  regions.forEach((r, i) => encodeRegion(r, b, 8 + 32 * i));
+  return b;
+}
+
 /** SET_MEM_TABLE: u32 nregions, u32 padding, then nregions of 32 bytes (the frontend may send all 8 slots). */
 export function memoryTable(payload: Buffer, request: number): MemoryRegionDescriptor[] {
   if (payload.length < 8) throw malformed(request, 'payload shorter than its region count');
@@ -253,6 +199,12 @@ export function memoryTable(payload: Buffer, request: number): MemoryRegionDescr
 export function singleRegion(payload: Buffer, request: number): MemoryRegionDescriptor {
   if (payload.length !== 40) throw malformed(request, `payload is ${payload.length} bytes, not 40`);
   return region(payload, 8);
+}
+
+export function encodeSingleRegion(r: MemoryRegionDescriptor): Buffer {
+  const b = Buffer.alloc(40);
+  encodeRegion(r, b, 8);
+  return b;
 }
 
 export interface ConfigAccess {
@@ -279,10 +231,20 @@ export function encodeConfig(access: ConfigAccess, data: Buffer): Buffer {
   return b;
 }
 
+export interface VringFdIndex {
+  index: number;
+  /** Bit 8: no fd comes with the message (the ring is polled, or not signalled). */
+  noFd: boolean;
+}
+
 /** SET_VRING_KICK/CALL/ERR: bits 0-7 the ring, bit 8 set when no fd comes (polling). */
-export function vringFdIndex(payload: Buffer, request: number): { index: number; noFd: boolean } {
+export function vringFdIndex(payload: Buffer, request: number): VringFdIndex {
   const value = u64(payload, request);
   return { index: Number(value & 0xffn), noFd: (value & 0x100n) !== 0n };
+}
+
+export function encodeVringFdIndex(value: VringFdIndex): Buffer {
+  return encodeU64(BigInt(value.index & 0xff) | (value.noFd ? 0x100n : 0n));
 }
 
 /** VHOST_F_LOG_ALL: a feature bit of vhost's own: log every write to guest memory (live migration). */
@@ -302,8 +264,64 @@ export function logDescription(payload: Buffer, request: number): LogDescription
   return { mmapSize: payload.readBigUInt64LE(0), mmapOffset: payload.readBigUInt64LE(8) };
 }
 
+export function encodeLogDescription(d: LogDescription): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeBigUInt64LE(d.mmapSize, 0);
+  b.writeBigUInt64LE(d.mmapOffset, 8);
+  return b;
+}
+
 /** SEND_RARP: a u64 whose first 6 bytes are the guest's MAC address. */
 export function rarpMac(payload: Buffer, request: number): string {
   if (payload.length !== 8) throw malformed(request, `payload is ${payload.length} bytes, not 8`);
   return Array.from(payload.subarray(0, 6), (b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+export function encodeRarpMac(mac: string): Buffer {
+  const b = Buffer.alloc(8);
+  Buffer.from(mac.split(':').map((h) => parseInt(h, 16))).copy(b);
+  return b;
+}
+
+/**
+ * What a request's payload must be: its size in bytes, checked before anything
+ * reads it, and its decoder. The size is exact, or a range for the payloads that
+ * say their own length (a memory table's region count, a config access's size),
+ * which their decoder then checks against the bytes that came; 'ignored' for the
+ * few requests whose payload is never read.
+ */
+export interface PayloadShape<T> {
+  readonly size: number | { readonly min: number; readonly max: number } | 'ignored';
+  decode(payload: Buffer, request: number): T;
+}
+
+/** The payload shapes of vhost-user.rst "Message Specification", as this backend takes them. */
+export const PAYLOAD = {
+  /** "N/A": no payload at all. */
+  none: { size: 0, decode: (): undefined => undefined },
+  /** "N/A" as well, but read by nobody: any size is let through (see each use for why). */
+  ignored: { size: 'ignored', decode: (): undefined => undefined },
+  u64: { size: 8, decode: u64 },
+  vringState: { size: 8, decode: vringState },
+  /** A u64: the ring in bits 0-7, bit 8 when no fd comes. */
+  vringFdIndex: { size: 8, decode: vringFdIndex },
+  vringAddress: { size: 40, decode: vringAddress },
+  /** Up to 8 regions of 32 bytes after the count and its padding. */
+  memoryTable: { size: { min: 8, max: 8 + 32 * MAX_MEM_REGIONS }, decode: memoryTable },
+  singleRegion: { size: 40, decode: singleRegion },
+  /** offset, size, flags, then up to 256 bytes of config space. */
+  configAccess: { size: { min: 12, max: 12 + 256 }, decode: configAccess },
+  logDescription: { size: 16, decode: logDescription },
+  rarpMac: { size: 8, decode: rarpMac },
+} as const satisfies Record<string, PayloadShape<unknown>>;
+
+/** Throws EPROTO unless the payload's size fits the shape. */
+export function checkPayloadSize(shape: PayloadShape<unknown>, payload: Buffer, request: number): void {
+  const { size } = shape;
+  if (size === 'ignored') return;
+  if (typeof size === 'number') {
+    if (payload.length !== size) throw malformed(request, size === 0 ? `takes no payload, got ${payload.length} bytes` : `payload is ${payload.length} bytes, not ${size}`);
+  } else if (payload.length < size.min || payload.length > size.max) {
+    throw malformed(request, `payload is ${payload.length} bytes, not ${size.min} to ${size.max}`);
+  }
 }

@@ -20,10 +20,11 @@ import type { VirtioNetDevice } from '../virtio/net-device';
 import { MigrationLog } from './migration';
 import type { RingPositions } from './ring-positions';
 import {
-  MAX_MEM_SLOTS, ProtocolFeature, Request, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, configAccess,
-  encodeConfig, encodeU64, encodeVringState, fdRule, logDescription, memoryTable, rarpMac, requestName, singleRegion, u64,
-  vringAddress, vringFdIndex, vringState, type FdKind, type MemoryRegionDescriptor,
+  FLAG_NEED_REPLY, MAX_MEM_SLOTS, PAYLOAD, ProtocolFeature, Request, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, encodeConfig,
+  encodeU64, encodeVringState, requestName, type LogDescription, type MemoryRegionDescriptor, type VringAddress, type VringFdIndex,
+  type VringState,
 } from './protocol';
+import { admit, lineFor, type Outcome, type ReplyRule, type RequestTable } from './requests';
 
 export const SUPPORTED_PROTOCOL_FEATURES = [
   ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.RESET_DEVICE,
@@ -37,8 +38,7 @@ export interface Message {
   fds: number[];
 }
 
-/** What the connection sends back: a reply payload for requests that have one. */
-export type Outcome = { reply?: Buffer };
+export type { Outcome } from './requests';
 
 export type Logger = (event: string, fields?: Record<string, unknown>) => void;
 
@@ -83,11 +83,16 @@ interface SessionState {
   memory: GuestMemory | undefined;
 }
 
-/** No eventfd gets this far honestly; one a frontend set up there would make our next signal overflow it. */
-const EVENTFD_COUNT_LIMIT = 1n << 63n;
-
 /** F_SEAL_SHRINK (linux/fcntl.h): the file cannot be made smaller. */
 const F_SEAL_SHRINK = 0x0002;
+
+/** A line of the session's request table. */
+const line = lineFor<VhostUserSession>();
+
+/** SET_VRING_KICK/CALL/ERR carry one fd, unless bit 8 of their payload says none comes. */
+function oneUnlessNoFd(ring: VringFdIndex): number {
+  return ring.noFd ? 0 : 1;
+}
 
 export class VhostUserSession {
   #features = 0n;
@@ -113,7 +118,7 @@ export class VhostUserSession {
 
   /** Whether the frontend asked for a reply-ack on this message. */
   wantsAck(flags: number): boolean {
-    return (this.#protocolFeatures & (1n << BigInt(ProtocolFeature.REPLY_ACK))) !== 0n && (flags & (1 << 3)) !== 0;
+    return (this.#protocolFeatures & (1n << BigInt(ProtocolFeature.REPLY_ACK))) !== 0n && (flags & FLAG_NEED_REPLY) !== 0;
   }
 
   /**
@@ -126,225 +131,222 @@ export class VhostUserSession {
   handle(message: Message): Outcome {
     const { request, payload, fds } = message;
     try {
-      checkFds(request, payload, fds);
-      return this.#dispatch(request, payload, fds);
+      const { line, value } = admit(VhostUserSession.#requests, request, payload, fds, this.#protocolFeatures);
+      return (line.handle(this, value, fds) as Outcome | undefined) ?? {};
     } finally {
       closeFds(fds.filter((fd) => !this.#holds(fd)));
     }
   }
 
-  #dispatch(request: number, payload: Buffer, fds: number[]): Outcome {
-    const none = (): void => {
-      if (payload.length !== 0 && request !== Request.RESET_OWNER) {
-        throw makeError('EPROTO', `${requestName(request)} takes no payload, got ${payload.length} bytes`);
-      }
-    };
-    switch (request) {
-      case Request.GET_FEATURES:
-        none();
-        return { reply: encodeU64(this.#offeredFeatures()) };
-      case Request.SET_FEATURES:
-        this.#setFeatures(u64(payload, request));
-        return {};
-      case Request.GET_PROTOCOL_FEATURES:
-        none();
-        return { reply: encodeU64(SUPPORTED_PROTOCOL_FEATURES) };
-      case Request.SET_PROTOCOL_FEATURES: {
-        const wanted = u64(payload, request);
-        if (wanted & ~SUPPORTED_PROTOCOL_FEATURES) throw makeError('EINVAL', `protocol features 0x${(wanted & ~SUPPORTED_PROTOCOL_FEATURES).toString(16)} were not offered`);
-        this.#protocolFeatures = wanted;
-        return {};
-      }
-      case Request.SET_OWNER:
-        none();
-        return {};
-      case Request.RESET_OWNER:
-      case Request.RESET_DEVICE:
-        this.#reset();
-        return {};
-      case Request.GET_QUEUE_NUM:
-        none();
-        return { reply: encodeU64(this.device.maxQueuePairs) };
-      case Request.GET_MAX_MEM_SLOTS:
-        none();
-        return { reply: encodeU64(MAX_MEM_SLOTS) };
-      case Request.SET_MEM_TABLE: {
-        const table = memoryTable(payload, request);
-        if (this.#memory && table.length === this.#regions.length && table.every((r, i) => sameRegion(r, this.#regions[i]!))) {
-          return {}; // a frontend with several queue pairs sends the same table once per pair: keep the mapping
-        }
-        this.#changeMemory(table.map((r, i) => ({ ...r, fd: fds[i]!, refs: 1 })));
-        return {};
-      }
-      case Request.ADD_MEM_REG: {
-        const region = singleRegion(payload, request);
-        const existing = this.#regions.find((r) => sameRegion(r, region));
-        if (existing) {
-          // QEMU adds (and later removes) each region once per queue pair: count, map once.
-          existing.refs++;
-          return {};
-        }
-        if (this.#regions.length >= MAX_MEM_SLOTS) throw makeError('ENOSPC', `all ${MAX_MEM_SLOTS} memory slots are in use`);
-        this.#changeMemory([...this.#regions, { ...region, fd: fds[0]!, refs: 1 }]);
-        return {};
-      }
-      case Request.REM_MEM_REG: {
-        const region = singleRegion(payload, request);
-        // As libvhost-user's reg_equal: guest-physical address, size and user address name a region.
-        const target = this.#regions.find((r) => r.guestPhysAddr === region.guestPhysAddr && r.size === region.size && r.userAddr === region.userAddr);
-        if (!target) {
-          throw makeError('ENOENT', `REM_MEM_REG names no region in use (0x${region.size.toString(16)} bytes at guest-physical 0x${region.guestPhysAddr.toString(16)})`);
-        }
-        if (target.refs > 1) {
-          target.refs--; // still added by another queue pair
-          return {};
-        }
-        this.#changeMemory(this.#regions.filter((r) => r !== target));
-        return {};
-      }
-      case Request.SET_VRING_NUM: {
-        const { index, num } = vringState(payload, request);
-        this.device.setQueueSize(this.#ringIndex(index), num);
-        this.#rings[index]!.configured.num = true;
-        this.#rings[index]!.size = num;
-        return {};
-      }
-      case Request.SET_VRING_ADDR: {
-        const a = vringAddress(payload, request);
-        const index = this.#ringIndex(a.index);
-        const addresses = { desc: a.desc, avail: a.avail, used: a.used };
-        const logAddr = a.flags & VHOST_VRING_F_LOG ? safeAddress(a.log, 'log_guest_addr') : undefined;
-        const ring = this.#rings[index]!;
-        // QEMU sends it again for the running rings when a migration starts, to add
-        // VHOST_VRING_F_LOG: the same addresses need no stop, only where the used ring is logged.
-        // A pair out of use that only discards its tx chains counts as running here too.
-        const pair = index >> 1;
-        const discarding = this.device.isPairDiscardingTx(pair);
-        const unchanged = (this.device.isPairRunning(pair) || discarding) && ring.addresses !== undefined &&
-          ring.addresses.desc === addresses.desc && ring.addresses.avail === addresses.avail && ring.addresses.used === addresses.used;
-        if (!unchanged) {
-          if (discarding) this.#stopPairOf(index); // ours to stop: it starts again below, on the new addresses
-          this.device.setQueueAddresses(index, this.#toGuest(addresses)); // EBUSY while its pair forwards
-        }
-        this.device.setQueueLogAddress(index, logAddr);
-        Object.assign(ring, { addresses, configured: { ...ring.configured, addr: true } });
-        if (!unchanged && discarding) this.#reconcile();
-        return {};
-      }
-      case Request.SET_LOG_BASE: {
-        if (!(this.#protocolFeatures & (1n << BigInt(ProtocolFeature.LOG_SHMFD)))) throw makeError('EPROTO', 'SET_LOG_BASE without the LOG_SHMFD protocol feature');
-        const description = logDescription(payload, request);
-        // The frontend waits for this reply (with no payload, as QEMU and DPDK send it) whatever
-        // happens, and it cannot carry a failure: a region we cannot use is reported, the log in
-        // use stays, and SET_FEATURES with VHOST_F_LOG_ALL is then refused (QEMU asks for an ack
-        // there), which fails the migration and leaves the guest running.
-        try {
-          this.#migration.setBase(description, fds[0]!, this.#guestExtent());
-          this.log('log-base', { bytes: this.#migration.logBytes, logging: this.#migration.logging });
-        } catch (error) {
-          this.log('request-failed', { request: requestName(request), code: errorCode(error), error: (error as Error).message });
-        }
-        return { reply: Buffer.alloc(0) }; // the fd is closed by handle(): mapped, it is not needed any more
-      }
-      case Request.SET_LOG_FD:
-        // An eventfd to signal after updating the log: vhost-tap updates it in place as it writes
-        // and never signals, so handle() closes it like any fd nothing holds.
-        return {};
-      case Request.SEND_RARP: {
-        const mac = rarpMac(payload, request);
-        this.device.sendRarp(mac);
-        this.log('rarp', { mac });
-        return {};
-      }
-      case Request.SET_VRING_BASE: {
-        const { index, num } = vringState(payload, request);
-        // Split: the last avail index. Packed: bits 0-14 and 15 the next descriptor and its
-        // wrap counter, 16-30 and 31 the used ones (the device checks which it has).
-        this.device.setQueueBase(this.#ringIndex(index), num);
-        Object.assign(this.#rings[index]!, { givenBase: num, baseFromFrontend: true });
-        // Where each ring starts and stops, for whoever reads a migration or a restart afterwards.
-        this.log('ring-base', { ring: index, base: num });
-        return {};
-      }
-      case Request.GET_VRING_BASE: {
-        const { index } = vringState(payload, request);
-        const base = this.device.getQueueBase(this.#ringIndex(index));
-        this.#rings[index]!.started = false;
-        this.ringPositions?.forget(index); // the frontend knows where the ring is now
-        this.#reconcile();
-        this.log('ring-stopped', { ring: index, base });
-        return { reply: encodeVringState({ index, num: base }) };
-      }
-      case Request.SET_VRING_KICK: {
-        const { index, noFd } = vringFdIndex(payload, request);
-        const ring = this.#rings[this.#ringIndex(index)]!;
-        if (noFd) throw makeError('EOPNOTSUPP', 'polling rings (no kick fd) are not supported: give the ring a kick eventfd');
-        this.#transaction(() => {
-          this.#stopPairOf(index); // the frontend restarts a running ring
-          ring.kickFd = fds[0]!;
-          ring.started = true;
-          if (!this.#hasProtocolFeatures()) ring.enabled = true; // without them a ring starts enabled
-        });
-        return {};
-      }
-      case Request.SET_VRING_CALL: {
-        const { index, noFd } = vringFdIndex(payload, request);
-        const ring = this.#rings[this.#ringIndex(index)]!;
-        this.#transaction(() => {
-          this.#stopPairOf(index); // a running pair restarts on the new call fd
-          ring.callFd = noFd ? undefined : fds[0];
-        });
-        return {};
-      }
-      case Request.SET_VRING_ERR: {
-        const { index, noFd } = vringFdIndex(payload, request);
-        const ring = this.#rings[this.#ringIndex(index)]!;
-        this.#transaction(() => {
-          ring.errFd = noFd ? undefined : fds[0];
-        });
-        return {};
-      }
-      case Request.SET_VRING_ENABLE: {
-        const { index, num } = vringState(payload, request);
-        if (num > 1) throw makeError('EPROTO', `SET_VRING_ENABLE with ${num} (0 or 1)`);
-        const ring = this.#rings[this.#ringIndex(index)]!;
-        // A ring disabled while started discards what the guest left on it (vhost-user.rst
-        // "Ring states"), unlike a ring stopped by GET_VRING_BASE, which keeps it for later.
-        this.#disabling = num === 0;
-        try {
-          this.#transaction(() => {
-            ring.enabled = num === 1;
-          });
-        } finally {
-          this.#disabling = false;
-        }
-        return {};
-      }
-      case Request.GET_CONFIG: {
-        const access = configAccess(payload, request);
-        return { reply: encodeConfig(access, this.device.readConfig(access.offset, access.size)) };
-      }
-      case Request.SET_CONFIG: {
-        const access = configAccess(payload, request);
-        this.device.writeConfig(access.offset, access.data);
-        return {};
-      }
-      case Request.SET_STATUS: {
-        const status = Number(u64(payload, request) & 0xffn);
-        this.#frontendStatus = status;
-        // QEMU sends 0 when it stops the VM, before it asks for the last pair's ring
-        // bases: stop the rings, but keep where they are.
-        if (status === 0) {
-          this.device.stopQueues();
-          for (const ring of this.#rings) ring.started = false;
-        }
-        return {};
-      }
-      case Request.GET_STATUS:
-        none();
-        return { reply: encodeU64(this.#frontendStatus) };
-      default:
-        throw makeError('EPROTO', `${requestName(request)} is not supported by this backend`);
+  /** How the request is answered; undefined for a request this backend does not serve. */
+  static replyRule(request: number): ReplyRule | undefined {
+    const line = VhostUserSession.#requests[request];
+    return line ? line.reply ?? 'on-need-reply' : undefined;
+  }
+
+  /**
+   * Each request this backend serves, one line each (QEMU docs/interop/vhost-user.rst,
+   * "Front-end message types"): its payload, its fds, how it is answered, the
+   * protocol feature it needs, and its handler. admit() checks a message against its
+   * line before the handler runs; a request with no line is refused (EPROTO). The
+   * spec ties GET_CONFIG, ADD_MEM_REG, SET_STATUS and others to protocol features
+   * too, but they mean the same without them and are served either way, as DPDK
+   * and libvhost-user serve them; only SET_LOG_BASE's payload and fd mean something
+   * else without LOG_SHMFD.
+   */
+  static readonly #requests: RequestTable<VhostUserSession> = {
+    [Request.GET_FEATURES]: line({ payload: PAYLOAD.none, reply: 'always', handle: (s) => ({ reply: encodeU64(s.#offeredFeatures()) }) }),
+    [Request.SET_FEATURES]: line({ payload: PAYLOAD.u64, handle: (s, features) => s.#setFeatures(features) }),
+    [Request.SET_OWNER]: line({ payload: PAYLOAD.none, handle: () => {} }),
+    // Deprecated (vhost-user.rst: "ignore this message, or use it to disable all rings");
+    // frontends have sent it with a payload, which nothing reads.
+    [Request.RESET_OWNER]: line({ payload: PAYLOAD.ignored, handle: (s) => s.#reset() }),
+    [Request.SET_MEM_TABLE]: line({ payload: PAYLOAD.memoryTable, fds: { count: (table) => table.length, kind: 'memory' }, handle: (s, table, fds) => s.#setMemTable(table, fds) }),
+    // Live migration (LOG_SHMFD): the log region; QEMU waits for a reply with no payload.
+    [Request.SET_LOG_BASE]: line({
+      payload: PAYLOAD.logDescription, fds: { count: 1, kind: 'memory' }, reply: 'always', needs: ProtocolFeature.LOG_SHMFD,
+      handle: (s, log, fds) => s.#setLogBase(log, fds[0]!),
+    }),
+    // An eventfd to signal after updating the log: vhost-tap updates it in place as it writes
+    // and never signals, so handle() closes it like any fd nothing holds.
+    [Request.SET_LOG_FD]: line({ payload: PAYLOAD.ignored, fds: { count: 1, kind: 'eventfd' }, handle: () => {} }),
+    [Request.SET_VRING_NUM]: line({ payload: PAYLOAD.vringState, handle: (s, state) => s.#setVringNum(state) }),
+    [Request.SET_VRING_ADDR]: line({ payload: PAYLOAD.vringAddress, handle: (s, address) => s.#setVringAddr(address) }),
+    [Request.SET_VRING_BASE]: line({ payload: PAYLOAD.vringState, handle: (s, state) => s.#setVringBase(state) }),
+    [Request.GET_VRING_BASE]: line({ payload: PAYLOAD.vringState, reply: 'always', handle: (s, state) => s.#getVringBase(state) }),
+    [Request.SET_VRING_KICK]: line({ payload: PAYLOAD.vringFdIndex, fds: { count: oneUnlessNoFd, kind: 'eventfd' }, handle: (s, ring, fds) => s.#setVringKick(ring, fds) }),
+    [Request.SET_VRING_CALL]: line({ payload: PAYLOAD.vringFdIndex, fds: { count: oneUnlessNoFd, kind: 'eventfd' }, handle: (s, ring, fds) => s.#setVringCall(ring, fds) }),
+    [Request.SET_VRING_ERR]: line({ payload: PAYLOAD.vringFdIndex, fds: { count: oneUnlessNoFd, kind: 'eventfd' }, handle: (s, ring, fds) => s.#setVringErr(ring, fds) }),
+    [Request.GET_PROTOCOL_FEATURES]: line({ payload: PAYLOAD.none, reply: 'always', handle: () => ({ reply: encodeU64(SUPPORTED_PROTOCOL_FEATURES) }) }),
+    [Request.SET_PROTOCOL_FEATURES]: line({ payload: PAYLOAD.u64, handle: (s, features) => s.#setProtocolFeatures(features) }),
+    [Request.GET_QUEUE_NUM]: line({ payload: PAYLOAD.none, reply: 'always', handle: (s) => ({ reply: encodeU64(s.device.maxQueuePairs) }) }),
+    [Request.SET_VRING_ENABLE]: line({ payload: PAYLOAD.vringState, handle: (s, state) => s.#setVringEnable(state) }),
+    [Request.SEND_RARP]: line({ payload: PAYLOAD.rarpMac, handle: (s, mac) => s.#sendRarp(mac) }),
+    [Request.GET_CONFIG]: line({ payload: PAYLOAD.configAccess, reply: 'always', handle: (s, access) => ({ reply: encodeConfig(access, s.device.readConfig(access.offset, access.size)) }) }),
+    [Request.SET_CONFIG]: line({ payload: PAYLOAD.configAccess, handle: (s, access) => s.device.writeConfig(access.offset, access.data) }),
+    // "request payload: N/A"; as RESET_OWNER, whose successor it is, nothing reads one.
+    [Request.RESET_DEVICE]: line({ payload: PAYLOAD.ignored, handle: (s) => s.#reset() }),
+    [Request.GET_MAX_MEM_SLOTS]: line({ payload: PAYLOAD.none, reply: 'always', handle: () => ({ reply: encodeU64(MAX_MEM_SLOTS) }) }),
+    [Request.ADD_MEM_REG]: line({ payload: PAYLOAD.singleRegion, fds: { count: 1, kind: 'memory' }, handle: (s, region, fds) => s.#addMemReg(region, fds[0]!) }),
+    // "No file descriptors SHOULD be passed ... the back-end MAY accept messages with one
+    // file descriptor ... MUST close it": handle() closes it, nothing holds it.
+    [Request.REM_MEM_REG]: line({ payload: PAYLOAD.singleRegion, fds: { count: 'optional', kind: 'memory' }, handle: (s, region) => s.#remMemReg(region) }),
+    [Request.SET_STATUS]: line({ payload: PAYLOAD.u64, handle: (s, status) => s.#setStatus(status) }),
+    [Request.GET_STATUS]: line({ payload: PAYLOAD.none, reply: 'always', handle: (s) => ({ reply: encodeU64(s.#frontendStatus) }) }),
+  };
+
+  #setProtocolFeatures(wanted: bigint): void {
+    if (wanted & ~SUPPORTED_PROTOCOL_FEATURES) throw makeError('EINVAL', `protocol features 0x${(wanted & ~SUPPORTED_PROTOCOL_FEATURES).toString(16)} were not offered`);
+    this.#protocolFeatures = wanted;
+  }
+
+  #setMemTable(table: MemoryRegionDescriptor[], fds: readonly number[]): void {
+    if (this.#memory && table.length === this.#regions.length && table.every((r, i) => sameRegion(r, this.#regions[i]!))) {
+      return; // a frontend with several queue pairs sends the same table once per pair: keep the mapping
+    }
+    this.#changeMemory(table.map((r, i) => ({ ...r, fd: fds[i]!, refs: 1 })));
+  }
+
+  #addMemReg(region: MemoryRegionDescriptor, fd: number): void {
+    const existing = this.#regions.find((r) => sameRegion(r, region));
+    if (existing) {
+      // QEMU adds (and later removes) each region once per queue pair: count, map once.
+      existing.refs++;
+      return;
+    }
+    if (this.#regions.length >= MAX_MEM_SLOTS) throw makeError('ENOSPC', `all ${MAX_MEM_SLOTS} memory slots are in use`);
+    this.#changeMemory([...this.#regions, { ...region, fd, refs: 1 }]);
+  }
+
+  #remMemReg(region: MemoryRegionDescriptor): void {
+    // As libvhost-user's reg_equal: guest-physical address, size and user address name a region.
+    const target = this.#regions.find((r) => r.guestPhysAddr === region.guestPhysAddr && r.size === region.size && r.userAddr === region.userAddr);
+    if (!target) {
+      throw makeError('ENOENT', `REM_MEM_REG names no region in use (0x${region.size.toString(16)} bytes at guest-physical 0x${region.guestPhysAddr.toString(16)})`);
+    }
+    if (target.refs > 1) {
+      target.refs--; // still added by another queue pair
+      return;
+    }
+    this.#changeMemory(this.#regions.filter((r) => r !== target));
+  }
+
+  #setVringNum({ index, num }: VringState): void {
+    this.device.setQueueSize(this.#ringIndex(index), num);
+    this.#rings[index]!.configured.num = true;
+    this.#rings[index]!.size = num;
+  }
+
+  #setVringAddr(a: VringAddress): void {
+    const index = this.#ringIndex(a.index);
+    const addresses = { desc: a.desc, avail: a.avail, used: a.used };
+    const logAddr = a.flags & VHOST_VRING_F_LOG ? safeAddress(a.log, 'log_guest_addr') : undefined;
+    const ring = this.#rings[index]!;
+    // QEMU sends it again for the running rings when a migration starts, to add
+    // VHOST_VRING_F_LOG: the same addresses need no stop, only where the used ring is logged.
+    // A pair out of use that only discards its tx chains counts as running here too.
+    const pair = index >> 1;
+    const discarding = this.device.isPairDiscardingTx(pair);
+    const unchanged = (this.device.isPairRunning(pair) || discarding) && ring.addresses !== undefined &&
+      ring.addresses.desc === addresses.desc && ring.addresses.avail === addresses.avail && ring.addresses.used === addresses.used;
+    if (!unchanged) {
+      if (discarding) this.#stopPairOf(index); // ours to stop: it starts again below, on the new addresses
+      this.device.setQueueAddresses(index, this.#toGuest(addresses)); // EBUSY while its pair forwards
+    }
+    this.device.setQueueLogAddress(index, logAddr);
+    Object.assign(ring, { addresses, configured: { ...ring.configured, addr: true } });
+    if (!unchanged && discarding) this.#reconcile();
+  }
+
+  /**
+   * The frontend waits for this reply (with no payload, as QEMU and DPDK send it)
+   * whatever happens, and it cannot carry a failure: a region we cannot use is
+   * reported, the log in use stays, and SET_FEATURES with VHOST_F_LOG_ALL is then
+   * refused (QEMU asks for an ack there), which fails the migration and leaves the
+   * guest running. The fd is closed by handle(): mapped, it is not needed any more.
+   */
+  #setLogBase(description: LogDescription, fd: number): Outcome {
+    try {
+      this.#migration.setBase(description, fd, this.#guestExtent());
+      this.log('log-base', { bytes: this.#migration.logBytes, logging: this.#migration.logging });
+    } catch (error) {
+      this.log('request-failed', { request: requestName(Request.SET_LOG_BASE), code: errorCode(error), error: (error as Error).message });
+    }
+    return { reply: Buffer.alloc(0) };
+  }
+
+  #sendRarp(mac: string): void {
+    this.device.sendRarp(mac);
+    this.log('rarp', { mac });
+  }
+
+  #setVringBase({ index, num }: VringState): void {
+    // Split: the last avail index. Packed: bits 0-14 and 15 the next descriptor and its
+    // wrap counter, 16-30 and 31 the used ones (the device checks which it has).
+    this.device.setQueueBase(this.#ringIndex(index), num);
+    Object.assign(this.#rings[index]!, { givenBase: num, baseFromFrontend: true });
+    // Where each ring starts and stops, for whoever reads a migration or a restart afterwards.
+    this.log('ring-base', { ring: index, base: num });
+  }
+
+  #getVringBase({ index }: VringState): Outcome {
+    const base = this.device.getQueueBase(this.#ringIndex(index));
+    this.#rings[index]!.started = false;
+    this.ringPositions?.forget(index); // the frontend knows where the ring is now
+    this.#reconcile();
+    this.log('ring-stopped', { ring: index, base });
+    return { reply: encodeVringState({ index, num: base }) };
+  }
+
+  #setVringKick({ index, noFd }: VringFdIndex, fds: readonly number[]): void {
+    const ring = this.#rings[this.#ringIndex(index)]!;
+    if (noFd) throw makeError('EOPNOTSUPP', 'polling rings (no kick fd) are not supported: give the ring a kick eventfd');
+    this.#transaction(() => {
+      this.#stopPairOf(index); // the frontend restarts a running ring
+      ring.kickFd = fds[0]!;
+      ring.started = true;
+      if (!this.#hasProtocolFeatures()) ring.enabled = true; // without them a ring starts enabled
+    });
+  }
+
+  #setVringCall({ index, noFd }: VringFdIndex, fds: readonly number[]): void {
+    const ring = this.#rings[this.#ringIndex(index)]!;
+    this.#transaction(() => {
+      this.#stopPairOf(index); // a running pair restarts on the new call fd
+      ring.callFd = noFd ? undefined : fds[0];
+    });
+  }
+
+  #setVringErr({ index, noFd }: VringFdIndex, fds: readonly number[]): void {
+    const ring = this.#rings[this.#ringIndex(index)]!;
+    this.#transaction(() => {
+      ring.errFd = noFd ? undefined : fds[0];
+    });
+  }
+
+  #setVringEnable({ index, num }: VringState): void {
+    if (num > 1) throw makeError('EPROTO', `SET_VRING_ENABLE with ${num} (0 or 1)`);
+    const ring = this.#rings[this.#ringIndex(index)]!;
+    // A ring disabled while started discards what the guest left on it (vhost-user.rst
+    // "Ring states"), unlike a ring stopped by GET_VRING_BASE, which keeps it for later.
+    this.#disabling = num === 0;
+    try {
+      this.#transaction(() => {
+        ring.enabled = num === 1;
+      });
+    } finally {
+      this.#disabling = false;
+    }
+  }
+
+  #setStatus(value: bigint): void {
+    const status = Number(value & 0xffn);
+    this.#frontendStatus = status;
+    // QEMU sends 0 when it stops the VM, before it asks for the last pair's ring
+    // bases: stop the rings, but keep where they are.
+    if (status === 0) {
+      this.device.stopQueues();
+      for (const ring of this.#rings) ring.started = false;
     }
   }
 
@@ -641,33 +643,6 @@ export class VhostUserSession {
     for (const ring of this.#rings) closeFds([ring.kickFd, ring.callFd, ring.errFd]);
     this.#rings = this.#rings.map(() => newRing());
     this.log('reset');
-  }
-}
-
-/**
- * The fds of a request: as many as its rule says, and each of the kind it
- * needs, all checked before anything changes (the caller closes them on failure).
- */
-function checkFds(request: number, payload: Buffer, fds: readonly number[]): void {
-  const rule = fdRule(request, payload);
-  if (fds.length < rule.min || fds.length > rule.max) {
-    const expected = rule.min === rule.max ? String(rule.min) : `${rule.min} to ${rule.max}`;
-    throw makeError('EPROTO', `${requestName(request)} came with ${fds.length} fds, expected ${expected}`);
-  }
-  if (rule.kind) for (const fd of fds) checkFdKind(request, fd, rule.kind);
-}
-
-function checkFdKind(request: number, fd: number, kind: FdKind): void {
-  const found = native.describeFd(fd);
-  if (kind === 'eventfd') {
-    // The data path watches kicks with epoll and writes calls: anything but an eventfd
-    // breaks the ring, or blocks its worker (a pipe whose buffer is full).
-    if (found.kind !== 'eventfd') throw makeError('EINVAL', `${requestName(request)}: the fd is a ${found.kind}, not an eventfd: give the ring an eventfd`);
-    if ((found.eventfdCount ?? 0n) >= EVENTFD_COUNT_LIMIT) {
-      throw makeError('EINVAL', `${requestName(request)}: the eventfd's counter is 0x${found.eventfdCount!.toString(16)}, at the edge of overflow: give the ring a fresh eventfd`);
-    }
-  } else if (found.kind !== 'file') {
-    throw makeError('EINVAL', `${requestName(request)}: a memory region's fd is a ${found.kind}, not a file to map (memfd, tmpfs or hugetlbfs)`);
   }
 }
 

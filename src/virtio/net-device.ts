@@ -980,7 +980,10 @@ export class VirtioNetDevice extends EventEmitter<VirtioNetDeviceEvents> {
       // announces itself after a migration, and QEMU's RARP needs a protocol feature we lack.
       drop(F.VIRTIO_NET_F_CTRL_VQ, F.VIRTIO_NET_F_CTRL_RX, F.VIRTIO_NET_F_CTRL_MAC_ADDR, F.VIRTIO_NET_F_CTRL_GUEST_OFFLOADS);
     }
-    return features;
+    // 2.2.2: "The device MUST NOT offer a feature which requires another feature which was
+    // not offered": what the options' mask or the tap left without its requirement goes too
+    // (a frontend that keeps the control queue provides CTRL_VQ itself).
+    return resolveRequirements(features, this.#frontendControl ? featureBit(F.VIRTIO_NET_F_CTRL_VQ) : 0n).usable;
   }
 
   /**

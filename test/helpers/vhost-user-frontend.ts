@@ -8,7 +8,8 @@ import { native } from '../../src/native';
 import { MessageReader, type ReceivedMessage } from '../../src/vhost-user/message-reader';
 import {
   FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_MASK, MAX_PAYLOAD, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES,
-  VHOST_USER_VERSION, encodeMessage, encodeU64, encodeVringState, requestName,
+  VHOST_USER_VERSION, encodeMemoryTable, encodeMessage, encodeSingleRegion as encodeRegionMessage, encodeU64, encodeVringAddress,
+  encodeVringState, requestName, type MemoryRegionDescriptor,
 } from '../../src/vhost-user/protocol';
 import { STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK } from '../../src/virtio/device-status';
 import { EventFd, cancelWait } from '../../src/virtio/eventfd';
@@ -216,35 +217,24 @@ export function packedUsedEnd(memory: GuestMemory, queue: VirtqueueDriver<number
   return { position: { index, wrap }, unreaped };
 }
 
-export function encodeRegion(r: MemRegion): Buffer {
-  const b = Buffer.alloc(32);
-  b.writeBigUInt64LE(BigInt(r.guestPhysAddr), 0);
-  b.writeBigUInt64LE(BigInt(r.size), 8);
-  b.writeBigUInt64LE(USER_BASE + BigInt(r.guestPhysAddr), 16);
-  b.writeBigUInt64LE(BigInt(r.offset), 24);
-  return b;
+/** A region as the frontend describes it: its user address is USER_BASE + its guest-physical address. */
+function regionDescriptor(r: MemRegion): MemoryRegionDescriptor {
+  return { guestPhysAddr: BigInt(r.guestPhysAddr), size: BigInt(r.size), userAddr: USER_BASE + BigInt(r.guestPhysAddr), mmapOffset: BigInt(r.offset) };
 }
 
 export function encodeMemTable(regions: readonly MemRegion[]): Buffer {
-  const head = Buffer.alloc(8);
-  head.writeUInt32LE(regions.length, 0);
-  return Buffer.concat([head, ...regions.map(encodeRegion)]);
+  return encodeMemoryTable(regions.map(regionDescriptor));
 }
 
 /** ADD_MEM_REG / REM_MEM_REG: u64 padding, then one region. */
 export function encodeSingleRegion(r: MemRegion): Buffer {
-  return Buffer.concat([Buffer.alloc(8), encodeRegion(r)]);
+  return encodeRegionMessage(regionDescriptor(r));
 }
 
 export function encodeVringAddr(index: number, ring: { descAddr: number; availAddr: number; usedAddr: number }, flags = 0): Buffer {
-  const b = Buffer.alloc(40);
-  b.writeUInt32LE(index, 0);
-  b.writeUInt32LE(flags, 4);
-  b.writeBigUInt64LE(USER_BASE + BigInt(ring.descAddr), 8);
-  b.writeBigUInt64LE(USER_BASE + BigInt(ring.usedAddr), 16);
-  b.writeBigUInt64LE(USER_BASE + BigInt(ring.availAddr), 24);
-  b.writeBigUInt64LE(0n, 32);
-  return b;
+  return encodeVringAddress({
+    index, flags, desc: USER_BASE + BigInt(ring.descAddr), used: USER_BASE + BigInt(ring.usedAddr), avail: USER_BASE + BigInt(ring.availAddr), log: 0n,
+  });
 }
 
 function closeQuietly(fd: number): void {
