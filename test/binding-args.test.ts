@@ -10,24 +10,9 @@ import { Tap } from '../src';
 import { native, type NativeQueueRing } from '../src/native';
 import { EventFd } from '../src/virtio/eventfd';
 import { GuestMemory } from '../src/virtio/guest-memory';
-import { assertPrivateNetns, fdCount, uniqueName } from './helpers/system';
+import { assertPrivateNetns, failsWith, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
-
-/** Runs a call that must fail with `code` and a message naming `what`, and leak no fd. */
-function refused(code: string, what: RegExp, call: () => unknown): void {
-  const before = fdCount();
-  let caught: (Error & { code?: string }) | undefined;
-  try {
-    call();
-  } catch (error) {
-    caught = error as Error & { code?: string };
-  }
-  assert.ok(caught, `expected ${code} (${String(what)}), but the call succeeded`);
-  assert.is(caught!.code, code, caught!.message);
-  assert.match(caught!.message, what);
-  assert.is(fdCount(), before, 'fd count changed across a refused call');
-}
 
 // A well-formed split ring of 16 at the start of 64 KiB of guest memory.
 const RING = { size: 16, descAddr: 0, availAddr: 4096, usedAddr: 8192, lastAvailIdx: 0, packed: false, eventIdx: false, indirectDesc: false };
@@ -44,13 +29,13 @@ test('control queue ring config (NativeVirtqueue): NaN, negative, fractional and
     for (const key of ['size', 'descAddr', 'availAddr', 'usedAddr', 'lastAvailIdx', 'usedLogAddr'] as const) {
       for (const [name, value] of BAD_NUMBERS) {
         if (key !== 'size' && key !== 'lastAvailIdx' && value === 2 ** 32 + 16) continue; // an address that may be valid
-        refused('EINVAL', new RegExp(`^${key} must be an integer from`), () => new native.NativeVirtqueue(memory.native, { ...RING, [key]: value }));
+        failsWith('EINVAL', () => new native.NativeVirtqueue(memory.native, { ...RING, [key]: value }), new RegExp(`^${key} must be an integer from`));
         assert.ok(true, `${key} = ${name}`);
       }
-      refused('EINVAL', new RegExp(`^${key} must be a number`), () => new native.NativeVirtqueue(memory.native, { ...RING, [key]: '16' as unknown as number }));
+      failsWith('EINVAL', () => new native.NativeVirtqueue(memory.native, { ...RING, [key]: '16' as unknown as number }), new RegExp(`^${key} must be a number`));
     }
-    refused('EINVAL', /^size must be an integer from 1 to 32768, got 4294967312$/, () => new native.NativeVirtqueue(memory.native, { ...RING, size: 2 ** 32 + 16 }));
-    refused('EINVAL', /^lastAvailIdx must be an integer from 0 to 65535, got 65536$/, () => new native.NativeVirtqueue(memory.native, { ...RING, lastAvailIdx: 65536 }));
+    failsWith('EINVAL', () => new native.NativeVirtqueue(memory.native, { ...RING, size: 2 ** 32 + 16 }), /^size must be an integer from 1 to 32768, got 4294967312$/);
+    failsWith('EINVAL', () => new native.NativeVirtqueue(memory.native, { ...RING, lastAvailIdx: 65536 }), /^lastAvailIdx must be an integer from 0 to 65535, got 65536$/);
   } finally {
     memory.close();
   }
@@ -71,16 +56,16 @@ test('queue pair config (NativeQueuePair): fds, sizes and ring numbers out of ra
     make({})().stop(); // the well-formed one is taken
     for (const [name, value] of BAD_NUMBERS) {
       for (const key of ['tapFd', 'hdrSize', 'rxReserveBytes', 'rxMaxFrameBytes', 'busyPollUs']) {
-        refused('EINVAL', new RegExp(`^${key} must be an integer from`), make({ [key]: value }));
+        failsWith('EINVAL', make({ [key]: value }), new RegExp(`^${key} must be an integer from`));
       }
       for (const key of ['size', 'kickFd', 'callFd', 'lastAvailIdx']) {
         if (key === 'callFd' && value === -1) continue; // -1: no call fd
-        refused('EINVAL', new RegExp(`^${key} must be an integer from`), make({ [key]: value }, 'tx'));
+        failsWith('EINVAL', make({ [key]: value }, 'tx'), new RegExp(`^${key} must be an integer from`));
       }
       assert.ok(true, name);
     }
     // 2^32 + the fd is not the fd.
-    refused('EINVAL', /^kickFd must be an integer from 0 to 2147483647, got 4294967\d+$/, make({ kickFd: 2 ** 32 + kicks[1]!.fd }, 'tx'));
+    failsWith('EINVAL', make({ kickFd: 2 ** 32 + kicks[1]!.fd }, 'tx'), /^kickFd must be an integer from 0 to 2147483647, got 4294967\d+$/);
   } finally {
     for (const k of kicks) k.close();
     native.closeFd(tapFd);
@@ -93,13 +78,13 @@ test('plain arguments: a number that would wrap (2^32 + n), NaN or a fraction is
   const [a, b] = native.socketPair('seqpacket');
   try {
     // As an int, 2^32 + b is b: the old check let it through and sent fd b.
-    refused('EBADF', /^fds\[0\] is not a file descriptor$/, () => native.sendFds(a, [2 ** 32 + b], Buffer.from('x')));
-    refused('EBADF', /^fds\[0\] is not a file descriptor$/, () => native.sendFds(a, [b + 0.5], Buffer.from('x')));
-    refused('EBADF', /^fds\[0\] is not a file descriptor$/, () => native.sendFds(a, [NaN], Buffer.from('x')));
-    refused('EINVAL', /^argument 1 must be an integer from/, () => native.memfdCreate('vt-args', NaN));
-    refused('EINVAL', /^argument 1 must be an integer from/, () => native.memfdCreate('vt-args', Infinity));
-    refused('EINVAL', /^argument 0 must be an integer from/, () => native.closeFd(NaN));
-    refused('EBADF', /^argument 0 is not a file descriptor$/, () => native.closeFd(2 ** 32 + b));
+    failsWith('EBADF', () => native.sendFds(a, [2 ** 32 + b], Buffer.from('x')), /^fds\[0\] is not a file descriptor$/);
+    failsWith('EBADF', () => native.sendFds(a, [b + 0.5], Buffer.from('x')), /^fds\[0\] is not a file descriptor$/);
+    failsWith('EBADF', () => native.sendFds(a, [NaN], Buffer.from('x')), /^fds\[0\] is not a file descriptor$/);
+    failsWith('EINVAL', () => native.memfdCreate('vt-args', NaN), /^argument 1 must be an integer from/);
+    failsWith('EINVAL', () => native.memfdCreate('vt-args', Infinity), /^argument 1 must be an integer from/);
+    failsWith('EINVAL', () => native.closeFd(NaN), /^argument 0 must be an integer from/);
+    failsWith('EBADF', () => native.closeFd(2 ** 32 + b), /^argument 0 is not a file descriptor$/);
   } finally {
     native.closeFd(a);
     native.closeFd(b);
@@ -107,12 +92,12 @@ test('plain arguments: a number that would wrap (2^32 + n), NaN or a fraction is
   const tap = Tap.create({ name: uniqueName('vtarg'), queues: 1, vnetHdrSize: 10 });
   try {
     // As an int, 2^32 + 12 is 12: the header size would have changed.
-    refused('EINVAL', /^argument 1 must be an integer from -2147483648 to 2147483647, got 4294967308$/, () => native.tunSetVnetHdrSize(tap.queues[0]!.fd, 2 ** 32 + 12));
+    failsWith('EINVAL', () => native.tunSetVnetHdrSize(tap.queues[0]!.fd, 2 ** 32 + 12), /^argument 1 must be an integer from -2147483648 to 2147483647, got 4294967308$/);
     assert.is(tap.vnetHdrSize(), 10, 'the header size did not change');
-    refused('EINVAL', /^argument 1 must be an integer from 0 to 2147483647/, () => native.linkSetMtu(tap.name, 2 ** 32 + 1400));
-    refused('EINVAL', /^argument 1 must be an integer from 0 to 2147483647/, () => native.linkSetMtu(tap.name, -1));
+    failsWith('EINVAL', () => native.linkSetMtu(tap.name, 2 ** 32 + 1400), /^argument 1 must be an integer from 0 to 2147483647/);
+    failsWith('EINVAL', () => native.linkSetMtu(tap.name, -1), /^argument 1 must be an integer from 0 to 2147483647/);
     assert.is(tap.mtu(), 1500, 'the MTU did not change');
-    refused('EINVAL', /^argument 1 must be an integer from 0 to 9007199254740991/, () => native.tunSetOffload(tap.queues[0]!.fd, -1));
+    failsWith('EINVAL', () => native.tunSetOffload(tap.queues[0]!.fd, -1), /^argument 1 must be an integer from 0 to 9007199254740991/);
   } finally {
     tap.close();
   }

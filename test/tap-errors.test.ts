@@ -4,25 +4,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { Tap, socketPair, closeFd, sendFds, receiveTapQueues } from '../src';
-import { assertPrivateNetns, fdCount, uniqueName } from './helpers/system';
+import { assertPrivateNetns, failsWith, fdCount, uniqueName } from './helpers/system';
 
 assertPrivateNetns();
-
-/** Runs a call that must fail with `code`, and checks it leaked no fd. */
-function failsWith(code: string, call: () => unknown, message?: RegExp): void {
-  const before = fdCount();
-  let caught: (Error & { code?: string }) | undefined;
-  try {
-    call();
-  } catch (error) {
-    caught = error as Error & { code?: string };
-  }
-  assert.ok(caught, `expected ${code}, but the call succeeded`);
-  assert.is(caught!.code, code, caught!.message);
-  assert.instance(caught, Error);
-  if (message) assert.match(caught!.message, message);
-  assert.is(fdCount(), before, 'fd count changed across a failing call');
-}
 
 test('a name longer than 15 bytes, or not a valid interface name, is EINVAL', () => {
   failsWith('EINVAL', () => Tap.create({ name: 'a'.repeat(16), queues: 1 }), /at most 15 bytes/);

@@ -2,6 +2,8 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 
+import * as assert from 'uvu/assert';
+
 /**
  * The tests make devices: refuse to run in the namespace they were started from.
  * `npm test` records that namespace in VHOST_TAP_HOST_NETNS and runs the suite
@@ -20,6 +22,25 @@ export function assertPrivateNetns(): void {
   if (host === undefined || self === host) {
     throw new Error('these tests create network devices: run them with `npm test`, which gives them a private network namespace');
   }
+}
+
+/**
+ * Runs a call that must fail with an Error whose `code` is `code` (and whose message
+ * matches `message`, if given), and checks that it left no fd open.
+ */
+export function failsWith(code: string, call: () => unknown, message?: RegExp): void {
+  const before = fdCount();
+  let caught: (Error & { code?: string }) | undefined;
+  try {
+    call();
+  } catch (error) {
+    caught = error as Error & { code?: string };
+  }
+  assert.ok(caught, `expected ${code}${message ? ` (${String(message)})` : ''}, but the call succeeded`);
+  assert.instance(caught, Error);
+  assert.is(caught!.code, code, caught!.message);
+  if (message) assert.match(caught!.message, message);
+  assert.is(fdCount(), before, 'fd count changed across a failing call');
 }
 
 /** Number of open fds of this process. */
