@@ -22,6 +22,12 @@ export interface VhostUserServerOptions {
   client?: boolean;
   /** Client mode: delay between connection attempts. Default 1000 ms. */
   reconnectMs?: number;
+  /**
+   * Client mode: while the frontend's socket cannot be reached, a reminder is logged
+   * this often (`still-waiting`); the first failed attempt logs `waiting-for-frontend`
+   * once, however short reconnectMs is. Default 30000 ms.
+   */
+  waitReminderMs?: number;
   /** A message must be whole this long after its first byte, or its connection is dropped. Default 1000 ms. */
   messageDeadlineMs?: number;
   /**
@@ -121,14 +127,39 @@ export class VhostUserServer extends EventEmitter<VhostUserServerEvents> {
   async #connectLoop(): Promise<void> {
     const path = this.#options.socketPath!;
     const delay = this.#options.reconnectMs ?? 1000;
+    const reminderMs = this.#options.waitReminderMs ?? 30_000;
+    // A frontend that is not there yet (a VM still starting under libvirt) is the usual
+    // case, not an error: one line when the wait starts, a reminder now and then, and the
+    // number of attempts when it ends, rather than a line per attempt.
+    let waitingSince: number | undefined;
+    let attempts = 0;
+    let lastCode: string | undefined;
+    let lastReminder = 0;
     while (this.#running) {
       let fd: number;
       try {
         fd = native.unixConnect(path, 'stream');
       } catch (error) {
-        this.#log('connect-failed', { socket: path, code: errorCode(error), retryMs: delay });
+        const code = errorCode(error);
+        const now = Date.now();
+        attempts++;
+        if (waitingSince === undefined || code !== lastCode) {
+          waitingSince ??= now;
+          lastReminder = now;
+          this.#log('waiting-for-frontend', { socket: path, code, retryMs: delay });
+        } else if (now - lastReminder >= reminderMs) {
+          lastReminder = now;
+          this.#log('still-waiting', { socket: path, code, attempts, waitedMs: now - waitingSince });
+        }
+        lastCode = code;
         await new Promise((resolve) => setTimeout(resolve, delay));
         continue;
+      }
+      if (waitingSince !== undefined) {
+        this.#log('frontend-reached', { socket: path, attempts: attempts + 1, waitedMs: Date.now() - waitingSince });
+        waitingSince = undefined;
+        attempts = 0;
+        lastCode = undefined;
       }
       await this.#serve(fd);
       if (this.#running) await new Promise((resolve) => setTimeout(resolve, delay));
