@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "mock_driver.h"
+#include "queue_rig.h"
 #include "packed_queue.h"
 #include "test_support.h"
 
@@ -43,33 +44,9 @@ constexpr uint64_t kRingAt = 0x1000;
 constexpr uint64_t kBuffersAt = 0x40000;
 constexpr uint32_t kHdr = 12;
 
-struct PackedRig {
-  TestMemory memory{{{0, kMiB}, {kMiB, kMiB}}};
-  PackedDriver driver;
-  Arena buffers{kBuffersAt, kMemory};
-  QueueConfig config;
-  PackedQueue queue;
-  std::vector<struct iovec> iov = std::vector<struct iovec>(64);
-
-  explicit PackedRig(uint32_t size = 5, bool indirect = true, bool eventIdx = true) : driver(memory, kRingAt, size) {
-    config = driver.config();
-    config.indirectDesc = indirect;
-    config.eventIdx = eventIdx;
-  }
-  void start() {
-    Status ready = queue.setup(memory.map(), config);
-    if (!ready) {
-      recordFailure(__FILE__, __LINE__, "setup: " + ready.message);
-      endCase();
-    }
-  }
-  uint64_t buffer(uint32_t len, uint32_t seed = 1) {
-    uint64_t at = buffers.take(len);
-    std::vector<uint8_t> bytes = pattern(len, seed);
-    memory.write(at, bytes.data(), len);
-    return at;
-  }
-  PopResult pop(bool deviceWrites, Chain* chain, int maxIov = 64) { return queue.pop(deviceWrites, iov.data(), maxIov, chain); }
+struct PackedRig : QueueRig<PackedQueue, PackedDriver> {
+  explicit PackedRig(uint32_t size = 5, bool indirect = true, bool eventIdx = true)
+      : QueueRig({{0, kMiB}, {kMiB, kMiB}}, kRingAt, Arena(kBuffersAt, kMemory), size, indirect, eventIdx) {}
   // The ring base the driver's own positions say the device should be at.
   uint32_t driverBase() const {
     return (driver.next | (driver.wrap ? 0x8000u : 0)) | ((driver.nextUsed | (driver.usedWrap ? 0x8000u : 0)) << 16);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "mock_driver.h"
+#include "queue_rig.h"
 #include "split_queue.h"
 #include "test_support.h"
 
@@ -35,34 +36,10 @@ constexpr uint64_t kFar = 4 * kMiB;
 constexpr uint64_t kRingAt = 0x1000;
 constexpr uint64_t kBuffersAt = 0x40000;
 
-struct SplitRig {
-  TestMemory memory{{{0, kMiB}, {kSecond, kMiB}, {kFar, kMiB}}};
-  SplitDriver driver;
-  Arena buffers{kBuffersAt, kMiB};
-  QueueConfig config;
-  SplitQueue queue;
-  std::vector<struct iovec> iov = std::vector<struct iovec>(64);
-
-  explicit SplitRig(uint32_t size = 16, bool indirect = true, bool eventIdx = false) : driver(memory, kRingAt, size) {
-    config = driver.config();
-    config.indirectDesc = indirect;
-    config.eventIdx = eventIdx;
-  }
-  void start() {
-    Status ready = queue.setup(memory.map(), config);
-    if (!ready) {
-      recordFailure(__FILE__, __LINE__, "setup: " + ready.message);
-      endCase();
-    }
-  }
-  // A buffer of `len` bytes in the first region, filled with a pattern of `seed`.
-  uint64_t buffer(uint32_t len, uint32_t seed = 1) {
-    uint64_t at = buffers.take(len);
-    std::vector<uint8_t> bytes = pattern(len, seed);
-    memory.write(at, bytes.data(), len);
-    return at;
-  }
-  PopResult pop(bool deviceWrites, Chain* chain, int maxIov = 64) { return queue.pop(deviceWrites, iov.data(), maxIov, chain); }
+struct SplitRig : QueueRig<SplitQueue, SplitDriver> {
+  // Three regions with a gap, so chains can cross and miss region edges; buffers in the first.
+  explicit SplitRig(uint32_t size = 16, bool indirect = true, bool eventIdx = false)
+      : QueueRig({{0, kMiB}, {kSecond, kMiB}, {kFar, kMiB}}, kRingAt, Arena(kBuffersAt, kMiB), size, indirect, eventIdx) {}
 };
 
 // The chain must break the queue with `fault`, leave the ring base where it was,
